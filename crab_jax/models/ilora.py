@@ -1,0 +1,118 @@
+"""I-LoRA: a frozen linear layer plus a router-mixed bank of LoRA up-projections.
+
+Per token (Crab, ``peft_hyper/tuners/lora.py``)::
+
+    g = softmax(x @ lora_route)                       # [.., k], float32
+    y = x @ W + b + (alpha / r) * sum_h g_h * (dropout(x) @ lora_A) @ lora_B[h]
+
+The head mix is ONE contraction over the stacked (head, rank) axes: the rank
+activations are scaled by the gates (``[.., k, r]``) and contracted with ``lora_B``
+(``[k, r, out]``) in a single matmul. No loop over heads, no k full-size outputs. With
+``k == 1`` the softmax is 1 and this is plain LoRA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from crab_jax.models.layers import Axes, Linear, fan_in_init, zeros_init
+from crab_jax.sharding import param
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class ILoRAConfig:
+    """I-LoRA hyper-parameters (Crab: r=8, alpha=16, k=3, dropout 0.05; Crab+: r=128, alpha=256)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    num_heads: int = 3  # k, the number of B heads ("lora_nums" in the original)
+    dropout: float = 0.05
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+def kaiming_uniform_a_sqrt5(key, shape, dtype):
+    """torch ``nn.Linear`` default init, for a JAX ``[in, out]`` kernel."""
+    fan_in = shape[0]
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class ILoRALinear(nnx.Module):
+    """Frozen ``weight`` [in, out] (+ ``bias``), shared ``lora_A`` [in, r], stacked
+    ``lora_B`` [k, r, out] and router ``lora_route`` [in, k]."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        cfg: ILoRAConfig,
+        *,
+        use_bias: bool = False,
+        axes: Axes = ("embed", "mlp"),
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        in_axis, out_axis = axes
+        self.cfg = cfg
+        self.dtype = dtype
+        self.scaling = cfg.scaling
+        self.weight = param(fan_in_init, rngs.params(), (in_features, out_features), axes, param_dtype)
+        self.bias = param(zeros_init, rngs.params(), (out_features,), (out_axis,), param_dtype) if use_bias else None
+        self.lora_A = param(kaiming_uniform_a_sqrt5, rngs.params(), (in_features, cfg.r), (in_axis, "lora_rank"), param_dtype)
+        # B starts at zero so a fresh adapter leaves the frozen model unchanged (peft).
+        self.lora_B = param(zeros_init, rngs.params(), (cfg.num_heads, cfg.r, out_features),
+                            ("lora_heads", "lora_rank", out_axis), param_dtype)
+        self.lora_route = param(kaiming_uniform_a_sqrt5, rngs.params(), (in_features, cfg.num_heads),
+                                (in_axis, "lora_heads"), param_dtype)
+        self.lora_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def router_gates(self, x: jax.Array) -> jax.Array:
+        """``[..., in] -> [..., k]`` softmax gates, computed in float32 then cast to x's dtype."""
+        logits = jnp.dot(x.astype(jnp.float32), self.lora_route[...].astype(jnp.float32))
+        return jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+
+    def __call__(self, x: jax.Array, *, return_gates: bool = False):
+        """``[..., in] -> [..., out]`` (and the gates ``[..., k]`` if asked)."""
+        x = x.astype(self.dtype)
+        y = jnp.dot(x, self.weight[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        gates = self.router_gates(x)
+        rank_act = jnp.dot(self.lora_dropout(x), self.lora_A[...].astype(self.dtype))  # [..., r]
+        mixed = gates[..., :, None] * rank_act[..., None, :]  # [..., k, r]
+        lora_out = jnp.einsum("...hr,hro->...o", mixed, self.lora_B[...].astype(self.dtype))
+        y = y + (self.scaling * lora_out).astype(y.dtype)
+        return (y, gates) if return_gates else y
+
+
+def projection(
+    name: str,
+    in_features: int,
+    out_features: int,
+    lora: ILoRAConfig | None,
+    *,
+    use_bias: bool = False,
+    axes: Axes,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """An :class:`ILoRALinear` if ``name`` is an I-LoRA target, else a plain :class:`Linear`."""
+    if lora is not None and name in lora.targets:
+        return ILoRALinear(in_features, out_features, lora, use_bias=use_bias, axes=axes,
+                           dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    return Linear(in_features, out_features, use_bias=use_bias, axes=axes, dtype=dtype,
+                  param_dtype=param_dtype, rngs=rngs)

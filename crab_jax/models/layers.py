@@ -1,0 +1,205 @@
+"""Building blocks shared by every component (torch-named parameters, logical axes).
+
+Parameter names mirror ``torch.nn`` so converters are near-identity maps: a ``Linear``
+holds ``weight`` and ``bias``, a norm holds ``weight`` and ``bias``. Layouts are the JAX
+ones (``Linear.weight`` is ``[in, out]``); the converter tables transpose.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from crab_jax.sharding import param
+
+Axes = tuple[str | None, ...]
+
+
+def normal_init(stddev: float = 0.02):
+    def init(key, shape, dtype):
+        return stddev * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+def fan_in_init(key, shape, dtype):
+    """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) over all but the last axis (torch default)."""
+    fan_in = math.prod(shape[:-1]) if len(shape) > 1 else shape[0]
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def zeros_init(key, shape, dtype):
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+def ones_init(key, shape, dtype):
+    del key
+    return jnp.ones(shape, dtype)
+
+
+class Linear(nnx.Module):
+    """``y = x @ weight + bias``; ``weight`` is ``[in, out]``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = True,
+        axes: Axes = ("embed", "mlp"),
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+        kernel_init=fan_in_init,
+    ):
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype = dtype
+        self.weight = param(kernel_init, rngs.params(), (in_features, out_features), axes, param_dtype)
+        self.bias = (
+            param(zeros_init, rngs.params(), (out_features,), (axes[-1],), param_dtype)
+            if use_bias
+            else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[..., in] -> [..., out]``."""
+        x = x.astype(self.dtype)
+        y = jnp.dot(x, self.weight[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis with torch's ``weight`` / ``bias``, statistics in float32."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, use_bias: bool = True, axis_name="norm",
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.eps = eps
+        self.weight = param(ones_init, rngs.params(), (dim,), (axis_name,), param_dtype)
+        self.bias = param(zeros_init, rngs.params(), (dim,), (axis_name,), param_dtype) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(dtype)
+
+
+class RMSNorm(nnx.Module):
+    """LLaMA RMSNorm: normalise in float32, cast back, then scale (HF order)."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.eps = eps
+        self.weight = param(ones_init, rngs.params(), (dim,), ("norm",), param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(jnp.square(h), -1, keepdims=True) + self.eps)
+        return self.weight[...].astype(dtype) * h.astype(dtype)
+
+
+class Embed(nnx.Module):
+    """Embedding table ``weight`` ``[num, dim]`` (torch layout, no transpose)."""
+
+    def __init__(self, num: int, dim: int, *, axes: Axes = ("vocab", "embed"),
+                 param_dtype=jnp.float32, rngs: nnx.Rngs, init=normal_init(0.02)):
+        self.num, self.dim = num, dim
+        self.weight = param(init, rngs.params(), (num, dim), axes, param_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """``[...] int -> [..., dim]``."""
+        return jnp.take(self.weight[...], ids, axis=0)
+
+
+def gelu_exact(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def quick_gelu(x):
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "gelu": gelu_exact,
+    "gelu_exact": gelu_exact,
+    "quick_gelu": quick_gelu,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError as e:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from e
+
+
+def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+    """``[batch, seq, heads*dim] -> [batch, seq, heads, dim]``."""
+    return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    """``[batch, seq, heads, dim] -> [batch, seq, heads*dim]``."""
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """Multi-head scaled dot-product attention, softmax in float32; supports GQA.
+
+    Args:
+      q: ``[batch, q_len, heads, dim]``.
+      k, v: ``[batch, kv_len, kv_heads, dim]`` with ``heads % kv_heads == 0``.
+      mask: boolean, broadcastable to ``[batch, heads, q_len, kv_len]``; False = blocked.
+      bias: additive, broadcastable to ``[batch, heads, q_len, kv_len]``.
+    Returns:
+      ``[batch, q_len, heads, dim]``.
+    """
+    b, tq, h, d = q.shape
+    kvh = k.shape[2]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    groups = h // kvh
+    qg = q.reshape(b, tq, kvh, groups, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32) * scale
+    scores = scores.reshape(b, h, tq, k.shape[1])
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = probs.reshape(b, kvh, groups, tq, k.shape[1])
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, tq, h, d)
+
+
+def conv2d(x: jax.Array, weight: jax.Array, *, stride: Sequence[int] = (1, 1),
+           padding="VALID", groups: int = 1) -> jax.Array:
+    """NHWC convolution with an HWIO ``weight``."""
+    if isinstance(padding, int):
+        padding = ((padding, padding), (padding, padding))
+    return jax.lax.conv_general_dilated(
+        x, weight.astype(x.dtype), window_strides=tuple(stride), padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+    )

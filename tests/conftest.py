@@ -1,0 +1,52 @@
+"""Shared test fixtures: the parity fixture folder (``CRAB_FIXTURES``) and comparisons."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "crab"
+# fp32 parity bound: max abs error relative to the reference's largest magnitude.
+PARITY_RTOL = 1e-4
+
+
+def fixtures_root() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("CRAB_FIXTURES", str(DEFAULT_FIXTURES)))
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+    root = fixtures_root()
+    if not (root / "manifest.json").is_file():
+        msg = f"parity fixtures not found at {root} (set CRAB_FIXTURES)"
+        if _in_ci():
+            pytest.fail(msg + "; in CI a missing fixture folder is a failure")
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture(scope="session")
+def manifest(fixtures_dir) -> dict:
+    with open(fixtures_dir / "manifest.json") as f:
+        return json.load(f)
+
+
+def assert_parity(actual, reference, name: str, rtol: float = PARITY_RTOL) -> float:
+    """Asserts max|actual - reference| <= rtol * max|reference|; returns the relative error."""
+    actual = np.asarray(actual, np.float64)
+    reference = np.asarray(reference, np.float64)
+    assert actual.shape == reference.shape, f"{name}: shape {actual.shape} != reference {reference.shape}"
+    scale = max(float(np.abs(reference).max()), 1e-12)
+    err = float(np.abs(actual - reference).max()) / scale
+    print(f"parity {name}: max abs err / max|ref| = {err:.3e} (bound {rtol:.1e})")
+    assert err <= rtol, f"{name}: max abs error {err * scale:.3e} = {err:.3e} of scale {scale:.3e} > {rtol}"
+    return err

@@ -1,0 +1,1 @@
+"""torch / HF checkpoints <-> crab_jax: one mapping table per model family."""
