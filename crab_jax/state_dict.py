@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -50,4 +51,29 @@ def load_flat(module: nnx.Module, arrays: Mapping[str, np.ndarray], *, source: s
     if problems:
         raise ValueError(f"{source}: cannot load into {type(module).__name__}:\n  " + "\n  ".join(problems))
     for k, v in variables.items():
-        v[...] = jnp.asarray(arrays[k], dtype=v.dtype)
+        # set_value (not v[...] =) so a module built with nnx.eval_shape can be filled
+        # without a throw-away random init.
+        v.set_value(jnp.asarray(arrays[k], dtype=v.dtype))
+
+
+def materialize_rng_state(module: nnx.Module, seed: int = 0) -> None:
+    """Gives concrete values to RNG variables left abstract by ``nnx.eval_shape``.
+
+    Weights are loaded from a checkpoint (:func:`load_flat`); dropout streams only need
+    distinct keys, one per stream, derived from ``seed``.
+    """
+    base = jax.random.key(seed)
+    for i, (_, v) in enumerate(nnx.to_flat_state(nnx.state(module, nnx.RngState))):
+        if not isinstance(v.get_value(), jax.ShapeDtypeStruct):
+            continue
+        if isinstance(v, nnx.RngKey):
+            v.set_value(jax.random.fold_in(base, i))
+        else:
+            v.set_value(jnp.zeros(v.shape, v.dtype))
+
+
+def abstract_module(ctor) -> nnx.Module:
+    """Builds a module without allocating or initialising its weights (fill with :func:`load_flat`)."""
+    module = nnx.eval_shape(ctor)
+    materialize_rng_state(module)
+    return module

@@ -1,0 +1,41 @@
+"""crab_jax: JAX/Flax NNX reimplementation of Crab (CVPR'25) and Crab+."""
+
+from setuptools import find_packages, setup
+
+# Exact pins: the parity tests are the contract, and numerics move with these versions.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "transformers==4.57.6",
+    "librosa==0.11.0",
+    "tensorflow-datasets==4.9.10",
+    "array-record==0.8.6",
+    "chex==0.1.92",
+    "ml-collections==1.1.0",
+    "safetensors==0.8.0",
+    "av==18.1.0",
+    "tqdm==4.70.1",
+    "tensorboardX==2.6.5",
+    "absl-py==2.5.1",
+    "numpy>=1.26,<3",
+]
+
+TEST_REQUIRES = [
+    "pytest==9.0.3",
+    # CPU build, present on the machine; any other spec pulls CUDA wheels.
+    "torch==2.13.0",
+]
+
+setup(
+    name="crab_jax",
+    version="0.1.0",
+    description="Crab / Crab+ audio-visual LLMs in JAX / Flax NNX",
+    python_requires=">=3.11",
+    packages=find_packages(include=["crab_jax", "crab_jax.*", "tools", "tools.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
