@@ -93,3 +93,12 @@ def test_dropout_only_on_lora_input():
     layer.lora_B[...] = jnp.ones(layer.lora_B.shape)
     outs = {tuple(np.asarray(layer(x)).ravel().round(5)) for _ in range(4)}
     assert len(outs) > 1
+
+
+@pytest.mark.parity
+def test_missing_last_head_is_named(fixtures_dir, manifest):
+    layer, _, sd = _layer_from_fixture(fixtures_dir, manifest)
+    heads = sorted(k for k in sd if k.startswith("lora_B"))
+    broken = {k: sd[k] for k in sd if k != heads[-1]}
+    with pytest.raises(MappingError, match=f"missing key '{heads[-1]}'"):
+        ilora_table().to_jax(broken, expected_shapes(layer))

@@ -213,6 +213,11 @@ class MappingTable:
                 out[jkey] = slot[()][1]
                 continue
             counts = tuple(max(i[d] for i in slot) + 1 for d in range(len(rule.stack)))
+            if expected is not None and jkey in expected:
+                # The model's shape says how many there must be: a missing LAST layer/head
+                # is then named like any other missing key.
+                want = tuple(expected[jkey][0][: len(rule.stack)])
+                counts = tuple(max(c, w) for c, w in zip(counts, want))
             missing = [i for i in np.ndindex(*counts) if i not in slot]
             if missing:
                 names = [rule.torch.format(**self._example_groups(rule, jkey, i)) for i in missing]

@@ -1,0 +1,357 @@
+"""LLaMA(-2) decoder with I-LoRA in its projections (Crab's language model).
+
+Attribute names mirror Hugging Face's ``LlamaForCausalLM`` state dict, so the converter is
+a near-identity map::
+
+    model.embed_tokens.weight                        [vocab_padded, embed]
+    model.layers.{i}.input_layernorm.weight          [embed]
+    model.layers.{i}.self_attn.{q,k,v,o}_proj.*      (Linear or ILoRALinear, [in, out])
+    model.layers.{i}.post_attention_layernorm.weight [embed]
+    model.layers.{i}.mlp.{gate,up,down}_proj.*
+    model.norm.weight                                [embed]
+    lm_head.weight                                   [embed, vocab_padded]
+
+With ``scan_layers=True`` the layers are ONE :class:`LlamaDecoderLayer` whose variables
+carry a leading ``layers`` axis (``model.layers.self_attn.q_proj.weight`` is
+``[layers, embed, heads]``); it is created with ``nnx.vmap`` and applied with ``nnx.scan``.
+
+Numerics follow HF: RMSNorm statistics in float32, rotary embedding in the ``rotate_half``
+layout (the HF checkpoint's q/k rows are already in that order, so no permutation), cos/sin
+computed in float32 and cast to the compute dtype, softmax in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from crab_jax.models.ilora import ILoRAConfig, projection
+from crab_jax.models.layers import Embed, Linear, RMSNorm, attention, merge_heads, normal_init, split_heads
+
+REMAT_POLICIES = ("none", "full", "dots")
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _as_dtype(d):
+    return _DTYPES[d] if isinstance(d, str) else d
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """HF ``LlamaConfig`` fields plus crab_jax execution options."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None -> num_attention_heads (multi-head attention)
+    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    # crab_jax options
+    scan_layers: bool = False
+    remat: str = "none"  # one of REMAT_POLICIES, applied per decoder layer
+    dtype: Any = jnp.float32  # compute dtype
+    param_dtype: Any = jnp.float32
+    vocab_pad_multiple: int = 1  # embed / lm_head rows padded to a multiple (sharding-friendly)
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        object.__setattr__(self, "dtype", _as_dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", _as_dtype(self.param_dtype))
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r} not in {REMAT_POLICIES}")
+        if self.vocab_pad_multiple < 1:
+            raise ValueError("vocab_pad_multiple must be >= 1")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_pad_multiple
+        return -(-self.vocab_size // m) * m
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any], **options) -> "LlamaConfig":
+        """From a HF ``config.json`` dict; ``options`` set the crab_jax fields (scan_layers, ...)."""
+        if config.get("rope_scaling"):
+            raise NotImplementedError(f"rope_scaling {config['rope_scaling']!r} is not supported (LLaMA-2 has none)")
+        if config.get("hidden_act", "silu") != "silu":
+            raise NotImplementedError(f"hidden_act {config['hidden_act']!r}: LLaMA uses silu")
+        fields = dict(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            intermediate_size=config["intermediate_size"],
+            num_hidden_layers=config["num_hidden_layers"],
+            num_attention_heads=config["num_attention_heads"],
+            num_key_value_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+            head_dim=config.get("head_dim"),
+            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+            rope_theta=config.get("rope_theta", 10000.0),
+            max_position_embeddings=config.get("max_position_embeddings", 4096),
+            tie_word_embeddings=config.get("tie_word_embeddings", False),
+            attention_bias=config.get("attention_bias", False),
+            mlp_bias=config.get("mlp_bias", False),
+        )
+        fields.update(options)
+        return cls(**fields)
+
+
+# -- positions, masks, rotary ---------------------------------------------------------------
+
+
+def position_ids_from_mask(mask: jax.Array) -> jax.Array:
+    """``[batch, seq]`` 0/1 mask -> position ids ``max(cumsum(mask) - 1, 0)`` (left padding gets 0)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rotary_cos_sin(position_ids: jax.Array, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
+    """``[batch, seq]`` positions -> cos, sin ``[batch, seq, head_dim]`` (HF layout: freqs repeated twice).
+
+    Angles are computed in float32 like HF (which disables autocast there); only the result
+    is cast to the compute dtype.
+    """
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = position_ids.astype(jnp.float32)[..., None] * inv_freq  # [b, s, head_dim/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    """``[..., d] -> [..., d]``: (x1, x2) -> (-x2, x1) over the two halves of the last axis."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """``x`` ``[batch, seq, heads, head_dim]``, cos/sin ``[batch, seq, head_dim]``."""
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return x * cos + rotate_half(x) * sin
+
+
+def attention_mask_for(attention_mask: jax.Array, q_offset: jax.Array | int, q_len: int) -> jax.Array:
+    """Causal + padding mask ``[batch, 1, q_len, kv_len]`` (True = may attend).
+
+    ``attention_mask`` ``[batch, kv_len]`` covers every key slot; query ``i`` sits in slot
+    ``q_offset + i`` and sees key slots ``<=`` its own that are not padding.
+    """
+    kv_len = attention_mask.shape[-1]
+    q_slot = q_offset + jnp.arange(q_len)[:, None]
+    causal = jnp.arange(kv_len)[None, :] <= q_slot  # [q, kv]
+    return causal[None, None] & attention_mask.astype(bool)[:, None, None, :]
+
+
+# -- KV cache -------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Static-size decoding cache.
+
+    key, value: ``[layers, batch, max_len, kv_heads, head_dim]``; index: ``[]`` int32, the
+    first slot the next call writes (prefill writes ``s`` slots, a decode step one).
+    """
+
+    key: jax.Array
+    value: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def init(cls, cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+        shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+        dtype = cfg.dtype if dtype is None else dtype
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+    @property
+    def max_len(self) -> int:
+        return self.key.shape[2]
+
+
+# -- modules --------------------------------------------------------------------------------
+
+
+class LlamaAttention(nnx.Module):
+    """Grouped-query self-attention with rotary embedding; ``[b, s, embed] -> [b, s, embed]``."""
+
+    def __init__(self, cfg: LlamaConfig, lora: ILoRAConfig | None, *, rngs: nnx.Rngs):
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        e, q_out, kv_out = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        proj = functools.partial(projection, lora=lora, use_bias=cfg.attention_bias, dtype=cfg.dtype,
+                                 param_dtype=cfg.param_dtype, rngs=rngs)
+        self.q_proj = proj("q_proj", e, q_out, axes=("embed", "heads"))
+        self.k_proj = proj("k_proj", e, kv_out, axes=("embed", "kv"))
+        self.v_proj = proj("v_proj", e, kv_out, axes=("embed", "kv"))
+        self.o_proj = proj("o_proj", q_out, e, axes=("heads", "embed"))
+
+    def __call__(self, x, *, cos, sin, mask, kv_cache=None, cache_index=None):
+        """x ``[b, s, embed]``; mask ``[b, 1, s, kv_len]``; kv_cache (k, v) ``[b, max_len, kv_heads, d]``.
+
+        Returns the output and the updated (k, v) cache slices (None without a cache).
+        """
+        q = apply_rotary(split_heads(self.q_proj(x), self.num_heads), cos, sin)
+        k = apply_rotary(split_heads(self.k_proj(x), self.num_kv_heads), cos, sin)
+        v = split_heads(self.v_proj(x), self.num_kv_heads)
+        if kv_cache is not None:
+            cache_k, cache_v = kv_cache
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+            kv_cache = (k, v)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        out = attention(q, k, v, mask=mask)
+        return self.o_proj(merge_heads(out)), kv_cache
+
+
+class LlamaMLP(nnx.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: LlamaConfig, lora: ILoRAConfig | None, *, rngs: nnx.Rngs):
+        e, m = cfg.hidden_size, cfg.intermediate_size
+        proj = functools.partial(projection, lora=lora, use_bias=cfg.mlp_bias, dtype=cfg.dtype,
+                                 param_dtype=cfg.param_dtype, rngs=rngs)
+        self.gate_proj = proj("gate_proj", e, m, axes=("embed", "mlp"))
+        self.up_proj = proj("up_proj", e, m, axes=("embed", "mlp"))
+        self.down_proj = proj("down_proj", m, e, axes=("mlp", "embed"))
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nnx.Module):
+    """Pre-norm block: ``h += attn(norm(h)); h += mlp(norm(h))``."""
+
+    def __init__(self, cfg: LlamaConfig, lora: ILoRAConfig | None, *, rngs: nnx.Rngs):
+        norm = functools.partial(RMSNorm, cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.input_layernorm = norm()
+        self.self_attn = LlamaAttention(cfg, lora, rngs=rngs)
+        self.post_attention_layernorm = norm()
+        self.mlp = LlamaMLP(cfg, lora, rngs=rngs)
+
+    def __call__(self, h, *, cos, sin, mask, kv_cache=None, cache_index=None):
+        attn, kv_cache = self.self_attn(self.input_layernorm(h), cos=cos, sin=sin, mask=mask,
+                                        kv_cache=kv_cache, cache_index=cache_index)
+        h = h + attn
+        h = h + self.mlp(self.post_attention_layernorm(h))
+        return h, kv_cache
+
+
+def _remat_policy(name: str):
+    return {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}[name]
+
+
+class LlamaModel(nnx.Module):
+    """Embedding, decoder layers (a list, or one stacked layer when scanned), final norm."""
+
+    def __init__(self, cfg: LlamaConfig, lora: ILoRAConfig | None, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embed(cfg.padded_vocab_size, cfg.hidden_size, param_dtype=cfg.param_dtype, rngs=rngs)
+        if cfg.scan_layers:
+            @nnx.split_rngs(splits=cfg.num_hidden_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def stacked(rngs):
+                return LlamaDecoderLayer(cfg, lora, rngs=rngs)
+
+            self.layers = stacked(rngs)
+        else:
+            self.layers = nnx.List([LlamaDecoderLayer(cfg, lora, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.param_dtype, rngs=rngs)
+
+    def _layer_fn(self, *, cos, sin, mask, cache_index):
+        """``(layer, h, kv) -> (h, kv)`` for one layer, rematerialised per the config."""
+
+        def run(layer, h, kv):
+            return layer(h, cos=cos, sin=sin, mask=mask, kv_cache=kv, cache_index=cache_index)
+
+        if self.cfg.remat != "none":
+            run = nnx.remat(run, policy=_remat_policy(self.cfg.remat), prevent_cse=not self.cfg.scan_layers)
+        return run
+
+    def __call__(self, *, input_ids=None, inputs_embeds=None, attention_mask, position_ids, cache: KVCache | None = None):
+        """Returns the final-norm hidden states ``[b, s, embed]`` and the updated cache (or None)."""
+        cfg = self.cfg
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids / inputs_embeds")
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        h = h.astype(cfg.dtype)
+        seq = h.shape[1]
+        cos, sin = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.dtype)
+        cache_index = None if cache is None else cache.index
+        if cache is not None and attention_mask.shape[-1] != cache.max_len:
+            raise ValueError(f"with a cache, attention_mask must cover all {cache.max_len} slots, "
+                             f"got {attention_mask.shape}")
+        mask = attention_mask_for(attention_mask, 0 if cache is None else cache.index, seq)
+        run = self._layer_fn(cos=cos, sin=sin, mask=mask, cache_index=cache_index)
+        kv = None if cache is None else (cache.key, cache.value)
+
+        if cfg.scan_layers:
+            scan = nnx.scan(run, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0),
+                            transform_metadata={nnx.PARTITION_NAME: "layers"})
+            h, kv = scan(self.layers, h, kv)
+        else:
+            new_kv = []
+            for i, layer in enumerate(self.layers):
+                h, kv_i = run(layer, h, None if kv is None else (kv[0][i], kv[1][i]))
+                new_kv.append(kv_i)
+            if kv is not None:
+                kv = (jnp.stack([k for k, _ in new_kv]), jnp.stack([v for _, v in new_kv]))
+
+        h = self.norm(h)
+        if cache is not None:
+            cache = KVCache(kv[0], kv[1], cache.index + seq)
+        return h, cache
+
+
+class LlamaForCausalLM(nnx.Module):
+    """LLaMA decoder + LM head; I-LoRA targets (``lora.targets``) become :class:`ILoRALinear`."""
+
+    def __init__(self, cfg: LlamaConfig, lora: ILoRAConfig | None = None, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.model = LlamaModel(cfg, lora, rngs=rngs)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(
+            cfg.hidden_size, cfg.padded_vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype, rngs=rngs, kernel_init=normal_init(0.02))
+
+    def __call__(self, *, input_ids=None, inputs_embeds=None, attention_mask, position_ids,
+                 cache: KVCache | None = None, return_hidden: bool = False):
+        """Next-token logits.
+
+        Args:
+          input_ids: ``[b, s]`` int, or inputs_embeds ``[b, s, embed]``.
+          attention_mask: ``[b, s]`` 0/1 (left padding); with a cache ``[b, cache.max_len]``
+            covering every cache slot (slots after the current chunk are masked by causality).
+          position_ids: ``[b, s]`` (see :func:`position_ids_from_mask`).
+          cache: a :class:`KVCache`; this call writes slots ``cache.index .. cache.index+s-1``.
+        Returns:
+          logits ``[b, s, vocab_size]`` float32 (padded vocabulary rows sliced off); with
+          ``return_hidden`` also the hidden states after the final norm ``[b, s, embed]``;
+          with a cache, the updated cache last.
+        """
+        hidden, cache_out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds,
+                                       attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+        if self.lm_head is None:
+            table = self.model.embed_tokens.weight[...].astype(self.cfg.dtype)
+            logits = jnp.einsum("bse,ve->bsv", hidden.astype(self.cfg.dtype), table)
+        else:
+            logits = self.lm_head(hidden)
+        # Padded vocabulary rows are never valid predictions: drop them before anyone softmaxes.
+        logits = logits[..., : self.cfg.vocab_size].astype(jnp.float32)
+        out = (logits, hidden) if return_hidden else (logits,)
+        if cache is not None:
+            out = out + (cache_out,)
+        return out[0] if len(out) == 1 else out

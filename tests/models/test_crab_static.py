@@ -1,0 +1,98 @@
+"""Static-shape contract of Crab.__call__: one compile for any batch composition, and
+padded media slots never reach the outputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from crab_jax.data.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
+from crab_jax.models.crab import Crab, media_layout
+from crab_jax.models.presets import tiny_crab_config
+
+FRAME_SLOTS, AUDIO_SLOTS, FRAMES_PER_SEGMENT, SEQ = 3, 2, 32, 48
+
+
+def _batch(cfg, specs, rng):
+    """specs: per sample (visual token, real frames, real audio segments, task is seg?)."""
+    ids = cfg.special_token_ids
+    layout = media_layout(cfg, FRAME_SLOTS, AUDIO_SLOTS)
+    qv, qa = cfg.visual_qformer.num_query_tokens, cfg.audio_qformer.num_query_tokens
+    samples, raws = [], []
+    for token, frames, segments, seg in specs:
+        text = list(rng.integers(3, 60, size=6))
+        raw = [1] + text[:2] + [ids[token], ids["<audio>"]] + text[2:]
+        if seg:
+            raw += [ids[f"<mask_{i}>"] for i in range(6)]
+        labels = [-100] * (len(raw) - 3) + raw[-3:]
+        blocks = {ids[token]: MediaBlock(layout.visual_offset, frames * qv),
+                  ids["<audio>"]: MediaBlock(layout.audio_offset, segments * qa)}
+        samples.append(expand_placeholders(raw, labels, blocks))
+        raws.append(raw)
+    batch = left_pad_batch(samples, SEQ, cfg.pad_token_id)
+    batch["mask_positions"] = np.stack([
+        mask_token_positions(raw, cfg.mask_token_ids, expansion_shift=s.expansion_shift,
+                             pad_left=int(p), is_seg=spec[3], fallback_raw_positions=cfg.nonseg_mask_positions)
+        for raw, s, p, spec in zip(raws, samples, batch["pad_left"], specs)])
+    b, size = len(specs), cfg.clip.vision.image_size
+    batch["frames"] = rng.normal(size=(b, FRAME_SLOTS, 3, size, size)).astype(np.float32)
+    batch["fbank"] = rng.normal(size=(b, AUDIO_SLOTS, FRAMES_PER_SEGMENT, 128)).astype(np.float32)
+    batch["is_seg"] = np.array([s[3] for s in specs])
+    batch["is_avss"] = np.zeros(b, bool)
+    batch["gt_mask"] = (rng.random((b, 1, size, size)) > 0.5).astype(np.float32)
+    batch.pop("pad_left")
+    return batch
+
+
+def test_batch_composition_does_not_recompile_and_padding_is_inert():
+    cfg = tiny_crab_config()
+    model = Crab(cfg, rngs=nnx.Rngs(0))
+    model.eval()
+    traces = []
+
+    @nnx.jit
+    def forward(model, batch):
+        traces.append(1)
+        out = model(batch)
+        return out.logits, out.lm_loss, out.mask_loss, out.binary_logits
+
+    rng = np.random.default_rng(0)
+    video_audio = _batch(cfg, [("<video>", 3, 2, False), ("<image>", 1, 1, True)], rng)
+    mixed = _batch(cfg, [("<image>", 1, 2, True), ("<video>", 2, 1, False)], rng)
+    out_a = forward(model, video_audio)
+    out_b = forward(model, mixed)
+    assert len(traces) == 1, "a new batch composition recompiled the forward"
+    assert all(np.isfinite(np.asarray(x)).all() for x in out_a + out_b)
+
+    # Media slots no sample points at (frames 1-2 of an image sample, the unused audio
+    # slot) must not change anything.
+    noisy = dict(mixed)
+    noisy["frames"] = mixed["frames"].copy()
+    noisy["frames"][0, 1:] = 100.0
+    noisy["fbank"] = mixed["fbank"].copy()
+    noisy["fbank"][1, 1:] = -100.0
+    out_c = forward(model, noisy)
+    for ref, got in zip(out_b, out_c):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    assert len(traces) == 1
+
+    # ... while a real slot does.
+    real = dict(mixed)
+    real["frames"] = mixed["frames"].copy()
+    real["frames"][1, 1] += 1.0
+    assert not np.allclose(np.asarray(forward(model, real)[0]), np.asarray(out_b[0]))
+
+
+def test_non_segmentation_samples_carry_no_mask_loss():
+    cfg = tiny_crab_config()
+    model = Crab(cfg, rngs=nnx.Rngs(1))
+    model.eval()
+    rng = np.random.default_rng(1)
+    batch = _batch(cfg, [("<video>", 2, 2, False), ("<image>", 1, 1, True)], rng)
+    out = model(jax.tree.map(jnp.asarray, batch))
+    terms = np.asarray(out.mask_terms)
+    assert np.all(terms[0] == 0) and np.all(terms[1, :2] > 0)
+    changed = dict(batch)
+    changed["gt_mask"] = batch["gt_mask"].copy()
+    changed["gt_mask"][0] = 1 - changed["gt_mask"][0]
+    np.testing.assert_allclose(model(jax.tree.map(jnp.asarray, changed)).mask_loss, out.mask_loss, rtol=1e-6)
