@@ -12,8 +12,9 @@ drift (MaxText's ``param_mapping`` idea). Patterns use ``{name}`` placeholders, 
 ``stack`` names placeholders that exist only on the torch side and become leading axes
 of the JAX array, in order (LoRA heads, scanned layers). ``tied`` names placeholders that
 exist only on the torch side and whose keys all hold the same tensor (BEATs' shared
-relative-position table); the values they take are given explicitly so the reverse path
-can write every name.
+relative-position table, BERT's word embeddings tied to the MLM decoder); each takes
+exactly one of its listed values (which may contain dots), and the reverse path writes
+every name.
 
 Everything here works on numpy arrays; torch is never imported.
 """
@@ -69,7 +70,9 @@ CONV1D = Transform(
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
-def _compile(pattern: str) -> tuple[re.Pattern, tuple[str, ...]]:
+def _compile(pattern: str, choices: dict[str, tuple[str, ...]] | None = None) -> tuple[re.Pattern, tuple[str, ...]]:
+    """``{name}`` matches one path segment, or exactly one of ``choices[name]`` (dots allowed)."""
+    choices = choices or {}
     names: list[str] = []
     out, pos = [], 0
     for m in _PLACEHOLDER.finditer(pattern):
@@ -79,7 +82,8 @@ def _compile(pattern: str) -> tuple[re.Pattern, tuple[str, ...]]:
             out.append(f"(?P={name})")
         else:
             names.append(name)
-            out.append(f"(?P<{name}>[^.]+)")
+            alternatives = "|".join(re.escape(v) for v in choices[name]) if name in choices else "[^.]+"
+            out.append(f"(?P<{name}>{alternatives})")
         pos = m.end()
     out.append(re.escape(pattern[pos:]))
     return re.compile("^" + "".join(out) + "$"), tuple(names)
@@ -94,7 +98,7 @@ class Rule:
     tied: tuple[tuple[str, tuple[str, ...]], ...] = ()  # ((placeholder, values), ...)
 
     def __post_init__(self):
-        t_re, t_names = _compile(self.torch)
+        t_re, t_names = _compile(self.torch, dict(self.tied))
         j_re, j_names = _compile(self.jax)
         object.__setattr__(self, "_t", (t_re, t_names))
         object.__setattr__(self, "_j", (j_re, j_names))

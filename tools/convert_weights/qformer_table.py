@@ -20,7 +20,6 @@ layer without cross-attention simply has no ``crossattention.*`` keys.
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 
@@ -28,30 +27,6 @@ from tools.convert_weights.mapping import IDENTITY, LINEAR, MappingTable, Rule, 
 
 # torch int64 index buffer <-> crab_jax int32 buffer (values are small positions)
 INDEX_INT64 = Transform("index_int64", lambda x: x, lambda x: np.asarray(x).astype(np.int64))
-
-
-class AliasRule(Rule):
-    """A :class:`Rule` whose ``tied`` placeholders may span several path segments.
-
-    Each tied placeholder matches exactly one of its listed values (dots allowed), so a
-    tensor shared by two differently nested torch modules maps to one crab_jax parameter.
-    """
-
-    def __post_init__(self):
-        super().__post_init__()
-        _, names = self._t
-        values = dict(self.tied)
-        parts, pos = [], 0
-        for m in re.finditer(r"\{(\w+)\}", self.torch):
-            parts.append(re.escape(self.torch[pos:m.start()]))
-            name = m.group(1)
-            if name in values:
-                parts.append(f"(?P<{name}>" + "|".join(re.escape(v) for v in values[name]) + ")")
-            else:
-                parts.append(f"(?P<{name}>[^.]+)")
-            pos = m.end()
-        parts.append(re.escape(self.torch[pos:]))
-        object.__setattr__(self, "_t", (re.compile("^" + "".join(parts) + "$"), names))
 
 
 def _linear(path: str) -> list[Rule]:
@@ -67,9 +42,9 @@ def qformer_rules() -> list[Rule]:
     layer = "bert.encoder.layer.{layer}"
     rules = [
         # tied pairs first: one crab_jax parameter, two torch names each
-        AliasRule("{owner}.weight", "bert.embeddings.word_embeddings.weight", IDENTITY,
+        Rule("{owner}.weight", "bert.embeddings.word_embeddings.weight", IDENTITY,
                   tied=(tied("owner", ["bert.embeddings.word_embeddings", "cls.predictions.decoder"]),)),
-        AliasRule("{owner}.bias", "cls.predictions.bias", IDENTITY,
+        Rule("{owner}.bias", "cls.predictions.bias", IDENTITY,
                   tied=(tied("owner", ["cls.predictions", "cls.predictions.decoder"]),)),
         Rule("bert.embeddings.position_embeddings.weight", "bert.embeddings.position_embeddings.weight"),
         Rule("bert.embeddings.position_ids", "bert.embeddings.position_ids", INDEX_INT64),
