@@ -15,7 +15,7 @@ from crab_jax.models.clip import (
     ClipVisionTower,
     ClipVisualEncoder,
 )
-from crab_jax.state_dict import expected_shapes, flat_arrays, flat_variables
+from crab_jax.state_dict import abstract_module, expected_shapes, flat_arrays, flat_variables, load_flat
 from tests.conftest import assert_parity
 from tools.convert_weights.clip_table import clip_table, clip_vision_to_jax, split_clip_vision_keys
 from tools.convert_weights.io import open_tensors
@@ -55,22 +55,10 @@ def _numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def _fill(module: nnx.Module, flat) -> None:
-    """Writes ``flat`` into an abstract (``nnx.eval_shape``) module.
-
-    load_flat's ``v[...] =`` cannot write into an abstract variable; the abstract build saves
-    the random init, seconds of eager op compiles that would be thrown away.
-    """
-    variables = flat_variables(module)
-    assert sorted(flat) == sorted(variables)
-    for key, variable in variables.items():
-        variable.set_value(jnp.asarray(flat[key], variable.dtype))
-
-
 def _tower_from_state(state, cfg: ClipVisionConfig) -> ClipVisionTower:
-    tower = nnx.eval_shape(lambda: ClipVisionTower(cfg, rngs=nnx.Rngs(0)))
+    tower = abstract_module(lambda: ClipVisionTower(cfg, rngs=nnx.Rngs(0)))
     flat, _ = clip_vision_to_jax(state, cfg, expected_shapes(tower))  # raises on any key problem
-    _fill(tower, flat)
+    load_flat(tower, flat)
     return tower
 
 
@@ -138,9 +126,9 @@ def test_visual_encoder_wrapper_regroups_frames(hf_tiny):
     """Crab's VisualEncoder: [b, t, C, H, W] -> per tap [b, t*P, W], frame after frame."""
     _, cfg, tower = hf_tiny
     taps = (2, 1)
-    encoder = nnx.eval_shape(lambda: ClipVisualEncoder(ClipEncoderConfig(vision=cfg, select_layer_list=taps),
+    encoder = abstract_module(lambda: ClipVisualEncoder(ClipEncoderConfig(vision=cfg, select_layer_list=taps),
                                                        rngs=nnx.Rngs(0)))
-    _fill(encoder.vision_tower, flat_arrays(tower))
+    load_flat(encoder.vision_tower, flat_arrays(tower))
     b, t = 1, 2  # 2 frames: the same shapes as the other tiny-model tests (cached op compiles)
     video = jnp.asarray(np.random.default_rng(3).normal(size=(b, t, 3, cfg.image_size, cfg.image_size)),
                         jnp.float32)

@@ -66,17 +66,13 @@ def load_beats(path, *, dtype=None):
     from flax import nnx
 
     from crab_jax.models.beats import Beats
-    from crab_jax.state_dict import expected_shapes, flat_variables
+    from crab_jax.state_dict import abstract_module, expected_shapes, load_flat
     from tools.convert_weights.io import open_tensors
 
     tensors = open_tensors(path, subkey="model")
     if "cfg" not in getattr(tensors, "extra", {}):
         raise ValueError(f"{path}: a BEATs checkpoint must hold a 'cfg' dict next to 'model'")
     cfg = BeatsConfig.from_checkpoint_cfg(tensors.extra["cfg"])
-    model = nnx.eval_shape(lambda: Beats(cfg, dtype=dtype or jnp.float32, rngs=nnx.Rngs(0)))
-    flat = beats_table(cfg).to_jax(tensors, expected_shapes(model), source=str(path))
-    # to_jax has checked every key and shape against the model; set_value (not v[...] =)
-    # because the variables are still abstract.
-    for key, variable in flat_variables(model).items():
-        variable.set_value(jnp.asarray(flat[key], dtype=variable.dtype))
+    model = abstract_module(lambda: Beats(cfg, dtype=dtype or jnp.float32, rngs=nnx.Rngs(0)))
+    load_flat(model, beats_table(cfg).to_jax(tensors, expected_shapes(model), source=str(path)), source=str(path))
     return model

@@ -1,0 +1,1 @@
+"""Host-side data pipeline: audio/video decoding, preprocessing and sequence assembly."""
