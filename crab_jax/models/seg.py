@@ -276,26 +276,15 @@ class MLPBlock(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """``layers.{i}`` Linear with ReLU between (not after the last)."""
+    """``layers.{i}`` with ReLU between (not after the last): Linear layers, or 1×1 Conv2d
+    on ``[batch, h, w, in]`` when ``conv``."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, *, rngs: nnx.Rngs,
+                 conv: bool = False):
         dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
-        self.layers = nnx.List([Linear(a, b, axes=("embed", "mlp"), rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = jax.nn.relu(x)
-        return x
-
-
-class ConvMLP(nnx.Module):
-    """``layers.{i}`` 1×1 Conv2d with ReLU between, on ``[batch, h, w, in]``."""
-
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, *, rngs: nnx.Rngs):
-        dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
-        self.layers = nnx.List([Conv2d(a, b, 1, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+        make = (lambda a, b: Conv2d(a, b, 1, rngs=rngs)) if conv else (
+            lambda a, b: Linear(a, b, axes=("embed", "mlp"), rngs=rngs))
+        self.layers = nnx.List([make(a, b) for a, b in zip(dims[:-1], dims[1:])])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, layer in enumerate(self.layers):
@@ -418,7 +407,7 @@ class MaskDecoderMultiScale(nnx.Module):
                                       init=normal_init(1.0))
         self.query_generator = QueryGenerator(cfg.qg_layers, c, cfg.query_generator_heads,
                                               cfg.query_generator_ffn, rngs=rngs)
-        self.hyper_mlp_out = ConvMLP(cfg.avs_query_num, c, c // 8, 3, rngs=rngs)
+        self.hyper_mlp_out = MLP(cfg.avs_query_num, c, c // 8, 3, rngs=rngs, conv=True)
         self.hyper_mlp = MLP(c, c, c // 8, 3, rngs=rngs)
         self.output_upscaling = _upscaler(c, c // 8, rngs)
         self.upsample_2x = _upscaler(c, c, rngs)
