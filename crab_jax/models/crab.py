@@ -58,6 +58,17 @@ class CrabConfig:
     seg_taps: tuple[int, ...] = (0, 1)
     # -1 reproduces the original (hidden state before each <mask_k>); 0 reads the token itself.
     mask_position_offset: int = -1
+    # Compute dtype of the LLM and the encoders (weights keep their param dtype). The seg
+    # module and every loss stay float32: masks are compared against 0/1 targets at 224 px.
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        dtype = jnp.dtype(self.dtype)
+        object.__setattr__(self, "dtype", dtype)
+        # One source of truth: the sub-configs inherit the compute dtype.
+        object.__setattr__(self, "llama", dataclasses.replace(self.llama, dtype=dtype))
+        vision = dataclasses.replace(self.clip.vision, dtype=dtype)
+        object.__setattr__(self, "clip", dataclasses.replace(self.clip, vision=vision))
 
     @property
     def mask_token_ids(self) -> tuple[int, ...]:
@@ -114,9 +125,9 @@ class Crab(nnx.Module):
         self.cfg = cfg
         self.llm = LlamaForCausalLM(cfg.llama, cfg.lora, rngs=rngs)
         self.visual_encoder = ClipVisualEncoder(cfg.clip, rngs=rngs)
-        self.vl_projector = VisualProjector(cfg.visual_qformer, rngs=rngs)
-        self.audio_encoder = Beats(cfg.beats, rngs=rngs)
-        self.al_projector = AudioProjector(cfg.audio_qformer, rngs=rngs)
+        self.vl_projector = VisualProjector(cfg.visual_qformer, dtype=cfg.dtype, rngs=rngs)
+        self.audio_encoder = Beats(cfg.beats, dtype=cfg.dtype, rngs=rngs)
+        self.al_projector = AudioProjector(cfg.audio_qformer, dtype=cfg.dtype, rngs=rngs)
         self.seg_module = SegModule(cfg.seg, rngs=rngs) if cfg.seg is not None else None
 
     # -- encoders ------------------------------------------------------------------------
@@ -171,7 +182,8 @@ class Crab(nnx.Module):
         if seg_features is None or self.seg_module is None:
             return CrabOutput(logits, hidden, embeds, loss, None, None, None, None, None)
         pred = jnp.take_along_axis(hidden, mask_positions[..., None].astype(jnp.int32), axis=1)
-        seg = self.seg_module(pred, seg_features, is_avss)
+        pred = pred.astype(jnp.float32)
+        seg = self.seg_module(pred, [f.astype(jnp.float32) for f in seg_features], is_avss)
         m_loss, terms = mask_loss(seg.binary_logits, seg.avss_logits, gt_mask, is_avss, is_seg)
         return CrabOutput(logits, hidden, embeds, loss, m_loss, terms, seg.binary_logits, seg.avss_logits, pred)
 
