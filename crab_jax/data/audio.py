@@ -25,12 +25,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from crab_jax.data.errors import BadRecordError
 from crab_jax.data.fbank import DEFAULT_FBANK, FbankConfig, beats_fbank
 
 SAMPLE_RATE = 16000
 
 
-class AudioFileError(ValueError):
+class AudioFileError(BadRecordError):
     """An audio file that exists but cannot be used (empty, undecodable, no samples)."""
 
 
@@ -49,13 +50,13 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such audio file")
     if os.path.getsize(path) == 0:
-        raise AudioFileError(f"{path}: audio file is empty (0 bytes)")
+        raise AudioFileError(path, "audio file is empty (0 bytes)")
     try:
         audio, _ = librosa.load(path, sr=sr, mono=True)
     except Exception as e:  # soundfile / audioread raise many unrelated types
-        raise AudioFileError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from e
+        raise AudioFileError(path, f"cannot decode audio ({type(e).__name__}: {e})") from e
     if audio.size == 0:
-        raise AudioFileError(f"{path}: decoded to 0 samples")
+        raise AudioFileError(path, "decoded to 0 samples")
     return np.asarray(audio, np.float32)
 
 

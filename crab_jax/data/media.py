@@ -281,13 +281,10 @@ def load_mask(path: str | os.PathLike, task: str, size: int = CLIP_SIZE) -> np.n
 
 
 def decode_audio(path: str | os.PathLike) -> np.ndarray:
-    """:func:`crab_jax.data.audio.load_audio` with its errors as BadRecordError."""
-    from crab_jax.data.audio import AudioFileError, load_audio
+    """:func:`crab_jax.data.audio.load_audio` (its errors are already BadRecordError)."""
+    from crab_jax.data.audio import load_audio
 
-    try:
-        return load_audio(check_file(path, "audio"))
-    except AudioFileError as e:
-        raise BadRecordError(path, str(e).split(": ", 1)[-1]) from e
+    return load_audio(check_file(path, "audio"))
 
 
 def audio_segments(spec, audio: np.ndarray):
