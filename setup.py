@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     "ml-collections==1.1.0",
     "safetensors==0.8.0",
     "av==18.1.0",
+    "pillow==13.0.0",
+    "soundfile==0.14.0",
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
     "absl-py==2.5.1",
