@@ -25,6 +25,8 @@ from crab_jax.models.layers import Axes, Linear, fan_in_init, zeros_init
 from crab_jax.sharding import param
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Name of the ``nnx.Intermediate`` holding the router gates ``[..., k]`` (float32) of a call.
+GATES_INTERMEDIATE = "gates_seen"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,11 @@ def kaiming_uniform_a_sqrt5(key, shape, dtype):
 class ILoRALinear(nnx.Module):
     """Frozen ``weight`` [in, out] (+ ``bias``), shared ``lora_A`` [in, r], stacked
     ``lora_B`` [k, r, out] and router ``lora_route`` [in, k]."""
+
+    # When True, each call sows its gates as ``nnx.Intermediate`` GATES_INTERMEDIATE (collect
+    # them with ``nnx.capture(fn, nnx.Intermediate)``). Off by default so inference keeps no
+    # extra state; the trainer turns it on with :func:`record_router_gates`.
+    record_gates: bool = False
 
     def __init__(
         self,
@@ -95,7 +102,19 @@ class ILoRALinear(nnx.Module):
         mixed = gates[..., :, None] * rank_act[..., None, :]  # [..., k, r]
         lora_out = jnp.einsum("...hr,hro->...o", mixed, self.lora_B[...].astype(self.dtype))
         y = y + (self.scaling * lora_out).astype(y.dtype)
+        if self.record_gates:
+            self.sow(nnx.Intermediate, GATES_INTERMEDIATE, gates.astype(jnp.float32))
         return (y, gates) if return_gates else y
+
+
+def record_router_gates(module: nnx.Module, on: bool = True) -> int:
+    """Turns gate sowing on/off in every :class:`ILoRALinear` of ``module``; returns how many."""
+    count = 0
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, ILoRALinear):
+            node.record_gates = on
+            count += 1
+    return count
 
 
 def projection(

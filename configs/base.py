@@ -1,0 +1,152 @@
+"""Every configuration key of ``python -m crab_jax.train``, with its default and meaning.
+
+Other config files call :func:`get_config` and change values; the returned ConfigDict is
+locked, so adding a key that is not declared here (in a file or as ``--config.x.y=v``)
+raises at once, naming the key. :func:`apply_stage` sets the per-stage values of the
+original recipe (``/work/shared/spec/tasks.md`` A.7.1).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+ILORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# Trainable-parameter regexes (re.search over dotted crab_jax paths such as
+# ``llm.model.layers.0.self_attn.q_proj.lora_A``), one list per stage of the original.
+STAGES = {
+    # P1 visual pretraining: the Q-Former projector, plus lm_head / the resized embeddings.
+    "pretrain_visual": dict(trainable=(r"^vl_projector\.", r"^llm\.lm_head\.", r"^llm\.model\.embed_tokens\."),
+                            global_batch=64, epochs=1, seg_branch=False, tasks=("image_caption", "video_caption")),
+    # P2 audio pretraining.
+    "pretrain_audio": dict(trainable=(r"^al_projector\.", r"^llm\.lm_head\.", r"^llm\.model\.embed_tokens\."),
+                           global_batch=32, epochs=1, seg_branch=False, tasks=("audio_caption",)),
+    # P3 segmentation pretraining (LVIS): the seg module only; the script's 128 queries / 128 px.
+    "pretrain_seg": dict(trainable=(r"^seg_module\.",), global_batch=64, epochs=5, seg_branch=True,
+                         tasks=("s4",), avs_query_num=128, low_res_mask_size=128),
+    # F1 joint instruction tuning: projectors + every I-LoRA weight (A, B heads, router).
+    "finetune": dict(trainable=(r"^vl_projector\.", r"^al_projector\.", r"\.lora_(A|B|route)$"),
+                     global_batch=256, epochs=5, seg_branch=False,
+                     tasks=("avqa", "ave", "avvp", "arig", "avcap", "ms3", "s4", "avss", "ref-avs")),
+    # F2 AVS fine-tuning: seg module + embeddings + LM head.
+    "avs": dict(trainable=(r"^seg_module\.", r"^llm\.model\.embed_tokens\.", r"^llm\.lm_head\."),
+                global_batch=256, epochs=30, seg_branch=True, tasks=("ms3", "s4", "ref-avs"),
+                avs_query_num=300, low_res_mask_size=112),
+}
+
+# Logical axis -> mesh axes (first match wins; a mesh axis is used once per tensor).
+DEFAULT_RULES = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("lora_rank", None),
+    ("lora_heads", None),
+    ("conv", None),
+    ("channels", None),
+    ("queries", None),
+    ("norm", None),
+    ("positions", None),
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                      # model init + dropout streams + random data
+    c.stage = "custom"              # name only (logging); apply_stage() fills the values
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"         # tiny | crab_7b (paper sizes) | checkpoint (crab_config.json of init_checkpoint)
+    c.model.init_checkpoint = ""    # converted dir: <dir>/params (Orbax) + <dir>/crab_config.json
+    c.model.dtype = "float32"       # compute dtype of the LLM and encoders (seg module + losses stay fp32)
+    c.model.param_dtype = "float32"          # storage dtype of TRAINABLE weights (optimizer works in it)
+    c.model.frozen_param_dtype = "float32"   # storage dtype of frozen weights (bfloat16 halves memory)
+    c.model.scan_layers = False
+    c.model.remat = "none"          # none | full | dots (per decoder layer)
+    c.model.vocab_pad_multiple = 128  # 32017 rows -> 32128: divisible by any mesh axis size up to 128
+    c.model.seg_branch = True       # run the mask decoder and add the mask loss
+    c.model.avs_query_num = -1      # -1 keeps the preset's value
+    c.model.low_res_mask_size = -1  # -1 keeps the preset's value
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.r = 4
+    c.model.lora.alpha = 8.0
+    c.model.lora.num_heads = 3
+    c.model.lora.dropout = 0.0
+    c.model.lora.targets = ILORA_TARGETS
+
+    c.trainable = (r"\.lora_(A|B|route)$",)   # regexes over dotted parameter paths (re.search)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4
+    # warmup_decay_log: DeepSpeed WarmupDecayLR as the original ran it (log warmup, linear decay to 0);
+    # cosine: HF linear warmup + cosine to 0 (the CLI flag the original's scheduler overrode); constant.
+    c.optim.schedule = "warmup_decay_log"
+    c.optim.warmup_ratio = 0.03
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.grad_clip = 1.0         # global-norm clipping (HF max_grad_norm); <= 0 disables
+
+    c.train = ml_collections.ConfigDict()
+    c.train.global_batch = 8        # samples per optimizer step, over all devices and micro-batches
+    c.train.micro_batches = 1       # gradient accumulation steps per optimizer step
+    c.train.epochs = 1
+    c.train.num_steps = -1          # > 0 overrides epochs * ceil(data.num_examples / global_batch)
+    c.train.stop_after_steps = -1   # > 0: leave (with a checkpoint) after this many steps of THIS run
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "random"        # random (make_random_batches) | grain (crab_jax.data pipeline)
+    c.data.path = ""                # dataset root for the grain source
+    c.data.tasks = ("ave", "avqa", "s4", "avss")  # task_id i in a batch is tasks[i] (per-task metrics)
+    c.data.seq_len = 128
+    c.data.frame_slots = 3
+    c.data.audio_slots = 2
+    c.data.fbank_frames = 32
+    c.data.num_examples = 64        # dataset size (steps per epoch = ceil(num_examples / global_batch))
+    c.data.num_distinct = 0         # random source: > 0 cycles this many fixed batches
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1                 # -1: all devices not used by the other axes
+    c.mesh.fsdp = -1
+    c.mesh.tensor = 1
+    c.mesh.rules = DEFAULT_RULES
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 100
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.metrics = ml_collections.ConfigDict()
+    c.metrics.log_every = 1
+    c.metrics.tensorboard = True
+    c.metrics.router_layer_groups = 2   # router usage reported per contiguous group of decoder layers
+    c.metrics.peak_flops_per_device = 0.0  # 0: look up the device kind (unknown kinds report no MFU)
+    c.metrics.progress_bar = True
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = "auto"   # auto (TPU / env vars present) | always | never
+    c.distributed.coordinator_address = ""  # host:port; "" reads JAX_COORDINATOR_ADDRESS
+    c.distributed.num_processes = -1        # -1 reads JAX_NUM_PROCESSES
+    c.distributed.process_id = -1           # -1 reads JAX_PROCESS_ID
+
+    c.lock()
+    return c
+
+
+def apply_stage(c: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+    """Sets the trainable set, batch, epochs, tasks and seg sizes of one stage of the original."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
+    s = STAGES[stage]
+    c.stage = stage
+    c.trainable = s["trainable"]
+    c.train.global_batch = s["global_batch"]
+    c.train.epochs = s["epochs"]
+    c.model.seg_branch = s["seg_branch"]
+    c.data.tasks = s["tasks"]
+    c.model.avs_query_num = s.get("avs_query_num", -1)
+    c.model.low_res_mask_size = s.get("low_res_mask_size", -1)
+    return c

@@ -1,0 +1,89 @@
+"""Train Crab: ``python -m crab_jax.train --config configs/tiny.py --workdir /tmp/crab_tiny``.
+
+Flags:
+  --config FILE[:VARIANT]   an ml_collections config file (``configs/base.py`` declares every key;
+                            ``configs/tiny.py`` is the CPU demo, ``configs/tpu_v4.py:finetune`` the
+                            paper's recipe); override any key with ``--config.section.key=value``.
+  --workdir DIR             checkpoints (``DIR/checkpoints``), ``DIR/metrics.jsonl``, TensorBoard
+                            (``DIR/tensorboard``). Rerunning the same command resumes from the
+                            latest committed checkpoint; SIGTERM saves and exits cleanly.
+
+Multi-host: ``jax.distributed.initialize`` runs before any other JAX call (automatically on
+TPU, or from ``config.distributed`` / ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``); only process 0 logs and writes metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(REPO / "configs" / "tiny.py"),
+    "Training config file (ml_collections), optionally FILE:VARIANT; override keys with --config.a.b=v.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/. "
+                               "The same workdir resumes the run.")
+
+
+def maybe_initialize_distributed(dist_cfg) -> None:
+    """``jax.distributed.initialize`` when asked, on TPU, or when the JAX_* env variables say so."""
+    mode = dist_cfg.initialize
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"config distributed.initialize={mode!r}; known: auto, always, never")
+    if mode == "never":
+        return
+    import jax
+
+    address = dist_cfg.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    num = dist_cfg.num_processes if dist_cfg.num_processes > 0 else int(os.environ.get("JAX_NUM_PROCESSES", "-1"))
+    pid = dist_cfg.process_id if dist_cfg.process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1"))
+    on_tpu_pod = bool(os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"))
+    if address and num > 0 and pid >= 0:
+        jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+    elif mode == "always" or on_tpu_pod:
+        jax.distributed.initialize()  # TPU pods (and SLURM, ...) find their coordinator themselves
+
+
+def reference_config():
+    """``configs/base.py``'s declared keys (the repository's configs folder)."""
+    sys.path.insert(0, str(REPO))
+    from configs import base
+
+    return base.get_config()
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    workdir = _WORKDIR.value
+    if not workdir:
+        raise app.UsageError("--workdir is required (checkpoints and metrics go there)")
+    from crab_jax.trainer.config_check import check_config
+
+    check_config(config.to_dict(), reference_config().to_dict(), source="--config")
+    maybe_initialize_distributed(config.distributed)
+    import jax
+
+    from absl import logging as absl_logging
+
+    # Orbax logs every save step at INFO through absl; keep the console to our own messages.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    ours = logging.getLogger("crab_jax")
+    ours.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+    from crab_jax.trainer.loop import train
+
+    history = train(config, workdir)
+    if history and jax.process_index() == 0:
+        last = history[-1]
+        print(f"step {last['step']}: loss {last['loss']:.4f} (first step of this run: {history[0]['loss']:.4f})")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,51 @@
+"""Shared pieces of the trainer tests: a small CPU config and a persistent compile cache."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sys
+
+import jax
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def small_config(**overrides):
+    """``configs/tiny.py`` without the seg branch (halves compile time), no TensorBoard, no bar."""
+    from configs import tiny
+
+    c = tiny.get_config()
+    c.model.seg_branch = False
+    c.train.num_steps = 16
+    c.train.global_batch = 4
+    c.data.num_distinct = 2
+    c.checkpoint.every_steps = 4
+    c.checkpoint.async_save = True
+    c.metrics.tensorboard = False
+    c.metrics.progress_bar = False
+    for key, value in overrides.items():
+        node = c
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+@contextlib.contextmanager
+def compile_cache(directory):
+    """Identical programs compiled by separate runs (fresh closures) load from disk instead."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    old = {n: getattr(jax.config, n) for n in names}
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    try:
+        yield
+    finally:
+        for n, v in old.items():
+            jax.config.update(n, v)
