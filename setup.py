@@ -37,7 +37,12 @@ setup(
     version="0.1.0",
     description="Crab / Crab+ audio-visual LLMs in JAX / Flax NNX",
     python_requires=">=3.11",
-    packages=find_packages(include=["crab_jax", "crab_jax.*", "tools", "tools.*"]),
+    packages=find_packages(include=["crab_jax", "crab_jax.*", "tools", "tools.*", "configs"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={
+        "test": TEST_REQUIRES,
+        # reading / writing torch .bin / .pt checkpoints (safetensors needs no torch)
+        "convert": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["crab-convert-weights=tools.convert_weights.cli:main"]},
 )

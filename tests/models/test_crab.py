@@ -27,7 +27,7 @@ def crab(fixtures_dir, manifest):
     c = manifest["fixtures"]["crab_full"]["config"]
     folder = fixtures_dir / "crab_full"
     sd = open_tensors(folder / "full_state_dict.safetensors")
-    shapes = {k: sd._f.get_slice(k).get_shape() for k in sd}
+    shapes = {k: sd.shape(k) for k in sd}
     with open(folder / "llama_hf" / "config.json") as f:
         llama_config = json.load(f)
     with open(folder / "clip_vision" / "config.json") as f:
