@@ -1,0 +1,450 @@
+"""Generate with a trained Crab and score the answers: ``python -m crab_jax.infer --config ... --workdir ...``.
+
+Three layers, pure at the centre:
+
+* :mod:`crab_jax.decoding` — the jitted decoder (:func:`~crab_jax.decoding.jit_generate`).
+* host helpers here — :func:`strip_answers` turns a batch in the training format
+  (:mod:`crab_jax.data.batch_spec`: prompt + answer, labels on the answer) into a prompt-only
+  batch of the same shape plus the reference answer ids; :func:`decode_texts` detokenises;
+  :func:`score_sample` scores one generation against its reference with the task parsers of
+  :mod:`crab_jax.data.synthetic_metrics`.
+* :func:`evaluate` — the loop the trainer calls on held-out batches; ``main`` — the CLI.
+
+Scoring from the reference *text* (the batch's own answer tokens) instead of the record's
+JSON fields: every parser of ``synthetic_metrics`` reads the same target format the
+answers are written in (``<answer> x </answer>``, ``<event> E </event> <range> s,e </range>``,
+two ``(x,y)`` points, "... making the sound in the video is X."), so a pseudo-record parsed
+from the reference gives the record's fields exactly, and evaluation needs no record files.
+Segmentation tasks are scored twice: ``s4`` (mask IoU of the predicted mask with the batch's
+``gt_mask``) and ``s4_category`` (the object named in the text).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import sys
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from crab_jax.data import synthetic_metrics as SM
+from crab_jax.data.sequence import IGNORE_INDEX, position_ids_from_mask
+from crab_jax.decoding import DecodeConfig, Generation, jit_generate
+
+log = logging.getLogger("crab_jax.infer")
+
+# Data task -> metric tasks of ``synthetic_metrics`` it is scored with.
+METRIC_TASKS = {"avqa": ("avqa",), "ave": ("ave",), "arig": ("arig",), "s4": ("s4", "s4_category"),
+                "ms3": ("s4", "s4_category"), "ref-avs": ("s4",)}
+TOKEN_ROW_KEYS = ("input_ids", "attention_mask", "position_ids", "media_index", "labels")
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclasses.dataclass
+class PromptBatch:
+    """A prompt-only batch and what was cut off.
+
+    Attributes:
+      batch: same keys and shapes as the input; answer slots removed, each row left-padded
+        again (``labels`` all -100).
+      answers: per row, the reference answer ids (``[n_i]`` int32, EOS included), empty for
+        rows without labels (fillers).
+      has_answer: ``[b]`` bool.
+    """
+
+    batch: dict[str, np.ndarray]
+    answers: list[np.ndarray]
+    has_answer: np.ndarray
+
+
+def strip_answers(batch: Mapping[str, Any], pad_id: int) -> PromptBatch:
+    """Cuts every row at its first labelled slot (the answer start) and left-pads the prompt.
+
+    Rows with no label (fillers) keep their whole sequence as prompt (``has_answer`` False).
+    Shapes are unchanged, so the prompt batch compiles to the training bucket's shape.
+    """
+    for k in TOKEN_ROW_KEYS:
+        if k not in batch:
+            raise KeyError(f"strip_answers: batch lacks {k!r} (expected the crab_jax.data.batch_spec format)")
+    out = {k: np.array(v) for k, v in batch.items()}
+    labels = out["labels"]
+    b, s = labels.shape
+    ids = np.full((b, s), pad_id, np.int32)
+    media = np.full((b, s), -1, np.int32)
+    mask = np.zeros((b, s), np.int32)
+    answers, has = [], np.zeros(b, bool)
+    for i in range(b):
+        real = np.flatnonzero(out["attention_mask"][i])
+        labelled = np.flatnonzero(labels[i] != IGNORE_INDEX)
+        start = int(real[0]) if len(real) else s
+        cut = int(labelled[0]) if len(labelled) else s
+        has[i] = len(labelled) > 0
+        answers.append(out["input_ids"][i, cut:].astype(np.int32) if has[i] else np.zeros(0, np.int32))
+        n = cut - start
+        ids[i, s - n:] = out["input_ids"][i, start:cut]
+        media[i, s - n:] = out["media_index"][i, start:cut]
+        mask[i, s - n:] = 1
+    out.update(input_ids=ids, media_index=media, attention_mask=mask,
+               position_ids=position_ids_from_mask(mask).astype(np.int32),
+               labels=np.full((b, s), IGNORE_INDEX, np.int32))
+    return PromptBatch(out, answers, has)
+
+
+def generated_ids(gen_tokens: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """Per row, the generated ids up to and including EOS."""
+    return [np.asarray(gen_tokens[i, : int(lengths[i])]) for i in range(len(lengths))]
+
+
+def decode_texts(tokenizer, sequences: Sequence[np.ndarray]) -> list[str]:
+    """Ids -> text as the original decodes (``skip_special_tokens=False``; parsers strip markers).
+
+    Without a tokenizer the ids are written space-separated (``"<id:17> <id:5>"``), which no
+    task parser matches: only the generic metrics score then.
+    """
+    if tokenizer is None:
+        return [" ".join(f"<id:{int(t)}>" for t in seq) for seq in sequences]
+    return [tokenizer.decode([int(t) for t in seq], skip_special_tokens=False) for seq in sequences]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def reference_record(task: str, reference_text: str) -> dict | None:
+    """The record fields a metric task needs, parsed from the reference answer (None: unparsable)."""
+    if task == "avqa":
+        answer = SM.parse_answer(reference_text)
+        return None if answer is None else {"answer": answer}
+    if task == "ave":
+        event, span = SM.parse_event(reference_text)
+        if event is None or span is None:
+            return None
+        return {"event": event, "start_time": span[0], "end_time": span[1]}
+    if task == "arig":
+        box = SM.parse_box(reference_text)
+        return None if box is None else {"top_left": list(box[:2]), "bottom_right": list(box[2:])}
+    if task == "s4_category":
+        obj = SM.parse_s4_object(reference_text)
+        return None if obj is None else {"a_obj": obj}
+    raise ValueError(f"reference_record: no text reference for metric task {task!r}")
+
+
+def _strip_eos(ids: np.ndarray, eos_id: int) -> np.ndarray:
+    hits = np.flatnonzero(ids == eos_id)
+    return ids[: hits[0]] if len(hits) else ids
+
+
+def score_sample(task: str, *, text: str, reference_text: str, generated: np.ndarray, reference: np.ndarray,
+                 eos_id: int, pred_mask: np.ndarray | None = None, mask_valid: bool = False,
+                 gt_mask: np.ndarray | None = None, tokenizer_available: bool = True) -> dict[str, float]:
+    """Metric name -> score in [0, 1] for one generation.
+
+    ``exact_match`` compares the ids up to EOS. Text metrics need a tokenizer (else skipped);
+    a reference the parser cannot read is skipped (not counted). ``s4``: a sample whose
+    generation has fewer than 6 mask tokens has no mask and scores 0 (the original skips such
+    samples; here they count, so the number is not inflated by refusing to answer).
+    """
+    out = {"exact_match": float(np.array_equal(_strip_eos(generated, eos_id), _strip_eos(reference, eos_id)))}
+    for metric in METRIC_TASKS.get(task, ()):
+        if metric == "s4":
+            if gt_mask is None:
+                continue
+            has_mask = mask_valid and pred_mask is not None
+            out["s4"] = SM.score("s4", pred_mask, None, gt_mask=gt_mask) if has_mask else 0.0
+            continue
+        if not tokenizer_available:
+            continue
+        record = reference_record(metric, reference_text)
+        if record is not None:
+            out[metric] = SM.score(metric, text, record)
+    return out
+
+
+def summarise(scores: Mapping[str, Sequence[float]], *, with_chance: bool) -> dict[str, dict]:
+    """``{metric key: {mean, n, chance?}}`` from per-sample lists (keys ``task/metric``)."""
+    out = {}
+    for key, values in sorted(scores.items()):
+        arr = np.asarray(values, np.float64)
+        entry = {"mean": float(arr.mean()) if arr.size else math.nan, "n": int(arr.size)}
+        metric = key.split("/", 1)[1]
+        if with_chance and metric in SM.TASKS:
+            entry["chance"] = SM.chance_level(metric)
+        out[key] = entry
+    return out
+
+
+def flat_metrics(results: Mapping[str, Mapping[str, float]], prefix: str = "eval/") -> dict[str, float]:
+    """``{"eval/avqa/avqa": mean, "eval/avqa/avqa_chance": chance, ...}`` for a metric writer."""
+    flat = {}
+    for key, entry in results.items():
+        flat[f"{prefix}{key}"] = entry["mean"]
+        if "chance" in entry:
+            flat[f"{prefix}{key}_chance"] = entry["chance"]
+    return flat
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(model, batches: Iterable[Mapping[str, Any]], tokenizer, tasks: Sequence[str], *,
+             dcfg: DecodeConfig, rng_seed: int = 0, with_chance: bool = True, max_batches: int | None = None,
+             progress: bool = False, records_out: list | None = None) -> dict[str, dict]:
+    """Generates for held-out batches and scores each task.
+
+    Args:
+      model: a :class:`~crab_jax.models.crab.Crab` (switched to eval mode, router sowing off).
+      batches: batches in the training format (labels mark the answer); ``task_id`` indexes ``tasks``.
+      tokenizer: HF tokenizer (``crab_jax.data.prompts.load_tokenizer``) or None (ids only:
+        ``exact_match`` alone is scored).
+      tasks: the run's ``data.tasks``.
+      dcfg: decoding settings (``eos_token_id`` / ``pad_token_id`` from the tokenizer / model).
+      with_chance: add each metric's chance level (synthetic dataset's, ``synthetic_metrics``).
+      records_out: if a list, one dict per sample is appended (task, text, reference, scores).
+    Returns:
+      ``{"<task>/<metric>": {"mean", "n"[, "chance"]}}`` with metric in ``exact_match``,
+      ``avqa``, ``ave``, ``arig``, ``s4`` (mask IoU), ``s4_category``.
+    """
+    import jax
+
+    scores: dict[str, list[float]] = collections.defaultdict(list)
+    it = iter(batches)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_batches, desc="generate", unit="batch", dynamic_ncols=True)
+    rng = jax.random.key(rng_seed)
+    done = 0
+    try:
+        while max_batches is None or done < max_batches:
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            rng, key = jax.random.split(rng)
+            prompt = strip_answers(batch, model.cfg.pad_token_id)
+            gen: Generation = jit_generate(model, prompt.batch, dcfg, key)
+            _score_batch(gen, prompt, batch, tokenizer, tasks, dcfg, scores, records_out)
+            done += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return summarise(scores, with_chance=with_chance)
+
+
+def _score_batch(gen: Generation, prompt: PromptBatch, batch, tokenizer, tasks, dcfg, scores, records_out) -> None:
+    import jax
+
+    gen = jax.device_get(gen)
+    seqs = generated_ids(np.asarray(gen.tokens), np.asarray(gen.lengths))
+    texts = decode_texts(tokenizer, seqs)
+    refs = decode_texts(tokenizer, prompt.answers)
+    task_ids = np.asarray(batch.get("task_id", np.zeros(len(seqs), np.int32)))
+    gt = np.asarray(batch["gt_mask"]) if "gt_mask" in batch else None
+    is_seg = np.asarray(batch["is_seg"]) if "is_seg" in batch else np.zeros(len(seqs), bool)
+    for i, seq in enumerate(seqs):
+        if not prompt.has_answer[i]:
+            continue
+        tid = int(task_ids[i])
+        if not 0 <= tid < len(tasks):
+            raise ValueError(f"evaluate: batch task_id {tid} is outside tasks {tuple(tasks)}")
+        task = tasks[tid]
+        pred = None if gen.pred_masks is None else np.asarray(gen.pred_masks[i])
+        sample = score_sample(task, text=texts[i], reference_text=refs[i], generated=seq,
+                              reference=prompt.answers[i], eos_id=dcfg.eos_token_id, pred_mask=pred,
+                              mask_valid=bool(gen.mask_valid[i]),
+                              gt_mask=gt[i, 0] if (gt is not None and is_seg[i]) else None,
+                              tokenizer_available=tokenizer is not None)
+        for metric, value in sample.items():
+            scores[f"{task}/{metric}"].append(value)
+        if records_out is not None:
+            records_out.append({"task": task, "text": texts[i], "reference": refs[i], "scores": sample,
+                                "mask_tokens": int(gen.mask_count[i]), "finished": bool(gen.finished[i])})
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _load_model(config, workdir: pathlib.Path, data):
+    """The run's model with the latest committed trainable weights of ``workdir/checkpoints``.
+
+    Frozen weights are rebuilt as the trainer builds them (from ``seed``, or from
+    ``model.init_checkpoint``): checkpoints hold the trainable ones only.
+    """
+    from crab_jax.checkpointing import Checkpointer, config_to_dict, load_converted_weights, restore_params
+    from crab_jax.trainer.loop import _merge_dicts, _take_like, build_setup, run_crab_config
+
+    ckpt_dir = workdir / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"--workdir {workdir}: no checkpoints/ folder (train first: python -m crab_jax.train "
+                                f"--config ... --workdir {workdir})")
+    setup, _, _ = build_setup(config, crab_cfg=run_crab_config(config, data), steps=1)
+    ckpt = Checkpointer(ckpt_dir, async_save=False)
+    latest = ckpt.latest_step()
+    if latest is None:
+        raise FileNotFoundError(f"--workdir {workdir}: no committed checkpoint in {ckpt_dir}")
+    # Same config as the training run? (names what differs before Orbax's long tree diff)
+    ckpt.check_compatible(latest, setup.abstract.params, config_to_dict(config)["model"])
+    ckpt.close()
+    log.info("weights of step %d from %s", latest, ckpt_dir)
+    state = setup.init_fn()
+    frozen = state.frozen
+    if config.model.init_checkpoint:
+        full = load_converted_weights(config.model.init_checkpoint,
+                                      _merge_dicts(setup.abstract.frozen, setup.abstract.params))
+        frozen = _take_like(full, setup.abstract.frozen)
+    params = restore_params(ckpt_dir, setup.abstract.params, latest)
+    return setup, setup.merge(params, frozen, state.rng_vars)
+
+
+def _eval_batches(config, crab_cfg, data, split: str):
+    """Training-format batches to generate for.
+
+    ``test``: the trainer's held-out split (:func:`crab_jax.trainer.evaluation.heldout_iterator`;
+    for ``random`` data, random batches of a seed the trainer never uses). ``train``: the
+    training iterator itself (what the run saw; with ``random`` + ``num_distinct`` it memorises).
+    """
+    from crab_jax.trainer import evaluation
+    from crab_jax.trainer.loop import batch_spec, make_data_iterator
+
+    if split == "train":
+        return make_data_iterator(config, crab_cfg, data)
+    if config.data.source == "random":
+        from crab_jax.data.batch_spec import make_random_batches
+
+        spec = batch_spec(config, crab_cfg, evaluation.eval_batch_size(config))
+        return make_random_batches(spec, crab_cfg, config.seed * 1000 + 999_983, tasks=tuple(config.data.tasks))
+    batches = evaluation.heldout_iterator(config, crab_cfg, data)
+    if batches is None:
+        raise ValueError(f"config data.source={config.data.source!r}: no held-out records for tasks "
+                         f"{tuple(config.data.tasks)} under {data.root}")
+    return batches
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m crab_jax.infer",
+        description="Generate answers (and masks) with a trained Crab on held-out batches and score them "
+                    "per task (exact match; AVQA accuracy, AVE segment accuracy, ARIG box IoU, S4 mask IoU "
+                    "and category accuracy from the task parsers), next to each metric's chance level.")
+    p.add_argument("--config", required=True,
+                   help="the training config file, FILE or FILE:VARIANT "
+                        "(e.g. configs/tiny.py, configs/tpu_v4.py:finetune)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key as the trainer's --config.KEY=VALUE does (repeatable), "
+                        "e.g. --set data.seq_len=64")
+    p.add_argument("--workdir", required=True, help="the training run folder: weights come from WORKDIR/checkpoints")
+    p.add_argument("--split", default="test", choices=("test", "train"),
+                   help="held-out records / random batches the trainer never saw (test), or the training ones")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="samples per generation batch (0: eval.batch_size, else train.global_batch)")
+    p.add_argument("--max-batches", type=int, default=4, help="batches to generate for (0: the whole split)")
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="generated tokens per sample (Crab: 500 text, 100 AVS)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass (1 = all)")
+    p.add_argument("--eos-id", type=int, default=-1, help="end-of-sequence id (-1: the tokenizer's, else 2 = </s>)")
+    p.add_argument("--tokenizer", default="",
+                   help="HF tokenizer folder for detokenisation (default: the run's data.tokenizer / the "
+                        "synthetic word tokenizer; random data has none)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--output", default="", help="write one JSON line per sample (text, reference, scores) here")
+    p.add_argument("--no-chance", action="store_true",
+                   help="skip the chance levels (only reported for data.source=synthetic, "
+                        "whose distribution they assume)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _load_config(path: str, overrides: Sequence[str] = ()):
+    """``get_config([variant])`` of a config file, then ``KEY=VALUE`` overrides (Python literals or strings)."""
+    import ast
+    import importlib.util
+
+    file_name, _, variant = path.partition(":")
+    file = pathlib.Path(file_name)
+    if not file.is_file():
+        raise FileNotFoundError(f"--config {path}: file not found")
+    spec = importlib.util.spec_from_file_location(f"_crab_infer_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"--config {path}: no get_config() function")
+    config = module.get_config(variant) if variant else module.get_config()
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        node = config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if part not in node:
+                raise KeyError(f"--set {item!r}: config has no section {part!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise KeyError(f"--set {item!r}: config has no key {key!r}")
+        node[parts[-1]] = value
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
+    from crab_jax.trainer.data_setup import prepare_data
+
+    config = _load_config(args.config, args.set)
+    workdir = pathlib.Path(args.workdir)
+    data = prepare_data(config, progress=not args.no_progress)
+    tokenizer = data.tokenizer
+    if args.tokenizer:
+        from crab_jax.data.prompts import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    setup, model = _load_model(config, workdir, data)
+    crab_cfg = setup.crab_cfg
+    eos = args.eos_id if args.eos_id >= 0 else (tokenizer.eos_token_id if tokenizer is not None else 2)
+    dcfg = DecodeConfig(max_new_tokens=args.max_new_tokens, eos_token_id=int(eos), pad_token_id=crab_cfg.pad_token_id,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.batch_size:
+        config.eval.batch_size = args.batch_size
+        config.train.global_batch = args.batch_size
+    batches = _eval_batches(config, crab_cfg, data, args.split)
+    samples: list = []
+    t0 = time.perf_counter()
+    with_chance = not args.no_chance and config.data.source == "synthetic"
+    results = evaluate(model, batches, tokenizer, tuple(config.data.tasks), dcfg=dcfg, rng_seed=args.seed,
+                       with_chance=with_chance, max_batches=args.max_batches or None,
+                       progress=not args.no_progress, records_out=samples)
+    dt = time.perf_counter() - t0
+    if args.output:
+        with open(args.output, "w") as f:
+            for s in samples:
+                f.write(json.dumps(s) + "\n")
+    print(f"{len(samples)} samples in {dt:.1f} s ({args.split} split, max_new_tokens={args.max_new_tokens})")
+    for key, entry in results.items():
+        chance = f"  chance {entry['chance']:.3f}" if "chance" in entry else ""
+        print(f"{key:32s} {entry['mean']:.3f}  (n={entry['n']}){chance}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
