@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.scan_layers = False
     c.model.remat = "none"          # none | full | dots (per decoder layer)
     c.model.vocab_pad_multiple = 128  # 32017 rows -> 32128: divisible by any mesh axis size up to 128
+    c.model.base_vocab = -1         # text ids before Crab's 17 tokens; -1: the tokenizer's (else the preset's)
     c.model.seg_branch = True       # run the mask decoder and add the mask loss
     c.model.avs_query_num = -1      # -1 keeps the preset's value
     c.model.low_res_mask_size = -1  # -1 keeps the preset's value
@@ -98,15 +99,40 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.stop_after_steps = -1   # > 0: leave (with a checkpoint) after this many steps of THIS run
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "random"        # random (make_random_batches) | grain (crab_jax.data pipeline)
-    c.data.path = ""                # dataset root for the grain source
+    # random: well-formed random batches (tests); synthetic: the built-in synthetic AV dataset,
+    # generated on first use; avuie (alias grain): AV-UIE records under data.path.
+    c.data.source = "random"
+    c.data.path = ""                # dataset root. synthetic: where it is generated ("" = <cache_dir>/synthetic/<params>)
+    c.data.prepared = ""            # avuie: ArrayRecord folder of crab_jax.data.prepare (read instead of data.path)
+    c.data.tokenizer = ""           # tokenizer folder (LLaMA-2's for avuie); synthetic: "" builds a word tokenizer
+    c.data.cache_dir = ""           # plan indices, default synthetic datasets + tokenizers; "" = ~/.cache/crab_jax
     c.data.tasks = ("ave", "avqa", "s4", "avss")  # task_id i in a batch is tasks[i] (per-task metrics)
-    c.data.seq_len = 128
-    c.data.frame_slots = 3
-    c.data.audio_slots = 2
-    c.data.fbank_frames = 32
-    c.data.num_examples = 64        # dataset size (steps per epoch = ceil(num_examples / global_batch))
-    c.data.num_distinct = 0         # random source: > 0 cycles this many fixed batches
+    c.data.seq_len = 128            # random: the token length; records: the bucket when data.buckets is empty
+    c.data.buckets = ()             # records: token-length buckets, one compiled step each; () = (seq_len,)
+    c.data.frame_slots = 10         # frames per sample in the media buffer (AV-UIE videos: 10)
+    c.data.audio_slots = 10         # audio segments per sample (AV-UIE: up to 10 one-second segments)
+    c.data.fbank_frames = 96        # random: fbank frames per segment; records: used only for audio-free data
+    c.data.num_examples = 64        # random: dataset size (steps per epoch = ceil(num_examples / global_batch))
+    c.data.num_distinct = 0         # random: > 0 cycles this many fixed batches
+    c.data.worker_count = 0         # records: Grain decoding processes (0: threads of this process)
+    c.data.read_threads = 0         # records: decoding threads (0: 4 without workers, 1 per worker)
+    c.data.prefetch = 0             # records: batches decoded ahead (0: 8 without workers, 2 per worker)
+    c.data.seed = 0                 # records: shuffle seed of the epoch plans
+    c.data.shuffle = True           # records: shuffle every epoch
+    c.data.max_bad_fraction = 0.01  # records: stop when more than this fraction of records is unusable
+    c.data.synthetic = ml_collections.ConfigDict()
+    c.data.synthetic.seed = 0          # generator seed: sample i depends on (seed, task, split, i) only
+    c.data.synthetic.num_train = 128   # training records per task (AVQA: questions)
+    c.data.synthetic.num_test = 32     # held-out records per task (S4: clips; frame 0 is evaluated)
+
+    c.eval = ml_collections.ConfigDict()
+    # Held-out evaluation (generation + task metrics vs chance, crab_jax.infer.evaluate) on the
+    # test split of synthetic / avuie data; the random source has no held-out split.
+    c.eval.every_steps = 0          # > 0: also evaluate every this many steps
+    c.eval.at_end = True            # evaluate when training finishes
+    c.eval.batch_size = 0           # samples per generation batch; 0 = train.global_batch
+    c.eval.max_batches = 0          # 0: the whole held-out split
+    c.eval.max_new_tokens = 64      # generated tokens per sample (Crab: 500 for text tasks, 100 for AVS)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1                 # -1: all devices not used by the other axes

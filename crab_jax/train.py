@@ -4,9 +4,13 @@ Flags:
   --config FILE[:VARIANT]   an ml_collections config file (``configs/base.py`` declares every key;
                             ``configs/tiny.py`` is the CPU demo, ``configs/tpu_v4.py:finetune`` the
                             paper's recipe); override any key with ``--config.section.key=value``.
-  --workdir DIR             checkpoints (``DIR/checkpoints``), ``DIR/metrics.jsonl``, TensorBoard
-                            (``DIR/tensorboard``). Rerunning the same command resumes from the
-                            latest committed checkpoint; SIGTERM saves and exits cleanly.
+  --workdir DIR             checkpoints (``DIR/checkpoints``), ``DIR/metrics.jsonl``, held-out
+                            evaluations (``DIR/eval.jsonl``), TensorBoard (``DIR/tensorboard``).
+                            Rerunning the same command resumes from the latest committed
+                            checkpoint; SIGTERM saves and exits cleanly.
+
+At the end it prints the loss of the first and last steps (each a mean over a few steps),
+every task's held-out metric next to its chance level, and where the logs are.
 
 Multi-host: ``jax.distributed.initialize`` runs before any other JAX call (automatically on
 TPU, or from ``config.distributed`` / ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
@@ -19,6 +23,13 @@ import logging
 import os
 import pathlib
 import sys
+import time
+
+# Before numpy loads (here and in Grain's worker processes): the data pipeline's small matmuls
+# are ~100x slower with a multi-threaded BLAS on a busy CPU (crab_jax.trainer.data_setup.
+# single_threaded_blas); XLA's thread pool is separate. An explicit setting wins.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -77,12 +88,41 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     ours = logging.getLogger("crab_jax")
     ours.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-    from crab_jax.trainer.loop import train
+    from crab_jax.trainer.loop import run_training
 
-    history = train(config, workdir)
-    if history and jax.process_index() == 0:
-        last = history[-1]
-        print(f"step {last['step']}: loss {last['loss']:.4f} (first step of this run: {history[0]['loss']:.4f})")
+    t0 = time.perf_counter()
+    result = run_training(config, workdir)
+    if jax.process_index() == 0:
+        print("\n".join(summary_lines(result, time.perf_counter() - t0)))
+
+
+def mean_loss(history: list[dict], first: bool, k: int) -> tuple[float, int, int]:
+    """Mean loss over the first (or last) ``k`` steps of ``history`` and that step range."""
+    rows = history[:k] if first else history[-k:]
+    return sum(r["loss"] for r in rows) / len(rows), rows[0]["step"], rows[-1]["step"]
+
+
+def summary_lines(result, seconds: float) -> list[str]:
+    """The end-of-run report: loss first vs last, held-out metric vs chance per task, log folders."""
+    from crab_jax.trainer.evaluation import format_results
+
+    lines = [f"run finished in {seconds:.0f} s ({len(result.history)} step(s) this run)"]
+    h = result.history
+    if h:
+        k = max(1, min(10, len(h) // 4))
+        a, a0, a1 = mean_loss(h, True, k)
+        b, b0, b1 = mean_loss(h, False, k)
+        lines.append(f"loss: {a:.4f} (mean of steps {a0}-{a1}) -> {b:.4f} (mean of steps {b0}-{b1})")
+    if result.evals:
+        step, results = result.evals[-1]
+        lines.append(f"held-out metrics at step {step} (chance = best media-blind answer):")
+        lines += format_results(results)
+    lines.append(f"metrics: {result.workdir / 'metrics.jsonl'}"
+                 + (f", held-out: {result.workdir / 'eval.jsonl'}" if result.evals else ""))
+    if result.tensorboard_dir is not None:
+        lines.append(f"TensorBoard: tensorboard --logdir {result.tensorboard_dir}")
+    lines.append(f"checkpoints: {result.workdir / 'checkpoints'} (rerun the same command to resume)")
+    return lines
 
 
 if __name__ == "__main__":

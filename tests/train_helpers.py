@@ -14,11 +14,25 @@ if str(REPO) not in sys.path:
 
 
 def small_config(**overrides):
-    """``configs/tiny.py`` without the seg branch (halves compile time), no TensorBoard, no bar."""
+    """``configs/tiny.py`` on the ``random`` source (3 frame / 2 audio slots, 48 tokens), without the
+    seg branch (halves compile time), no held-out evaluation, no TensorBoard, no bar."""
     from configs import tiny
 
     c = tiny.get_config()
+    c.data.source = "random"
+    c.data.seq_len = 48
+    c.data.frame_slots = 3
+    c.data.audio_slots = 2
+    c.data.fbank_frames = 32
+    c.data.tasks = ("ave", "avqa", "s4", "avss")
+    c.model.base_vocab = -1
+    c.eval.at_end = False
     c.model.seg_branch = False
+    c.trainable = (r"\.lora_(A|B|route)$", r"^vl_projector\.", r"^al_projector\.", r"^seg_module\.")
+    c.optim.lr = 3e-3
+    c.optim.schedule = "constant"
+    c.metrics.log_every = 1
+    c.checkpoint.keep = 2
     c.train.num_steps = 16
     c.train.global_batch = 4
     c.data.num_distinct = 2
