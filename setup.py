@@ -43,6 +43,8 @@ setup(
         "test": TEST_REQUIRES,
         # reading / writing torch .bin / .pt checkpoints (safetensors needs no torch)
         "convert": ["torch==2.13.0"],
+        # the TPU runtime / compiler (also what `crab_jax.aot_compile` needs on a CPU host)
+        "tpu": ["jax[tpu]==0.10.2"],
     },
     entry_points={"console_scripts": ["crab-convert-weights=tools.convert_weights.cli:main"]},
 )

@@ -5,20 +5,39 @@ Layout (``<workdir>/checkpoints/<step>/``): ``params`` and ``opt_state`` (Orbax
 ``StandardSave``, sharded, restorable onto any mesh), ``meta`` (JSON: step, RNG key data,
 the data iterator's ``get_state()``, the config). Frozen weights are not saved: they are
 rebuilt from the seed or from the converted checkpoint named by the config.
-Saves are asynchronous; only committed steps are ever restored.
+Saves are asynchronous; only committed steps are ever restored. Directories may be local
+or ``gs://`` (``etils.epath``, as Orbax uses).
+
+Fault injection (crash tests): with ``CRAB_JAX_KILL_AFTER_SAVE_STEP=N`` in the environment the
+process SIGKILLs itself right after the asynchronous save of step N has been scheduled (its
+files are being written, nothing is committed), as a preemption without notice would.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 ITEMS = ("params", "opt_state", "meta")
+KILL_AFTER_SAVE_ENV = "CRAB_JAX_KILL_AFTER_SAVE_STEP"
+
+
+def as_path(directory) -> epath.Path:
+    """A local (made absolute) or ``gs://`` path; rejects a URL that ``pathlib`` has already mangled."""
+    text = os.fspath(directory)
+    if "://" not in text and text.split("/", 1)[0] in ("gs:", "s3:"):
+        raise ValueError(f"checkpoint directory {text!r}: a URL whose '//' was collapsed (pathlib.Path of "
+                         "'gs://...'); pass the string or an etils.epath.Path")
+    path = epath.Path(text)
+    return path if "://" in text else epath.Path(os.path.abspath(text))
 
 
 def _handlers() -> dict:
@@ -45,7 +64,7 @@ class Checkpointer:
     """Wraps an Orbax ``CheckpointManager`` for the train state (see the module docstring)."""
 
     def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = as_path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
@@ -83,9 +102,12 @@ class Checkpointer:
     def save(self, step: int, state, *, data_state: Mapping | None, config_dict: Mapping, force: bool = False) -> bool:
         meta = {"step": int(step), "rng": np.asarray(jax.device_get(state.rng)).tolist(),
                 "data": data_state, "config": config_dict}
-        return self.manager.save(step, args=ocp.args.Composite(
+        started = self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
             meta=ocp.args.JsonSave(meta)), force=force)
+        if os.environ.get(KILL_AFTER_SAVE_ENV) == str(int(step)):
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection (module docstring)
+        return started
 
     def restore(self, step: int, abstract_state, state):
         """``(state with params / opt_state / step / rng from the checkpoint, data state)``."""
@@ -115,7 +137,7 @@ class Checkpointer:
 
 def restore_params(directory: str | pathlib.Path, abstract_params, step: int | None = None):
     """Trainable params only, placed by ``abstract_params``' shardings (any mesh)."""
-    manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_handlers=_handlers(),
+    manager = ocp.CheckpointManager(as_path(directory), item_handlers=_handlers(),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -128,7 +150,7 @@ def restore_params(directory: str | pathlib.Path, abstract_params, step: int | N
 def load_converted_weights(ckpt_dir: str | pathlib.Path, abstract_weights):
     """``<ckpt_dir>/params`` (an Orbax tree of every model weight, as the converter writes it)
     restored onto ``abstract_weights``' shardings."""
-    path = pathlib.Path(ckpt_dir).absolute() / "params"
+    path = as_path(ckpt_dir) / "params"
     if not path.exists():
         raise FileNotFoundError(f"config model.init_checkpoint={ckpt_dir!r}: no Orbax 'params' folder in it")
     with ocp.StandardCheckpointer() as ckptr:

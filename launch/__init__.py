@@ -1,0 +1,1 @@
+"""Launch scripts for training on Cloud TPU (see launch/README.md)."""
