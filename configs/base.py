@@ -3,7 +3,7 @@
 Other config files call :func:`get_config` and change values; the returned ConfigDict is
 locked, so adding a key that is not declared here (in a file or as ``--config.x.y=v``)
 raises at once, naming the key. :func:`apply_stage` sets the per-stage values of the
-original recipe (``/work/shared/spec/tasks.md`` A.7.1).
+original recipe (``../shared/spec/tasks.md`` A.7.1).
 """
 
 from __future__ import annotations
