@@ -39,7 +39,7 @@ from crab_jax.models.seg import SegConfig, SegModule
 from tools.convert_weights.clip_table import split_clip_vision_keys
 from tools.convert_weights.crab_config import crab_config_from_original
 from tools.convert_weights.crab_table import COMPONENT_PREFIXES, CRAB_PREFIX, component_tables
-from tools.convert_weights.io import TensorFile
+from tools.convert_weights.io import KeySubset, TensorFile
 from tools.convert_weights.mapping import MappingTable
 
 COMPONENTS = tuple(COMPONENT_PREFIXES)  # llm, visual_encoder, audio_encoder, vl_projector, al_projector, seg_module
@@ -67,7 +67,7 @@ class Source:
 def hf_clip_source(path: str, config: dict, tensors: TensorFile) -> Source:
     """A CLIP (vision) folder: keys that are not part of the vision tower are set aside, with reasons."""
     keep, ignored = split_clip_vision_keys(tensors.keys())
-    return Source(path, _Subset(tensors, keep), "visual_encoder", config, ignored)
+    return Source(path, KeySubset(tensors, keep), "visual_encoder", config, ignored)
 
 
 def crab_name(component: str | None, key: str) -> str:
@@ -157,25 +157,6 @@ def _shape(tensors, key) -> tuple[int, ...]:
     if callable(shape):
         return tuple(shape(key))
     return tuple(np.shape(tensors[key]))
-
-
-class _Subset(Mapping):
-    def __init__(self, state, keys):
-        self._state, self._keys = state, list(keys)
-        self._set = set(self._keys)
-        if hasattr(state, "shape"):
-            self.shape = state.shape
-
-    def __getitem__(self, key):
-        if key not in self._set:
-            raise KeyError(key)
-        return self._state[key]
-
-    def __iter__(self):
-        return iter(self._keys)
-
-    def __len__(self):
-        return len(self._keys)
 
 
 # -- configs ----------------------------------------------------------------------------------

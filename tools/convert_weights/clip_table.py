@@ -19,6 +19,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from crab_jax.models.clip import ClipVisionConfig
+from tools.convert_weights.io import KeySubset
 from tools.convert_weights.mapping import CONV2D, IDENTITY, LINEAR, MappingTable, Rule
 
 # Keys of a full CLIPModel checkpoint that the vision tower does not use, by prefix / name.
@@ -96,23 +97,7 @@ def clip_vision_to_jax(
     missing / unexpected / mis-shaped checks.
     """
     vision_keys, ignored = split_clip_vision_keys(torch_state.keys())
-    vision_state = _Subset(torch_state, vision_keys)
+    vision_state = KeySubset(torch_state, vision_keys)
     return clip_table(cfg).to_jax(vision_state, expected, source=source), ignored
 
 
-class _Subset(Mapping):
-    """A lazy view of ``keys`` of ``state`` (tensors are still read one at a time)."""
-
-    def __init__(self, state: Mapping[str, np.ndarray], keys: list[str]):
-        self._state, self._keys, self._key_set = state, keys, set(keys)
-
-    def __getitem__(self, key):
-        if key not in self._key_set:
-            raise KeyError(key)
-        return self._state[key]
-
-    def __iter__(self):
-        return iter(self._keys)
-
-    def __len__(self):
-        return len(self._keys)

@@ -389,3 +389,27 @@ def write_hf_shards(folder: str, specs: Sequence[TensorSpec], *, max_shard_bytes
         with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     return names
+
+
+class KeySubset(Mapping):
+    """A lazy view of ``keys`` of a tensor mapping (tensors are still read one at a time)."""
+
+    def __init__(self, state: Mapping, keys):
+        self._state, self._keys = state, list(keys)
+        self._key_set = set(self._keys)
+        if hasattr(state, "shape"):  # keep the readers' shape(k) / dtype(k) look-ups
+            self.shape = state.shape
+        if hasattr(state, "dtype"):
+            self.dtype = state.dtype
+
+    def __getitem__(self, key):
+        if key not in self._key_set:
+            raise KeyError(key)
+        return self._state[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+

@@ -53,14 +53,19 @@ def flatten(tree: Mapping, prefix: str = "") -> dict:
     return out
 
 
-@contextlib.contextmanager
-def atomic_dir(out: str, *, overwrite: bool = False) -> Iterator[str]:
-    """Yields a temporary sibling of ``out``; on success it replaces ``out``, on error it is removed."""
+def _partial_path(out, overwrite: bool) -> tuple[str, str]:
+    """``(absolute out, its temporary sibling)``; refuses an existing ``out`` unless ``overwrite``."""
     out = os.path.abspath(os.fspath(out))
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = f"{out}.partial-{os.getpid()}"
+    return out, f"{out}.partial-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str, *, overwrite: bool = False) -> Iterator[str]:
+    """Yields a temporary sibling of ``out``; on success it replaces ``out``, on error it is removed."""
+    out, tmp = _partial_path(out, overwrite)
     if os.path.exists(tmp):
         shutil.rmtree(tmp) if os.path.isdir(tmp) else os.remove(tmp)
     os.makedirs(tmp)
@@ -81,11 +86,7 @@ def atomic_dir(out: str, *, overwrite: bool = False) -> Iterator[str]:
 @contextlib.contextmanager
 def atomic_file(out: str, *, overwrite: bool = False) -> Iterator[str]:
     """Like :func:`atomic_dir` for one file."""
-    out = os.path.abspath(os.fspath(out))
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = f"{out}.partial-{os.getpid()}"
+    out, tmp = _partial_path(out, overwrite)
     try:
         yield tmp
     except BaseException:
