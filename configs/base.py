@@ -16,14 +16,16 @@ ILORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 # ``llm.model.layers.0.self_attn.q_proj.lora_A``), one list per stage of the original.
 STAGES = {
     # P1 visual pretraining: the Q-Former projector, plus lm_head / the resized embeddings.
+    # The pretraining scripts run with --lora_enable False: no adapters in the model (lora=False).
     "pretrain_visual": dict(trainable=(r"^vl_projector\.", r"^llm\.lm_head\.", r"^llm\.model\.embed_tokens\."),
-                            global_batch=64, epochs=1, seg_branch=False, tasks=("image_caption", "video_caption")),
+                            global_batch=64, epochs=1, seg_branch=False, tasks=("image_caption", "video_caption"),
+                            lora=False),
     # P2 audio pretraining.
     "pretrain_audio": dict(trainable=(r"^al_projector\.", r"^llm\.lm_head\.", r"^llm\.model\.embed_tokens\."),
-                           global_batch=32, epochs=1, seg_branch=False, tasks=("audio_caption",)),
+                           global_batch=32, epochs=1, seg_branch=False, tasks=("audio_caption",), lora=False),
     # P3 segmentation pretraining (LVIS): the seg module only; the script's 128 queries / 128 px.
     "pretrain_seg": dict(trainable=(r"^seg_module\.",), global_batch=64, epochs=5, seg_branch=True,
-                         tasks=("s4",), avs_query_num=128, low_res_mask_size=128),
+                         tasks=("s4",), avs_query_num=128, low_res_mask_size=128, lora=False),
     # F1 joint instruction tuning: projectors + every I-LoRA weight (A, B heads, router).
     "finetune": dict(trainable=(r"^vl_projector\.", r"^al_projector\.", r"\.lora_(A|B|route)$"),
                      global_batch=256, epochs=5, seg_branch=False,
@@ -175,4 +177,6 @@ def apply_stage(c: ml_collections.ConfigDict, stage: str) -> ml_collections.Conf
     c.data.tasks = s["tasks"]
     c.model.avs_query_num = s.get("avs_query_num", -1)
     c.model.low_res_mask_size = s.get("low_res_mask_size", -1)
+    if not s.get("lora", True):
+        c.model.lora.targets = ()
     return c

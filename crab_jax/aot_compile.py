@@ -156,34 +156,6 @@ def aot_crab_config(config):
     return with_base_vocab(crab_config_from(config.model), base if base > 0 else None)
 
 
-def build_setup_on(config, devices):
-    """:func:`crab_jax.trainer.loop.build_setup` over the given devices (a TPU slice's compile-only
-    devices) instead of this host's. ADAPTER: the same calls in the same order; it reduces to
-    ``build_setup(config, crab_cfg=..., devices=devices)`` once loop.build_setup takes ``devices``."""
-    import inspect
-
-    from crab_jax.mesh import check_global_batch, make_mesh, rules_from_config
-    from crab_jax.trainer import loop
-    from crab_jax.trainer.optimizer import make_optimizer
-    from crab_jax.trainer.state import make_setup
-
-    crab_cfg = aot_crab_config(config)
-    if "devices" in inspect.signature(loop.build_setup).parameters:
-        return loop.build_setup(config, crab_cfg=crab_cfg, devices=devices)
-    mesh = make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor), devices)
-    micro = check_global_batch(int(config.train.global_batch), int(config.train.micro_batches), mesh)
-    processes = len({d.process_index for d in devices})
-    if config.train.global_batch % processes:
-        raise ValueError(f"config train.global_batch={config.train.global_batch} is not divisible by the "
-                         f"{processes} hosts of the slice")
-    steps = loop.total_steps(config)
-    tx, schedule = make_optimizer(config.optim, steps)
-    setup = make_setup(crab_cfg, patterns=tuple(config.trainable), tx=tx, schedule=schedule, mesh=mesh,
-                       rules=rules_from_config(config.mesh.rules), seed=int(config.seed),
-                       param_dtype=config.model.param_dtype, frozen_param_dtype=config.model.frozen_param_dtype)
-    return setup, steps, micro
-
-
 def abstract_batch(config, setup) -> dict:
     """The global batch as ``ShapeDtypeStruct`` s placed as the trainer places real batches."""
     import jax
@@ -214,7 +186,9 @@ def compile_train_step(config, devices):
     Raises :class:`DoesNotFit` when the compiler reports that the step needs more HBM than a chip has."""
     from crab_jax.trainer.step import jit_train_step, make_train_step
 
-    setup, _, _ = build_setup_on(config, devices)
+    from crab_jax.trainer.loop import build_setup
+
+    setup, _, _ = build_setup(config, crab_cfg=aot_crab_config(config), devices=devices)
     batch = abstract_batch(config, setup)
     step = make_train_step(setup, micro_batches=int(config.train.micro_batches),
                            with_seg=bool(config.model.seg_branch), num_tasks=len(config.data.tasks),

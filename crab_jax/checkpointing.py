@@ -147,16 +147,6 @@ def restore_params(directory: str | pathlib.Path, abstract_params, step: int | N
     return out["params"]
 
 
-def load_converted_weights(ckpt_dir: str | pathlib.Path, abstract_weights):
-    """``<ckpt_dir>/params`` (an Orbax tree of every model weight, as the converter writes it)
-    restored onto ``abstract_weights``' shardings."""
-    path = as_path(ckpt_dir) / "params"
-    if not path.exists():
-        raise FileNotFoundError(f"config model.init_checkpoint={ckpt_dir!r}: no Orbax 'params' folder in it")
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path, abstract_weights)
-
-
 def config_to_dict(config) -> dict:
     """A JSON-able copy of an ml_collections config (tuples become lists)."""
     return json.loads(config.to_json_best_effort())

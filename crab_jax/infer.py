@@ -274,14 +274,15 @@ def _score_batch(gen: Generation, prompt: PromptBatch, batch, tokenizer, tasks, 
 # ----------------------------------------------------------------------------- CLI
 
 
-def _load_model(config, workdir: pathlib.Path, data):
+def _load_model(config, workdir, data):
     """The run's model with the latest committed trainable weights of ``workdir/checkpoints``.
 
     Frozen weights are rebuilt as the trainer builds them (from ``seed``, or from
     ``model.init_checkpoint``): checkpoints hold the trainable ones only.
     """
-    from crab_jax.checkpointing import Checkpointer, config_to_dict, load_converted_weights, restore_params
-    from crab_jax.trainer.loop import _merge_dicts, _take_like, build_setup, run_crab_config
+    from crab_jax.checkpointing import Checkpointer, config_to_dict, restore_params
+    from crab_jax.converted_weights import load_run_weights
+    from crab_jax.trainer.loop import build_setup, run_crab_config
 
     ckpt_dir = workdir / "checkpoints"
     if not ckpt_dir.is_dir():
@@ -299,9 +300,8 @@ def _load_model(config, workdir: pathlib.Path, data):
     state = setup.init_fn()
     frozen = state.frozen
     if config.model.init_checkpoint:
-        full = load_converted_weights(config.model.init_checkpoint,
-                                      _merge_dicts(setup.abstract.frozen, setup.abstract.params))
-        frozen = _take_like(full, setup.abstract.frozen)
+        _, frozen, _ = load_run_weights(config.model.init_checkpoint, state.params, state.frozen,
+                                        setup.abstract.params, setup.abstract.frozen, setup.crab_cfg.llama)
     params = restore_params(ckpt_dir, setup.abstract.params, latest)
     return setup, setup.merge(params, frozen, state.rng_vars)
 
@@ -342,8 +342,8 @@ def build_parser():
                    help="the training config file, FILE or FILE:VARIANT "
                         "(e.g. configs/tiny.py, configs/tpu_v4.py:finetune)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key as the trainer's --config.KEY=VALUE does (repeatable), "
-                        "e.g. --set data.seq_len=64")
+                   help="override a config key (repeatable), e.g. --set data.seq_len=64; the trainer's "
+                        "spelling --config.data.seq_len=64 works too")
     p.add_argument("--workdir", required=True, help="the training run folder: weights come from WORKDIR/checkpoints")
     p.add_argument("--split", default="test", choices=("test", "train"),
                    help="held-out records / random batches the trainer never saw (test), or the training ones")
@@ -403,16 +403,28 @@ def _load_config(path: str, overrides: Sequence[str] = ()):
     return config
 
 
+def parse_args(argv: Sequence[str] | None = None):
+    """The parsed flags; ``--config.KEY=VALUE`` (as for ``crab_jax.train``) become ``--set KEY=VALUE``."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if not (a.startswith("--config.") and "=" in a)]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.set = list(args.set) + [a[len("--config."):] for a in extra]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
+    from crab_jax.checkpointing import as_path
     from crab_jax.trainer.data_setup import prepare_data
 
     config = _load_config(args.config, args.set)
-    workdir = pathlib.Path(args.workdir)
+    workdir = as_path(args.workdir)
     data = prepare_data(config, progress=not args.no_progress)
     tokenizer = data.tokenizer
     if args.tokenizer:

@@ -50,3 +50,26 @@ def assert_parity(actual, reference, name: str, rtol: float = PARITY_RTOL) -> fl
     print(f"parity {name}: max abs err / max|ref| = {err:.3e} (bound {rtol:.1e})")
     assert err <= rtol, f"{name}: max abs error {err * scale:.3e} = {err:.3e} of scale {scale:.3e} > {rtol}"
     return err
+
+
+@pytest.fixture(scope="session")
+def converted_crab(fixtures_dir, manifest, tmp_path_factory):
+    """``(dir, printed)``: ``to-jax`` of crab_full's five user files (LLaMA dir, CLIP dir, BEATs .pt,
+    finetune + avs .bin) with the manifest's CLIP taps and LoRA options, once per session."""
+    import contextlib
+    import io
+
+    from tools.convert_weights.cli import main
+
+    c = manifest["fixtures"]["crab_full"]["config"]
+    f = fixtures_dir / "crab_full"
+    out = tmp_path_factory.mktemp("conv") / "crab"
+    printed = io.StringIO()
+    argv = ["to-jax", "--out", out, "--llama", f / "llama_hf", "--clip", f / "clip_vision", "--beats",
+            f / "beats_tiny.pt", "--crab", f / "finetune_weights.bin", "--crab", f / "avs_finetune_weights.bin",
+            "--bert-config", f / "bert_config", "--select-layers", ",".join(str(x) for x in c["select_layer_list"]),
+            "--seed", 7, "--lora-alpha", c["lora"]["lora_alpha"], "--lora-dropout", c["lora"]["lora_dropout"]]
+    with contextlib.redirect_stdout(printed):
+        code = main([str(a) for a in argv])
+    assert code == 0, printed.getvalue()
+    return out, printed.getvalue()

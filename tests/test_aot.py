@@ -65,12 +65,13 @@ def test_tiny_train_step_compiles_for_a_tpu_and_reports_memory_and_flops():
 @needs_libtpu
 def test_slice_mesh_spans_hosts_and_shards_the_state():
     """v4-32: 16 chips on 4 hosts; the trainer's state shardings use the slice's fsdp axis."""
-    from crab_jax.aot_compile import abstract_batch, build_setup_on, parse_slice, slice_devices
+    from crab_jax.aot_compile import abstract_batch, parse_slice, slice_devices
+    from crab_jax.trainer.loop import build_setup
 
     devices = slice_devices(parse_slice("v4-32"))
     assert len(devices) == 16 and len({d.process_index for d in devices}) == 4
     config = small_config(**{**declared(FAST), "train.global_batch": 16})
-    setup, _, _ = build_setup_on(config, devices)
+    setup, _, _ = build_setup(config, devices=devices)
     assert dict(setup.mesh.shape) == {"data": 1, "fsdp": 16, "tensor": 1}
     spread = [s for s in jax_leaves(setup.shardings.params) if len(s.device_set) == 16 and "fsdp" in str(s.spec)]
     assert spread, "no trainable weight is sharded over the slice"

@@ -282,3 +282,15 @@ def test_evaluate_scores_a_memorised_answer(cfg, base_model):
     assert results["ave/exact_match"] == {"mean": 0.5, "n": 2}
     assert [s["finished"] for s in samples] == [True, True]
     assert I.flat_metrics(results) == {"eval/ave/exact_match": 0.5}
+
+
+def test_config_overrides_take_the_trainer_spelling_too():
+    from crab_jax.infer import _load_config, parse_args
+
+    args = parse_args(["--config", "configs/tiny.py", "--workdir", "w", "--set", "data.seq_len=64",
+                       "--config.eval.batch_size=8", "--config.data.source=random"])
+    assert args.set == ["data.seq_len=64", "eval.batch_size=8", "data.source=random"]
+    config = _load_config(args.config, args.set)
+    assert (config.data.seq_len, config.eval.batch_size, config.data.source) == (64, 8, "random")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "configs/tiny.py", "--workdir", "w", "--bogus=1"])

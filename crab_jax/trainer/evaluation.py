@@ -10,15 +10,16 @@ evaluates it (AV-UIE). Generation and scoring are :func:`crab_jax.infer.evaluate
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import pathlib
+import os
 from typing import Mapping
 
 import jax
 
+from crab_jax.checkpointing import as_path
 from crab_jax.trainer.data_setup import DataSetup, heldout_records
+from crab_jax.trainer.jsonl import append_line
 
 log = logging.getLogger("crab_jax.train")
 
@@ -108,8 +109,6 @@ def format_results(results: Mapping[str, Mapping]) -> list[str]:
     return lines
 
 
-def append_eval_jsonl(workdir: str | pathlib.Path, step: int, results: Mapping[str, Mapping]) -> None:
+def append_eval_jsonl(workdir: str | os.PathLike, step: int, results: Mapping[str, Mapping]) -> None:
     """One line per evaluation in ``<workdir>/eval.jsonl``: ``{"step", "results": {task/metric: {...}}}``."""
-    path = pathlib.Path(workdir) / "eval.jsonl"
-    with open(path, "a") as f:
-        f.write(json.dumps({"step": int(step), "results": results}) + "\n")
+    append_line(as_path(workdir) / "eval.jsonl", {"step": int(step), "results": results})

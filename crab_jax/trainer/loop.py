@@ -23,8 +23,10 @@ from typing import Iterator
 
 import jax
 import numpy as np
+from etils import epath
 
-from crab_jax.checkpointing import Checkpointer, config_to_dict, load_converted_weights
+from crab_jax.checkpointing import Checkpointer, as_path, config_to_dict
+from crab_jax.converted_weights import load_run_weights
 from crab_jax.data.batch_spec import BatchSpec, check_batch, make_random_batches
 from crab_jax.mesh import check_global_batch, make_mesh, rules_from_config
 from crab_jax.metrics import llm_flops_per_token, mfu, peak_flops_per_device, summarize
@@ -130,29 +132,21 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _merge_dicts(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge_dicts(out[k], v) if k in out and isinstance(v, dict) else v
-    return out
-
-
-def _take_like(full: dict, like: dict) -> dict:
-    return {k: _take_like(full[k], v) if isinstance(v, dict) else full[k] for k, v in like.items()}
-
-
-def build_setup(config, *, crab_cfg=None, steps: int | None = None) -> tuple[TrainSetup, int, int]:
+def build_setup(config, *, crab_cfg=None, steps: int | None = None, devices=None) -> tuple[TrainSetup, int, int]:
     """Validates sizes and builds the run's static setup (nothing compiled yet).
 
     ``crab_cfg`` defaults to :func:`run_crab_config`; ``steps`` (the schedule's length) to
-    :func:`total_steps` without a data iterator.
+    :func:`total_steps` without a data iterator; ``devices`` (the mesh's) to every device of the
+    run (``crab_jax.aot_compile`` passes a TPU slice's compile-only devices).
     """
     crab_cfg = crab_cfg if crab_cfg is not None else run_crab_config(config)
-    mesh = make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor))
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor), devices)
     micro = check_global_batch(int(config.train.global_batch), int(config.train.micro_batches), mesh)
-    if config.train.global_batch % jax.process_count():
+    processes = len({d.process_index for d in devices})
+    if config.train.global_batch % processes:
         raise ValueError(f"config train.global_batch={config.train.global_batch} is not divisible by the "
-                         f"{jax.process_count()} processes")
+                         f"{processes} processes (hosts)")
     steps = int(steps) if steps is not None else total_steps(config)
     tx, schedule = make_optimizer(config.optim, steps)
     setup = make_setup(crab_cfg, patterns=tuple(config.trainable), tx=tx, schedule=schedule, mesh=mesh,
@@ -197,8 +191,8 @@ class RunResult:
 
     history: list[dict]
     evals: list[tuple[int, dict]]
-    workdir: pathlib.Path
-    tensorboard_dir: pathlib.Path | None
+    workdir: epath.Path
+    tensorboard_dir: epath.Path | None
     data: DataSetup | None
 
 
@@ -222,7 +216,7 @@ def run_training(config, workdir: str | pathlib.Path, *, data_iter: Iterator[dic
 
 
 def _run_training(config, workdir: str | pathlib.Path, data_iter: Iterator[dict] | None) -> RunResult:
-    workdir = pathlib.Path(workdir)
+    workdir = as_path(workdir)  # local or gs:// (pathlib would collapse "gs://" to "gs:/")
     main_process = jax.process_index() == 0
     progress = bool(config.metrics.progress_bar) and main_process
     data = prepare_data(config, progress=progress) if data_iter is None else None
@@ -251,16 +245,19 @@ def _run_training(config, workdir: str | pathlib.Path, data_iter: Iterator[dict]
     log.info("%d step(s), %d bucket shape(s) (seq_len, fbank_frames): %s", steps, len(specs), sorted(specs))
 
     state = setup.init_fn()
+    if config.model.init_checkpoint:
+        # Also on resume: checkpoints hold the trainable weights only, the frozen ones come from here.
+        params, frozen, fresh = load_run_weights(config.model.init_checkpoint, state.params, state.frozen,
+                                                 setup.abstract.params, setup.abstract.frozen, setup.crab_cfg.llama)
+        state = state.replace(params=params, frozen=frozen)
+        log.info("weights from the converted checkpoint %s%s", config.model.init_checkpoint,
+                 f"; {len(fresh)} trainable array(s) not in it start fresh: {', '.join(fresh[:8])}"
+                 + (" ..." if len(fresh) > 8 else "") if fresh else "")
     if latest is not None:
         state, data_state = ckpt.restore(latest, setup.abstract, state)
         if data_state is not None and hasattr(data_iter, "set_state"):
             data_iter.set_state(data_state)
         log.info("resumed from %s at step %d", ckpt.directory, latest)
-    elif config.model.init_checkpoint:
-        full = load_converted_weights(config.model.init_checkpoint,
-                                      _merge_dicts(setup.abstract.frozen, setup.abstract.params))
-        state = state.replace(params=_take_like(full, setup.abstract.params),
-                              frozen=_take_like(full, setup.abstract.frozen))
 
     names = trainable_names(setup)
     shardings = batch_shardings(global_shapes, setup.mesh)

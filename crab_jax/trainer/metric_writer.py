@@ -1,21 +1,27 @@
-"""Metrics to TensorBoard (tensorboardX) and ``<workdir>/metrics.jsonl``, process 0 only."""
+"""Metrics to TensorBoard (tensorboardX) and ``<workdir>/metrics.jsonl``, process 0 only.
+
+``workdir`` may be local or ``gs://`` (tensorboardX writes event files there through
+``google-cloud-storage``, the ``[tpu]`` extra; the JSONL file through :mod:`crab_jax.trainer.jsonl`).
+"""
 
 from __future__ import annotations
 
-import json
-import pathlib
+import os
+
+from crab_jax.checkpointing import as_path
+from crab_jax.trainer.jsonl import JsonlFile
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
         if not enabled:
             return
-        workdir = pathlib.Path(workdir)
+        workdir = as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(workdir / "metrics.jsonl", "a")
+        self._jsonl = JsonlFile(workdir / "metrics.jsonl")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -24,8 +30,7 @@ class MetricWriter:
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": int(step), **{k: v for k, v in metrics.items() if k != "step"}}) + "\n")
-        self._jsonl.flush()
+        self._jsonl.append({"step": int(step), **{k: v for k, v in metrics.items() if k != "step"}})
         if self._tb is not None:
             for k, v in metrics.items():
                 if k != "step" and isinstance(v, (int, float)):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
 
+from crab_jax.converted_weights import read_crab_config_json
+from crab_jax.models import config_io
 from crab_jax.models.beats import BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig
 from crab_jax.models.crab import CrabConfig
@@ -15,7 +15,6 @@ from crab_jax.models.presets import special_token_ids, tiny_crab_config
 from crab_jax.models.qformer import QFormerConfig
 from crab_jax.models.seg import SegConfig
 
-CRAB_CONFIG_JSON = "crab_config.json"
 PRESETS = ("tiny", "crab_7b", "checkpoint")
 
 
@@ -45,31 +44,17 @@ def paper_crab_config() -> CrabConfig:
 
 
 def load_checkpoint_crab_config(ckpt_dir: str) -> CrabConfig:
-    """``<ckpt_dir>/crab_config.json`` -> CrabConfig.
-
-    HOOK: the JSON format belongs to ``crab_jax.models.config_io`` (written by the converter
-    work); this function only delegates to it.
-    """
-    path = pathlib.Path(ckpt_dir) / CRAB_CONFIG_JSON
-    if not path.is_file():
-        raise FileNotFoundError(f"config model.init_checkpoint={ckpt_dir!r}: no {CRAB_CONFIG_JSON} in it")
+    """``<ckpt_dir>/crab_config.json`` (local or ``gs://``) -> the whole CrabConfig it describes."""
+    if not ckpt_dir:
+        raise ValueError("config model.preset='checkpoint' needs model.init_checkpoint=<converted dir>")
     try:
-        from crab_jax.models import config_io  # noqa: WPS433 (optional until the converter lands)
-    except ImportError as e:
-        raise NotImplementedError(
-            f"reading {path} needs crab_jax.models.config_io (crab_config_from_json), not installed yet") from e
-    for name in ("load_crab_config", "crab_config_from_json", "from_json"):
-        fn = getattr(config_io, name, None)
-        if fn is not None:
-            try:
-                return fn(path)
-            except TypeError:
-                return fn(json.loads(path.read_text()))
-    raise NotImplementedError(f"crab_jax.models.config_io has no loader function for {path}")
+        return config_io.crab_config_from_json(read_crab_config_json(ckpt_dir))
+    except ValueError as e:
+        raise ValueError(f"{ckpt_dir}/{config_io.CONFIG_FILE}: {e}") from e
 
 
 def crab_config_from(model_cfg) -> CrabConfig:
-    """Applies the run config's ``model`` options (dtypes, scan, remat, vocab padding, LoRA, seg)."""
+    """The preset's CrabConfig with the run config's ``model`` options (:func:`apply_run_options`)."""
     preset = model_cfg.preset
     if preset == "tiny":
         cfg = tiny_crab_config(lora_heads=model_cfg.lora.num_heads)
@@ -79,6 +64,11 @@ def crab_config_from(model_cfg) -> CrabConfig:
         cfg = load_checkpoint_crab_config(model_cfg.init_checkpoint)
     else:
         raise ValueError(f"config model.preset={preset!r}; known: {PRESETS}")
+    return apply_run_options(cfg, model_cfg)
+
+
+def apply_run_options(cfg: CrabConfig, model_cfg) -> CrabConfig:
+    """``cfg`` (a preset's sizes) with the run's dtypes, scan, remat, vocab padding, LoRA and seg sizes."""
     llama = dataclasses.replace(cfg.llama, scan_layers=bool(model_cfg.scan_layers), remat=model_cfg.remat,
                                 vocab_pad_multiple=int(model_cfg.vocab_pad_multiple),
                                 param_dtype=model_cfg.param_dtype)

@@ -3,9 +3,7 @@ bit-exact torch -> jax -> torch / jax -> torch -> jax round trips through the CL
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 
 import numpy as np
 import pytest
@@ -60,20 +58,8 @@ def strict_module(state) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def crab_run(fixtures_dir, manifest, tmp_path_factory):
-    """to-jax of the five user files of crab_full (+ the CLIP taps of the manifest)."""
-    c = manifest["fixtures"]["crab_full"]["config"]
-    f = fixtures_dir / "crab_full"
-    out = tmp_path_factory.mktemp("conv") / "crab"
-    layers = ",".join(str(x) for x in c["select_layer_list"])
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = cli("to-jax", "--out", out, "--llama", f / "llama_hf", "--clip", f / "clip_vision", "--beats",
-                   f / "beats_tiny.pt", "--crab", f / "finetune_weights.bin", "--crab", f / "avs_finetune_weights.bin",
-                   "--bert-config", f / "bert_config", "--select-layers", layers, "--seed", 7,
-                   "--lora-alpha", c["lora"]["lora_alpha"], "--lora-dropout", c["lora"]["lora_dropout"])
-    assert code == 0
-    return out, printed.getvalue()
+def crab_run(converted_crab):
+    return converted_crab
 
 
 @pytest.fixture(scope="module")

@@ -25,21 +25,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-PARAMS_DIR = "params"
-
-
-def nest(flat: Mapping[str, np.ndarray]) -> dict:
-    """``{"a.b.c": x}`` -> ``{"a": {"b": {"c": x}}}`` (keys stay strings)."""
-    out: dict = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"parameter path {key!r} runs through a leaf")
-        node[leaf] = value
-    return out
+from crab_jax.converted_weights import PARAMS_DIR, nest  # the layout is defined where it is read
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict:
@@ -130,15 +116,11 @@ def is_checkpoint(path: str) -> bool:
 
 def params_metadata(folder: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """crab_jax path -> (shape, dtype) from the checkpoint's metadata (reads no tensor data)."""
-    path = os.path.join(os.path.abspath(folder), PARAMS_DIR)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{folder}: not a crab_jax checkpoint (no {PARAMS_DIR}/ directory)")
-    import orbax.checkpoint as ocp
+    from crab_jax.converted_weights import saved_shapes
 
-    meta = ocp.PyTreeCheckpointer().metadata(path)
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
-    return {k: (tuple(m.shape), np.dtype(m.dtype)) for k, m in flatten(tree).items()}
+    if not os.path.isdir(os.path.join(os.path.abspath(folder), PARAMS_DIR)):
+        raise FileNotFoundError(f"{folder}: not a crab_jax checkpoint (no {PARAMS_DIR}/ directory)")
+    return {k: (shape, np.dtype(dtype)) for k, (shape, dtype) in saved_shapes(folder).items()}
 
 
 def restore_flat(folder: str) -> dict[str, np.ndarray]:

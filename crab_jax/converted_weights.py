@@ -1,0 +1,193 @@
+"""Loads a converted checkpoint (``tools/convert_weights`` to-jax output) into a run's weights.
+
+The converter writes one canonical layout (``<dir>/params``, Orbax; ``<dir>/crab_config.json``):
+one entry per layer (``llm.model.layers.3.self_attn.q_proj.weight``) and the vocabulary
+unpadded, in the dtype it was asked for. A run may differ from it in exactly three ways,
+bridged here while reading:
+
+* scanned layers: the run's ``llm.model.layers.self_attn.q_proj.weight`` ``[layers, ...]`` is
+  stacked from the per-layer entries (each read straight into its own shards);
+* vocabulary padding (``model.vocab_pad_multiple``): embedding / LM-head dims of
+  ``vocab_size`` grow to ``padded_vocab_size`` with zero rows (Orbax pads while reading);
+* dtype: each array is cast to the run's dtype (fp32 trainable, bf16 frozen, ...).
+
+Anything else that differs (a missing, unexpected or mis-shaped key) raises
+:class:`ConvertedCheckpointError` naming every key before any tensor is read. Each process
+reads only the shards its devices hold, so a 7B model never materialises on one host.
+Paths may be local or ``gs://``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from crab_jax.checkpointing import as_path
+from crab_jax.models.config_io import CONFIG_FILE
+
+PARAMS_DIR = "params"
+# ".3." in "llm.model.layers.3.self_attn..." (a layer index between two name parts).
+_INDEX = re.compile(r"\.(\d+)(?=\.)")
+
+
+class ConvertedCheckpointError(ValueError):
+    """The converted checkpoint does not hold this run's weights (names every offending key)."""
+
+
+def read_crab_config_json(ckpt_dir) -> dict:
+    """``<ckpt_dir>/crab_config.json`` as a dict (local or ``gs://``)."""
+    path = as_path(ckpt_dir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"config model.init_checkpoint={str(ckpt_dir)!r}: no {CONFIG_FILE} in it "
+                                "(write one with: python -m tools.convert_weights to-jax ...)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def _key_name(k) -> str:
+    return str(getattr(k, "key", getattr(k, "idx", k)))
+
+
+def flat_leaves(tree) -> dict[str, Any]:
+    """``{"a.b.0.c": leaf}`` of a nested dict (int and str keys alike)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {".".join(_key_name(k) for k in path): leaf for path, leaf in flat}
+
+
+def nest(flat: Mapping[str, Any]) -> dict:
+    """``{"a.b.c": x}`` -> ``{"a": {"b": {"c": x}}}`` (keys stay strings)."""
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"parameter path {key!r} runs through a leaf")
+        node[leaf] = value
+    return out
+
+
+def saved_shapes(ckpt_dir) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Name -> (shape, dtype) of every array in ``<ckpt_dir>/params`` (reads metadata only)."""
+    path = as_path(ckpt_dir) / PARAMS_DIR
+    if not path.exists():
+        raise FileNotFoundError(f"config model.init_checkpoint={str(ckpt_dir)!r}: no Orbax '{PARAMS_DIR}' folder in it")
+    meta = ocp.PyTreeCheckpointer().metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    return {k: (tuple(m.shape), m.dtype) for k, m in flat_leaves(tree).items()}
+
+
+def _paddable(saved: tuple, wanted: tuple, vocab: tuple[int, int] | None) -> bool:
+    """Same rank, and every differing dim grows ``vocab_size`` -> ``padded_vocab_size``."""
+    if len(saved) != len(wanted) or vocab is None or vocab[0] == vocab[1]:
+        return False
+    return all(s == w or (s, w) == vocab for s, w in zip(saved, wanted))
+
+
+def plan_load(saved: Mapping[str, tuple], wanted: Mapping[str, Any], *, vocab: tuple[int, int] | None = None,
+              optional: frozenset[str] = frozenset(), source: str = "checkpoint") -> dict[str, list[str]]:
+    """Target name -> the saved names it is read from (one, or one per layer to stack).
+
+    ``wanted``: target name -> object with ``.shape``; ``vocab``: ``(vocab_size, padded_vocab_size)``;
+    ``optional``: target names the checkpoint may lack (left out of the plan).
+    Raises :class:`ConvertedCheckpointError` naming every missing / unexpected / mis-shaped key.
+    """
+    per_layer: dict[str, dict[int, str]] = collections.defaultdict(dict)
+    for name in saved:
+        for m in _INDEX.finditer(name):
+            per_layer[name[:m.start()] + name[m.end():]][int(m.group(1))] = name
+    plan, problems = {}, []
+    for name, target in wanted.items():
+        shape = tuple(target.shape)
+        if name in saved:
+            parts, part_shape = [name], shape
+        elif name in per_layer:
+            layers = per_layer[name]
+            if not shape or sorted(layers) != list(range(shape[0])):
+                problems.append(f"{name}: expected {shape[0] if shape else 0} stacked layers {shape}, the checkpoint "
+                                f"has layer(s) {sorted(layers)} ({layers[min(layers)]} ...)")
+                continue
+            parts, part_shape = [layers[i] for i in range(shape[0])], shape[1:]
+        else:
+            if name not in optional:
+                problems.append(f"missing {name} (expected shape {shape})")
+            continue
+        for part in parts:
+            found = tuple(saved[part][0])
+            if found != part_shape and not _paddable(found, part_shape, vocab):
+                problems.append(f"{part}: expected shape {part_shape}, found {found}")
+        plan[name] = parts
+    used = {p for parts in plan.values() for p in parts}
+    problems += [f"unexpected {name} {tuple(saved[name][0])}" for name in sorted(set(saved) - used)]
+    if problems:
+        raise ConvertedCheckpointError(
+            f"{source}: does not hold this run's weights ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+    return plan
+
+
+def _part_sharding(sharding, stacked: bool):
+    """The sharding of one layer of a stacked array (its leading dim dropped)."""
+    if stacked and isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, PartitionSpec(*tuple(sharding.spec)[1:]))
+    return sharding
+
+
+def load_converted_weights(ckpt_dir, wanted: Mapping[str, Any], *, vocab: tuple[int, int] | None = None,
+                           optional: frozenset[str] = frozenset()) -> dict[str, jax.Array]:
+    """Name -> array for every ``wanted`` name (``ShapeDtypeStruct`` with ``.sharding``) the
+    checkpoint holds, read from ``<ckpt_dir>/params`` (see the module docstring).
+
+    ``vocab``: ``(vocab_size, padded_vocab_size)`` of the run's LLM (allows zero padding there);
+    ``optional``: names that may be absent (they are absent from the result too).
+    """
+    saved = saved_shapes(ckpt_dir)
+    plan = plan_load(saved, wanted, vocab=vocab, optional=optional, source=f"{ckpt_dir}/{PARAMS_DIR}")
+    restore_args = {}
+    for name, parts in plan.items():
+        target = wanted[name]
+        stacked = parts != [name]
+        shape = tuple(target.shape)[1:] if stacked else tuple(target.shape)
+        for part in parts:
+            restore_args[part] = ocp.ArrayRestoreArgs(
+                sharding=_part_sharding(target.sharding, stacked), global_shape=shape, dtype=target.dtype,
+                strict=tuple(saved[part][0]) == shape)
+    restored = flat_leaves(ocp.PyTreeCheckpointer().restore(
+        as_path(ckpt_dir) / PARAMS_DIR, args=ocp.args.PyTreeRestore(restore_args=nest(restore_args))))
+    out = {}
+    for name, parts in plan.items():
+        if parts == [name]:
+            out[name] = restored.pop(name)
+        else:
+            stack = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=wanted[name].sharding)
+            out[name] = stack(*[restored.pop(p) for p in parts])
+    return out
+
+
+def load_run_weights(ckpt_dir, params: dict, frozen: dict, abstract_params: dict, abstract_frozen: dict,
+                     llama_cfg) -> tuple[dict, dict, list[str]]:
+    """``(params, frozen, fresh)``: a run's initial trainable / frozen weights from a converted
+    checkpoint. Every frozen weight must be in it; a trainable one it lacks (Q-Formers and
+    LoRA when pretraining from the base LLaMA / CLIP / BEATs) keeps its value in ``params``
+    (the fresh initialisation) and is listed in ``fresh``. ``llama_cfg`` gives the vocabulary padding.
+    """
+    wanted_params, wanted_frozen = flat_leaves(abstract_params), flat_leaves(abstract_frozen)
+    loaded = load_converted_weights(ckpt_dir, {**wanted_frozen, **wanted_params},
+                                    vocab=(llama_cfg.vocab_size, llama_cfg.padded_vocab_size),
+                                    optional=frozenset(wanted_params))
+
+    def fill(tree):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: loaded.get(".".join(_key_name(k) for k in path), x), tree)
+
+    return fill(params), fill(frozen), sorted(set(wanted_params) - set(loaded))

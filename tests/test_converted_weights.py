@@ -1,0 +1,146 @@
+"""``model.init_checkpoint``: a converter output (crab_full's user files -> to-jax) read into a
+run whose layout differs from the converter's (scanned layers, padded vocabulary, bf16 frozen
+weights), and trained from it, resume included."""
+
+from __future__ import annotations
+
+import types
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from crab_jax.converted_weights import ConvertedCheckpointError, flat_leaves, load_run_weights, plan_load
+from tests.train_helpers import compile_cache, small_config
+from tools.convert_weights import orbax_io
+
+pytestmark = pytest.mark.parity
+
+LAYER = "llm.model.layers"
+
+
+def sds(*shape):
+    return types.SimpleNamespace(shape=shape)
+
+
+def test_plan_stacks_layers_pads_vocab_and_names_every_problem():
+    saved = {f"{LAYER}.{i}.q.weight": ((4, 6), "f") for i in range(3)}
+    saved["emb.weight"] = ((10, 4), "f")
+    plan = plan_load(saved, {f"{LAYER}.q.weight": sds(3, 4, 6), "emb.weight": sds(16, 4)}, vocab=(10, 16))
+    assert plan == {f"{LAYER}.q.weight": [f"{LAYER}.{i}.q.weight" for i in range(3)], "emb.weight": ["emb.weight"]}
+    with pytest.raises(ConvertedCheckpointError) as e:  # padding is for the vocabulary dims only
+        plan_load(saved, {f"{LAYER}.q.weight": sds(3, 4, 7), "emb.weight": sds(16, 4)}, vocab=(10, 16))
+    assert "q.weight: expected shape (4, 7), found (4, 6)" in str(e.value)
+    with pytest.raises(ConvertedCheckpointError) as e:
+        plan_load(saved, {f"{LAYER}.q.weight": sds(2, 4, 6), "lm_head.weight": sds(4, 16)}, vocab=(10, 16))
+    msg = str(e.value)
+    assert "expected 2 stacked layers" in msg and "the checkpoint has layer(s) [0, 1, 2]" in msg
+    assert "missing lm_head.weight (expected shape (4, 16))" in msg and "unexpected emb.weight (10, 4)" in msg
+    assert plan_load(saved, {f"{LAYER}.q.weight": sds(3, 4, 6), "emb.weight": sds(10, 4), "new.lora": sds(2)},
+                     optional=frozenset({"new.lora"})).keys() == {f"{LAYER}.q.weight", "emb.weight"}
+
+
+def run_config(ckpt_dir, cfg_json, steps: int, **overrides):
+    vocab = cfg_json["llama"]["vocab_size"]
+    multiple = next(m for m in (64, 48, 40) if vocab % m)  # a multiple that really pads
+    return small_config(**{
+        "model.preset": "checkpoint", "model.init_checkpoint": str(ckpt_dir), "model.scan_layers": True,
+        "model.vocab_pad_multiple": multiple, "model.frozen_param_dtype": "bfloat16",
+        "model.lora.r": cfg_json["lora"]["r"], "model.lora.num_heads": cfg_json["lora"]["num_heads"],
+        "model.lora.alpha": cfg_json["lora"]["alpha"], "model.lora.targets": tuple(cfg_json["lora"]["targets"]),
+        "data.frame_slots": 2, "train.num_steps": steps, "checkpoint.every_steps": 2, **overrides})
+
+
+@pytest.fixture(scope="module")
+def converted(converted_crab):
+    from crab_jax.models import config_io
+
+    out, _ = converted_crab
+    return out, config_io.read_json(out), orbax_io.restore_flat(out)
+
+
+@pytest.fixture(scope="module")
+def run_setup(converted):
+    """The trainer's setup and fresh state of a run configured from the converted folder."""
+    from crab_jax.trainer.loop import build_setup
+
+    out, cfg_json, _ = converted
+    setup, _, _ = build_setup(run_config(out, cfg_json, 4), steps=4)
+    return setup, setup.init_fn()
+
+
+def test_run_layout_holds_the_converted_values(converted, run_setup):
+    """Every converted array lands bit-exactly (stacked per layer, vocab rows zero-padded,
+    frozen cast to bf16) in the trainer's sharded state; nothing is left at its random init."""
+    out, cfg_json, flat = converted
+    setup, state = run_setup
+    params, frozen, fresh = load_run_weights(out, state.params, state.frozen, setup.abstract.params,
+                                             setup.abstract.frozen, setup.crab_cfg.llama)
+    assert fresh == []
+    loaded = {**flat_leaves(frozen), **flat_leaves(params)}
+    trainable = set(flat_leaves(params))
+    assert any(k.startswith(LAYER + ".") and k.count(".") > 3 for k in flat) and setup.crab_cfg.llama.scan_layers
+    vocab, padded = setup.crab_cfg.llama.vocab_size, setup.crab_cfg.llama.padded_vocab_size
+    assert padded > vocab
+    seen = set()
+    for name, value in flat.items():
+        parts = name.split(".")
+        if name.startswith(LAYER + ".") and parts[3].isdigit():
+            target, index = ".".join(parts[:3] + parts[4:]), int(parts[3])
+            got = np.asarray(loaded[target])[index]
+        else:
+            target, got = name, np.asarray(loaded[name])
+        seen.add(target)
+        if np.issubdtype(value.dtype, np.floating):
+            want_dtype = np.dtype(np.float32) if target in trainable else np.dtype(ml_dtypes.bfloat16)
+        else:  # integer buffers (position ids) keep their dtype
+            want_dtype = value.dtype
+        assert got.dtype == want_dtype, target
+        if got.shape != value.shape:  # the vocabulary dim, padded with zeros
+            axis = [i for i, (g, v) in enumerate(zip(got.shape, value.shape)) if g != v]
+            assert axis and all(got.shape[i] == padded and value.shape[i] == vocab for i in axis), name
+            pad = np.take(got, np.arange(vocab, padded), axis=axis[0])
+            assert not np.any(pad.astype(np.float32)), f"{name}: padding rows are not zero"
+            got = np.take(got, np.arange(vocab), axis=axis[0])
+        np.testing.assert_array_equal(got, value.astype(want_dtype), err_msg=name)
+    assert seen == set(loaded)
+
+
+def test_missing_frozen_weight_is_named(converted, run_setup, tmp_path):
+    """A checkpoint without a frozen weight fails before anything is read, naming it; trainable
+    weights may be absent (they start fresh)."""
+    _, _, flat = converted
+    setup, state = run_setup
+    frozen_name = next(k for k in flat if k.startswith("audio_encoder."))
+    lora_suffix = next(k for k in flat if ".lora_A" in k).split(".", 4)[-1]  # e.g. self_attn.q_proj.lora_A
+    no_lora = {k: v for k, v in flat.items() if not k.endswith(lora_suffix)}
+    partial = {k: v for k, v in no_lora.items() if k != frozen_name}
+    orbax_io.save_params(tmp_path, partial)
+    with pytest.raises(ConvertedCheckpointError, match=f"missing {frozen_name}"):
+        load_run_weights(tmp_path, state.params, state.frozen, setup.abstract.params, setup.abstract.frozen,
+                         setup.crab_cfg.llama)
+    orbax_io.save_params(tmp_path / "lora_only_missing", no_lora)
+    _, _, fresh = load_run_weights(tmp_path / "lora_only_missing", state.params, state.frozen,
+                                   setup.abstract.params, setup.abstract.frozen, setup.crab_cfg.llama)
+    assert fresh == [f"{LAYER}.{lora_suffix}"]
+    one_layer_short = {k: v for k, v in flat.items() if k != f"{LAYER}.0.{lora_suffix}"}
+    orbax_io.save_params(tmp_path / "one_layer_short", one_layer_short)
+    with pytest.raises(ConvertedCheckpointError, match=r"has layer\(s\) \[1"):
+        load_run_weights(tmp_path / "one_layer_short", state.params, state.frozen, setup.abstract.params,
+                         setup.abstract.frozen, setup.crab_cfg.llama)
+
+
+def test_trains_from_converted_and_resumes_on_its_frozen_weights(converted, tmp_path):
+    """Train 4 steps from the converted checkpoint; stop after 2 and rerun: the resumed run must
+    rebuild the frozen weights from the checkpoint again (not from the seed) to match bit for bit."""
+    from crab_jax.trainer.loop import train
+
+    out, cfg_json, _ = converted
+    with compile_cache(tmp_path / "cache"):
+        full = train(run_config(out, cfg_json, 4), tmp_path / "full")
+        train(run_config(out, cfg_json, 4, **{"train.stop_after_steps": 2}), tmp_path / "split")
+        resumed = train(run_config(out, cfg_json, 4), tmp_path / "split")
+    losses = [h["loss"] for h in full]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert [h["step"] for h in resumed] == [3, 4]
+    assert [h["loss"] for h in resumed] == losses[2:]
