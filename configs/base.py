@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.preset = "tiny"         # tiny | crab_7b (paper sizes) | checkpoint (crab_config.json of init_checkpoint)
     c.model.init_checkpoint = ""    # converted dir: <dir>/params (Orbax) + <dir>/crab_config.json
+    # Workdirs of earlier stages (e.g. pretrain_visual, pretrain_audio for finetune): their latest
+    # saved weights are read over init_checkpoint's, wherever they belong in this run.
+    c.model.init_from_runs = ()
     c.model.dtype = "float32"       # compute dtype of the LLM and encoders (seg module + losses stay fp32)
     c.model.param_dtype = "float32"          # storage dtype of TRAINABLE weights (optimizer works in it)
     c.model.frozen_param_dtype = "float32"   # storage dtype of frozen weights (bfloat16 halves memory)

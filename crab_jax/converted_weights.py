@@ -1,4 +1,5 @@
-"""Loads a converted checkpoint (``tools/convert_weights`` to-jax output) into a run's weights.
+"""A run's starting weights: a converted checkpoint (``tools/convert_weights`` to-jax output,
+``model.init_checkpoint``), then the saved weights of earlier stages' runs (``model.init_from_runs``).
 
 The converter writes one canonical layout (``<dir>/params``, Orbax; ``<dir>/crab_config.json``):
 one entry per layer (``llm.model.layers.3.self_attn.q_proj.weight``) and the vocabulary
@@ -15,6 +16,10 @@ Anything else that differs (a missing, unexpected or mis-shaped key) raises
 :class:`ConvertedCheckpointError` naming every key before any tensor is read. Each process
 reads only the shards its devices hold, so a 7B model never materialises on one host.
 Paths may be local or ``gs://``.
+
+An earlier run's checkpoint (``<workdir>/checkpoints/<step>/params``) is the same kind of
+Orbax tree, read the same way; it holds only that stage's trainable weights, which land in
+this run's trainable or frozen set, wherever their names are (:func:`initial_weights`).
 """
 
 from __future__ import annotations
@@ -185,9 +190,54 @@ def load_run_weights(ckpt_dir, params: dict, frozen: dict, abstract_params: dict
     loaded = load_converted_weights(ckpt_dir, {**wanted_frozen, **wanted_params},
                                     vocab=(llama_cfg.vocab_size, llama_cfg.padded_vocab_size),
                                     optional=frozenset(wanted_params))
+    return _fill(params, loaded), _fill(frozen, loaded), sorted(set(wanted_params) - set(loaded))
 
-    def fill(tree):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, x: loaded.get(".".join(_key_name(k) for k in path), x), tree)
 
-    return fill(params), fill(frozen), sorted(set(wanted_params) - set(loaded))
+def _fill(tree, loaded: Mapping[str, jax.Array]):
+    """``tree`` with the leaves named in ``loaded`` replaced."""
+    return jax.tree_util.tree_map_with_path(lambda path, x: loaded.get(".".join(_key_name(k) for k in path), x), tree)
+
+
+def latest_run_step_dir(workdir):
+    """``<workdir>/checkpoints/<latest committed step>`` of a crab_jax training run."""
+    directory = as_path(workdir) / "checkpoints"
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step()
+    manager.close()
+    if step is None:
+        raise FileNotFoundError(f"config model.init_from_runs: {workdir} has no committed checkpoint in {directory}")
+    return directory / str(step)
+
+
+def overlay_run_weights(workdirs, params: dict, frozen: dict, abstract_params: dict, abstract_frozen: dict,
+                        llama_cfg) -> tuple[dict, dict, dict[str, list[str]]]:
+    """``(params, frozen, loaded names per workdir)``: the weights earlier training runs (stages)
+    saved, read over ``params`` / ``frozen`` wherever they belong in this run (a stage's
+    trainable weight may be frozen in the next). Later workdirs win. A saved weight this model
+    does not have, or of another shape, is an error naming it."""
+    wanted = {**flat_leaves(abstract_frozen), **flat_leaves(abstract_params)}
+    report = {}
+    for workdir in workdirs:
+        loaded = load_converted_weights(latest_run_step_dir(workdir), wanted, optional=frozenset(wanted),
+                                        vocab=(llama_cfg.vocab_size, llama_cfg.padded_vocab_size))
+        params, frozen = _fill(params, loaded), _fill(frozen, loaded)
+        report[str(workdir)] = sorted(loaded)
+    return params, frozen, report
+
+
+def initial_weights(model_cfg, setup, params: dict, frozen: dict) -> tuple[dict, dict, list[str]]:
+    """A run's starting weights: ``params`` / ``frozen`` (the seed's), then ``model.init_checkpoint``
+    (a converted folder), then each of ``model.init_from_runs`` (earlier stages' workdirs), in
+    that order; returns log lines saying what came from where."""
+    notes = []
+    abstract = (setup.abstract.params, setup.abstract.frozen, setup.crab_cfg.llama)
+    if model_cfg.init_checkpoint:
+        params, frozen, fresh = load_run_weights(model_cfg.init_checkpoint, params, frozen, *abstract)
+        notes.append(f"weights from the converted checkpoint {model_cfg.init_checkpoint}" + (
+            f"; {len(fresh)} trainable array(s) not in it start fresh: {', '.join(fresh[:8])}"
+            + (" ..." if len(fresh) > 8 else "") if fresh else ""))
+    if model_cfg.init_from_runs:
+        params, frozen, report = overlay_run_weights(tuple(model_cfg.init_from_runs), params, frozen, *abstract)
+        notes += [f"{len(names)} array(s) from the run {wd}: {', '.join(names[:6])}" + (" ..." if len(names) > 6 else "")
+                  for wd, names in report.items()]
+    return params, frozen, notes

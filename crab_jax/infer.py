@@ -281,7 +281,7 @@ def _load_model(config, workdir, data):
     ``model.init_checkpoint``): checkpoints hold the trainable ones only.
     """
     from crab_jax.checkpointing import Checkpointer, config_to_dict, restore_params
-    from crab_jax.converted_weights import load_run_weights
+    from crab_jax.converted_weights import initial_weights
     from crab_jax.trainer.loop import build_setup, run_crab_config
 
     ckpt_dir = workdir / "checkpoints"
@@ -298,10 +298,7 @@ def _load_model(config, workdir, data):
     ckpt.close()
     log.info("weights of step %d from %s", latest, ckpt_dir)
     state = setup.init_fn()
-    frozen = state.frozen
-    if config.model.init_checkpoint:
-        _, frozen, _ = load_run_weights(config.model.init_checkpoint, state.params, state.frozen,
-                                        setup.abstract.params, setup.abstract.frozen, setup.crab_cfg.llama)
+    _, frozen, _ = initial_weights(config.model, setup, state.params, state.frozen)
     params = restore_params(ckpt_dir, setup.abstract.params, latest)
     return setup, setup.merge(params, frozen, state.rng_vars)
 

@@ -130,17 +130,49 @@ def test_missing_frozen_weight_is_named(converted, run_setup, tmp_path):
                          setup.abstract.frozen, setup.crab_cfg.llama)
 
 
-def test_trains_from_converted_and_resumes_on_its_frozen_weights(converted, tmp_path):
-    """Train 4 steps from the converted checkpoint; stop after 2 and rerun: the resumed run must
-    rebuild the frozen weights from the checkpoint again (not from the seed) to match bit for bit."""
+@pytest.fixture(scope="module")
+def trained(converted, tmp_path_factory):
+    """Train 4 steps from the converted checkpoint (``full``); the same run stopped after 2 steps
+    and rerun (``split``). Returns (full workdir, full history, resumed history)."""
     from crab_jax.trainer.loop import train
 
     out, cfg_json, _ = converted
-    with compile_cache(tmp_path / "cache"):
-        full = train(run_config(out, cfg_json, 4), tmp_path / "full")
-        train(run_config(out, cfg_json, 4, **{"train.stop_after_steps": 2}), tmp_path / "split")
-        resumed = train(run_config(out, cfg_json, 4), tmp_path / "split")
+    root = tmp_path_factory.mktemp("runs")
+    with compile_cache(root / "cache"):
+        full = train(run_config(out, cfg_json, 4), root / "full")
+        train(run_config(out, cfg_json, 4, **{"train.stop_after_steps": 2}), root / "split")
+        resumed = train(run_config(out, cfg_json, 4), root / "split")
+    return root / "full", full, resumed
+
+
+def test_trains_from_converted_and_resumes_on_its_frozen_weights(trained):
+    """The resumed run must rebuild the frozen weights from the converted checkpoint again (not
+    from the seed) to reproduce the uninterrupted losses bit for bit."""
+    _, full, resumed = trained
     losses = [h["loss"] for h in full]
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert [h["step"] for h in resumed] == [3, 4]
     assert [h["loss"] for h in resumed] == losses[2:]
+
+
+def test_next_stage_starts_from_the_earlier_runs_weights(converted, run_setup, trained):
+    """``model.init_from_runs``: a next stage with another trainable set gets the earlier run's
+    trained weights, as trainable (projector) or frozen (LoRA, the other projector)."""
+    from crab_jax.checkpointing import restore_params
+    from crab_jax.converted_weights import initial_weights
+    from crab_jax.trainer.loop import build_setup
+
+    out, cfg_json, _ = converted
+    full_dir, _, _ = trained
+    earlier = flat_leaves(restore_params(full_dir / "checkpoints", run_setup[0].abstract.params))
+    config = run_config(out, cfg_json, 4, **{"trainable": (r"^vl_projector\.",),
+                                             "model.init_from_runs": (str(full_dir),)})
+    setup, _, _ = build_setup(config, steps=4)
+    state = setup.init_fn()
+    params, frozen, notes = initial_weights(config.model, setup, state.params, state.frozen)
+    assert any(str(full_dir) in n for n in notes)
+    params, frozen = flat_leaves(params), flat_leaves(frozen)
+    assert set(params) < set(earlier) and any(".lora_A" in k for k in frozen)
+    for name, value in earlier.items():
+        got = np.asarray(params[name] if name in params else frozen[name])
+        np.testing.assert_array_equal(got, np.asarray(value).astype(got.dtype), err_msg=name)

@@ -26,7 +26,7 @@ import numpy as np
 from etils import epath
 
 from crab_jax.checkpointing import Checkpointer, as_path, config_to_dict
-from crab_jax.converted_weights import load_run_weights
+from crab_jax.converted_weights import initial_weights
 from crab_jax.data.batch_spec import BatchSpec, check_batch, make_random_batches
 from crab_jax.mesh import check_global_batch, make_mesh, rules_from_config
 from crab_jax.metrics import llm_flops_per_token, mfu, peak_flops_per_device, summarize
@@ -245,14 +245,12 @@ def _run_training(config, workdir: str | pathlib.Path, data_iter: Iterator[dict]
     log.info("%d step(s), %d bucket shape(s) (seq_len, fbank_frames): %s", steps, len(specs), sorted(specs))
 
     state = setup.init_fn()
-    if config.model.init_checkpoint:
-        # Also on resume: checkpoints hold the trainable weights only, the frozen ones come from here.
-        params, frozen, fresh = load_run_weights(config.model.init_checkpoint, state.params, state.frozen,
-                                                 setup.abstract.params, setup.abstract.frozen, setup.crab_cfg.llama)
+    # Also on resume: checkpoints hold the trainable weights only, the frozen ones come from here.
+    params, frozen, notes = initial_weights(config.model, setup, state.params, state.frozen)
+    if notes:
         state = state.replace(params=params, frozen=frozen)
-        log.info("weights from the converted checkpoint %s%s", config.model.init_checkpoint,
-                 f"; {len(fresh)} trainable array(s) not in it start fresh: {', '.join(fresh[:8])}"
-                 + (" ..." if len(fresh) > 8 else "") if fresh else "")
+        for note in notes:
+            log.info("%s", note)
     if latest is not None:
         state, data_state = ckpt.restore(latest, setup.abstract, state)
         if data_state is not None and hasattr(data_iter, "set_state"):
