@@ -93,6 +93,16 @@ def saved_shapes(ckpt_dir) -> dict[str, tuple[tuple[int, ...], Any]]:
     return {k: (tuple(m.shape), m.dtype) for k, m in flat_leaves(tree).items()}
 
 
+def per_layer_names(names) -> dict[str, dict[int, str]]:
+    """``{"a.layers.x": {0: "a.layers.0.x", 1: "a.layers.1.x"}}``: each name with one layer index
+    taken out (the name a scanned model has), grouped, by index."""
+    groups: dict[str, dict[int, str]] = collections.defaultdict(dict)
+    for name in names:
+        for m in _INDEX.finditer(name):
+            groups[name[:m.start()] + name[m.end():]][int(m.group(1))] = name
+    return dict(groups)
+
+
 def _paddable(saved: tuple, wanted: tuple, vocab: tuple[int, int] | None) -> bool:
     """Same rank, and every differing dim grows ``vocab_size`` -> ``padded_vocab_size``."""
     if len(saved) != len(wanted) or vocab is None or vocab[0] == vocab[1]:
@@ -108,10 +118,7 @@ def plan_load(saved: Mapping[str, tuple], wanted: Mapping[str, Any], *, vocab: t
     ``optional``: target names the checkpoint may lack (left out of the plan).
     Raises :class:`ConvertedCheckpointError` naming every missing / unexpected / mis-shaped key.
     """
-    per_layer: dict[str, dict[int, str]] = collections.defaultdict(dict)
-    for name in saved:
-        for m in _INDEX.finditer(name):
-            per_layer[name[:m.start()] + name[m.end():]][int(m.group(1))] = name
+    per_layer = per_layer_names(saved)
     plan, problems = {}, []
     for name, target in wanted.items():
         shape = tuple(target.shape)

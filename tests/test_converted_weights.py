@@ -176,3 +176,61 @@ def test_next_stage_starts_from_the_earlier_runs_weights(converted, run_setup, t
     for name, value in earlier.items():
         got = np.asarray(params[name] if name in params else frozen[name])
         np.testing.assert_array_equal(got, np.asarray(value).astype(got.dtype), err_msg=name)
+
+
+def test_run_layout_goes_back_to_the_canonical_one():
+    """from-run's inverse of the loader: scanned arrays are split per layer, padded vocab cut back."""
+    from tools.convert_weights.from_run import canonical_run_weights
+    from tools.convert_weights.mapping import MappingError
+
+    base = {f"{LAYER}.{i}.q.weight": ((4, 6), np.float32) for i in range(3)}
+    base["lm_head.weight"] = ((4, 10), np.float32)
+    stacked = np.arange(3 * 4 * 6, dtype=np.float32).reshape(3, 4, 6)
+    head = np.arange(4 * 16, dtype=np.float32).reshape(4, 16)
+    out = canonical_run_weights({f"{LAYER}.q.weight": stacked, "lm_head.weight": head}, base, 10, source="run")
+    assert sorted(out) == sorted(base)
+    np.testing.assert_array_equal(out[f"{LAYER}.2.q.weight"], stacked[2])
+    np.testing.assert_array_equal(out["lm_head.weight"], head[:, :10])
+    with pytest.raises(MappingError) as e:
+        canonical_run_weights({f"{LAYER}.q.weight": stacked[:2], "lm_head.weight": head[:3], "x.y": head},
+                              base, 10, source="run")
+    msg = str(e.value)
+    assert "llm.model.layers.q.weight (2, 4, 6): no such weight" in msg
+    assert "lm_head.weight: the base has shape (4, 10), the run (3, 16)" in msg and "x.y (4, 16)" in msg
+
+
+def test_trained_run_goes_back_to_a_converted_checkpoint_and_to_torch(converted, run_setup, trained, fixtures_dir,
+                                                                     tmp_path):
+    """``from-run``: the run's trained weights (scanned layers, fp32) return to the canonical layout
+    over the base; ``to-torch`` then writes Crab's finetune .bin with the original's key set."""
+    import torch
+
+    from crab_jax.checkpointing import restore_params
+    from tools.convert_weights.cli import main
+
+    out, _, base_flat = converted
+    full_dir, _, _ = trained
+    trained_flat = flat_leaves(restore_params(full_dir / "checkpoints", run_setup[0].abstract.params))
+    merged_dir = tmp_path / "ft"
+    assert main(["from-run", str(full_dir), "--base", str(out), "--out", str(merged_dir), "--dtype", "fp32"]) == 0
+    merged = orbax_io.restore_flat(merged_dir)
+    assert {k: v.shape for k, v in merged.items()} == {k: v.shape for k, v in base_flat.items()}
+    changed = set()
+    for name, value in trained_flat.items():
+        value = np.asarray(value)
+        parts = {name: value} if name in merged else {
+            f"{LAYER}.{i}.{name[len(LAYER) + 1:]}": value[i] for i in range(value.shape[0])}
+        for key, part in parts.items():
+            np.testing.assert_array_equal(merged[key], part.astype(np.float32), err_msg=key)
+            changed.add(key)
+    for key in set(base_flat) - changed:
+        np.testing.assert_array_equal(merged[key], base_flat[key].astype(merged[key].dtype), err_msg=key)
+    assert any(not np.array_equal(merged[k], base_flat[k]) for k in changed)  # the run did train them
+    reference = fixtures_dir / "crab_full" / "finetune_weights.bin"
+    exported_path = tmp_path / "finetune_weights.bin"
+    assert main(["to-torch", str(merged_dir), "--format", "crab-bin", "--subset", "finetune",
+                 "--out", str(exported_path)]) == 0
+    exported = torch.load(exported_path, weights_only=True)
+    original = torch.load(reference, weights_only=True)
+    assert sorted(exported) == sorted(original)
+    assert any(not torch.equal(exported[k].float(), original[k].float()) for k in original if "lora" in k)

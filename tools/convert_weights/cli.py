@@ -18,6 +18,7 @@ crab_jax paths) and <out>/crab_config.json (the matching model config).
 subcommands:
   to-jax    torch / HF files -> a crab_jax checkpoint (combine several into one model)
   to-torch  a crab_jax checkpoint -> Crab .bin, HF LLaMA / CLIP folder, BEATs .pt, component file
+  from-run  a crab_jax training run's weights over a converted base -> a crab_jax checkpoint
   inspect   list a checkpoint's tensors and how they match the mapping tables
 """
 
@@ -42,6 +43,17 @@ TO_TORCH_EPILOG = """examples:
 """
 
 
+FROM_RUN_EPILOG = """examples:
+  # fine-tuned in JAX, back to the original PyTorch Crab's finetune_weights.bin
+  python -m tools.convert_weights from-run runs/ft --base ckpt/crab --out ckpt/crab_ft
+  python -m tools.convert_weights to-torch ckpt/crab_ft --format crab-bin --subset finetune --out finetune_weights.bin
+
+A run saves only its trainable weights, in its own layout (scanned layers, padded vocabulary,
+fp32); they are put back into the converter's layout over --base (the converted checkpoint the
+run started from: model.init_checkpoint), and stored in --base's dtypes unless --dtype is given.
+"""
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.replace(",", " ").split())
 
@@ -49,7 +61,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crab-convert-weights", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{to-jax,to-torch,inspect}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{to-jax,to-torch,from-run,inspect}")
 
     j = sub.add_parser("to-jax", help="torch / HF files -> crab_jax checkpoint", epilog=TO_JAX_EPILOG,
                        description="Convert torch / HF weights into a crab_jax checkpoint (params + crab_config.json).",
@@ -111,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-shard-gb", type=float, default=5.0, help="hf-* only: safetensors shard size (GiB)")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
+    r = sub.add_parser("from-run", help="a crab_jax training run's weights -> crab_jax checkpoint",
+                       epilog=FROM_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("workdir", help="the training run's --workdir (its latest committed checkpoint is used)")
+    r.add_argument("--base", required=True, help="converted checkpoint holding every other weight "
+                                                 "(the run's model.init_checkpoint)")
+    r.add_argument("--out", required=True, help="output checkpoint directory (written atomically)")
+    r.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
+                   help="output dtype of every float array (default: each array keeps the base's dtype)")
+    r.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
     i = sub.add_parser("inspect", help="list tensors, shapes, dtypes, parameter count, mapping matches",
                        description="Describe any supported checkpoint: torch .bin/.pt, .safetensors, an HF "
                        "folder, or a crab_jax checkpoint.")
@@ -157,6 +179,16 @@ def run_to_torch(args) -> None:
                  without_lora=args.without_lora, max_shard_gb=args.max_shard_gb, overwrite=args.overwrite))
 
 
+def run_from_run(args) -> None:
+    from tools.convert_weights.from_run import merge_run
+    from tools.convert_weights.to_jax import output_dtype, summary, write_checkpoint
+
+    converted, step = merge_run(args.workdir, args.base, dtype=output_dtype(args.dtype))
+    print(summary(converted))
+    write_checkpoint(args.out, converted, overwrite=args.overwrite)
+    print(f"wrote {args.out} (params/ + crab_config.json): {args.base} with step {step} of {args.workdir}")
+
+
 def run_inspect(args) -> None:
     from tools.convert_weights.inspect_cmd import inspect_path
 
@@ -167,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tools.convert_weights.mapping import MappingError
 
-    run = {"to-jax": run_to_jax, "to-torch": run_to_torch, "inspect": run_inspect}[args.command]
+    run = {"to-jax": run_to_jax, "to-torch": run_to_torch, "from-run": run_from_run,
+           "inspect": run_inspect}[args.command]
     try:
         run(args)
     except MappingError as e:
