@@ -207,10 +207,14 @@ def test_trained_run_goes_back_to_a_converted_checkpoint_and_to_torch(converted,
 
     from crab_jax.checkpointing import restore_params
     from tools.convert_weights.cli import main
+    from tools.convert_weights.inspect_cmd import inspect_path
 
     out, _, base_flat = converted
     full_dir, _, _ = trained
     trained_flat = flat_leaves(restore_params(full_dir / "checkpoints", run_setup[0].abstract.params))
+    listing = inspect_path(str(full_dir), show_tensors=True)
+    assert "training-run checkpoint" in listing and f"{len(trained_flat)} arrays" in listing
+    assert all(name in listing for name in trained_flat)
     merged_dir = tmp_path / "ft"
     assert main(["from-run", str(full_dir), "--base", str(out), "--out", str(merged_dir), "--dtype", "fp32"]) == 0
     merged = orbax_io.restore_flat(merged_dir)

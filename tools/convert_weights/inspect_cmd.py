@@ -3,7 +3,8 @@
 For torch / HF / safetensors files: every tensor (name, shape, dtype), the parameter count,
 which component table each key matched (standalone names, or Crab's full names) and the
 keys no row matches. For a crab_jax checkpoint: every array, the parameter count, its config
-sections, and the check of the arrays against the model that config describes.
+sections, and the check of the arrays against the model that config describes. For a
+training run (its workdir or one ``checkpoints/<step>``): its arrays and parameter count.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def _table_lines(rows) -> list[str]:
 
 def inspect_path(path: str, *, show_tensors: bool = True) -> str:
     path = os.fspath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):  # a training run's workdir: its latest step
+        from crab_jax.converted_weights import latest_run_step_dir
+
+        path = str(latest_run_step_dir(path))
+    if orbax_io.is_checkpoint(path) and not os.path.isfile(os.path.join(path, "crab_config.json")):
+        return _inspect_run_step(path, show_tensors)
     if orbax_io.is_checkpoint(path):
         return _inspect_checkpoint(path, show_tensors)
     tensors = open_tensors(path)
@@ -84,6 +91,19 @@ def inspect_path(path: str, *, show_tensors: bool = True) -> str:
     out += [f"  {family}: {count} keys" for family, count in sorted(Counter(matched.values()).items())]
     out.append(f"keys no mapping row matches: {len(unmatched)}")
     out += [f"  {k}" for k in unmatched]
+    return "\n".join(out)
+
+
+def _inspect_run_step(path: str, show_tensors: bool) -> str:
+    """A training run's checkpoint step: its trainable arrays, in the run's layout."""
+    meta = orbax_io.params_metadata(path)
+    n = sum(int(np.prod(s)) for s, _ in meta.values())
+    out = [f"{path}: crab_jax training-run checkpoint (trainable weights only, in the run's layout: layers "
+           f"stacked if it scanned them, vocabulary rows padded), {len(meta)} arrays, {n:,} values, "
+           f"dtypes {sorted({str(d) for _, d in meta.values()})}"]
+    if show_tensors:
+        out += _table_lines([(k, s, d) for k, (s, d) in meta.items()])
+    out.append("no mapping rows apply: merge it over its base with `from-run`, then inspect / to-torch the result")
     return "\n".join(out)
 
 
