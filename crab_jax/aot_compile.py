@@ -41,7 +41,6 @@ import math
 import os
 import pathlib
 import re
-import sys
 import time
 
 from absl import app, flags
@@ -358,13 +357,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host runs nothing; only the TPU compiler is used
-    sys.path.insert(0, str(REPO))
-    from configs import base
-
-    from crab_jax.trainer.config_check import check_config
+    from crab_jax.trainer.config_check import check_against_base
 
     config = _CONFIG.value
-    check_config(config.to_dict(), base.get_config().to_dict(), source="--config")
+    check_against_base(config)
     tpu = parse_slice(_TOPOLOGY.value)
     report = aot_report(config, tpu)
     print(format_report(report))

@@ -24,20 +24,11 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
-ITEMS = ("params", "opt_state", "meta")
+from crab_jax.paths import as_path
+from crab_jax.state_dict import flat_leaves
+
 KILL_AFTER_SAVE_ENV = "CRAB_JAX_KILL_AFTER_SAVE_STEP"
-
-
-def as_path(directory) -> epath.Path:
-    """A local (made absolute) or ``gs://`` path; rejects a URL that ``pathlib`` has already mangled."""
-    text = os.fspath(directory)
-    if "://" not in text and text.split("/", 1)[0] in ("gs:", "s3:"):
-        raise ValueError(f"checkpoint directory {text!r}: a URL whose '//' was collapsed (pathlib.Path of "
-                         "'gs://...'); pass the string or an etils.epath.Path")
-    path = epath.Path(text)
-    return path if "://" in text else epath.Path(os.path.abspath(text))
 
 
 def _handlers() -> dict:
@@ -50,14 +41,9 @@ class CheckpointMismatch(ValueError):
     """The checkpoint cannot be restored into this run's state (different LoRA rank, shapes ...)."""
 
 
-def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    out = {}
-    for path, leaf in flat:
-        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        shape = getattr(leaf, "shape", None)
-        out[name] = tuple(shape) if shape is not None else None
-    return out
+def _flat_shapes(tree) -> dict[str, tuple[int, ...] | None]:
+    return {name: tuple(leaf.shape) if getattr(leaf, "shape", None) is not None else None
+            for name, leaf in flat_leaves(tree).items()}
 
 
 class Checkpointer:
@@ -126,9 +112,6 @@ class Checkpointer:
             return bool(self.manager.reached_preemption(step))
         except Exception:  # no preemption service (single process without jax.distributed)
             return False
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -25,7 +25,7 @@ this run's trainable or frozen set, wherever their names are (:func:`initial_wei
 from __future__ import annotations
 
 import collections
-import json
+import functools
 import re
 from typing import Any, Mapping
 
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from crab_jax.checkpointing import as_path
-from crab_jax.models.config_io import CONFIG_FILE
+from crab_jax.paths import as_path
+from crab_jax.state_dict import flat_leaves, key_path_str
 
 PARAMS_DIR = "params"
 # ".3." in "llm.model.layers.3.self_attn..." (a layer index between two name parts).
@@ -44,28 +44,6 @@ _INDEX = re.compile(r"\.(\d+)(?=\.)")
 
 class ConvertedCheckpointError(ValueError):
     """The converted checkpoint does not hold this run's weights (names every offending key)."""
-
-
-def read_crab_config_json(ckpt_dir) -> dict:
-    """``<ckpt_dir>/crab_config.json`` as a dict (local or ``gs://``)."""
-    path = as_path(ckpt_dir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"config model.init_checkpoint={str(ckpt_dir)!r}: no {CONFIG_FILE} in it "
-                                "(write one with: python -m tools.convert_weights to-jax ...)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-
-
-def _key_name(k) -> str:
-    return str(getattr(k, "key", getattr(k, "idx", k)))
-
-
-def flat_leaves(tree) -> dict[str, Any]:
-    """``{"a.b.0.c": leaf}`` of a nested dict (int and str keys alike)."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {".".join(_key_name(k) for k in path): leaf for path, leaf in flat}
 
 
 def nest(flat: Mapping[str, Any]) -> dict:
@@ -86,7 +64,8 @@ def saved_shapes(ckpt_dir) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Name -> (shape, dtype) of every array in ``<ckpt_dir>/params`` (reads metadata only)."""
     path = as_path(ckpt_dir) / PARAMS_DIR
     if not path.exists():
-        raise FileNotFoundError(f"config model.init_checkpoint={str(ckpt_dir)!r}: no Orbax '{PARAMS_DIR}' folder in it")
+        raise FileNotFoundError(f"{ckpt_dir}: not a crab_jax checkpoint (no Orbax '{PARAMS_DIR}' folder in it; "
+                                "write one with: python -m tools.convert_weights to-jax ...)")
     meta = ocp.PyTreeCheckpointer().metadata(path)
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
@@ -155,6 +134,12 @@ def _part_sharding(sharding, stacked: bool):
     return sharding
 
 
+@functools.lru_cache(maxsize=None)
+def _stacker(sharding):
+    """One jitted stack per target sharding (jit then caches per shape: q/k/v/o share one compile)."""
+    return jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding)
+
+
 def load_converted_weights(ckpt_dir, wanted: Mapping[str, Any], *, vocab: tuple[int, int] | None = None,
                            optional: frozenset[str] = frozenset()) -> dict[str, jax.Array]:
     """Name -> array for every ``wanted`` name (``ShapeDtypeStruct`` with ``.sharding``) the
@@ -181,8 +166,7 @@ def load_converted_weights(ckpt_dir, wanted: Mapping[str, Any], *, vocab: tuple[
         if parts == [name]:
             out[name] = restored.pop(name)
         else:
-            stack = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=wanted[name].sharding)
-            out[name] = stack(*[restored.pop(p) for p in parts])
+            out[name] = _stacker(wanted[name].sharding)(*[restored.pop(p) for p in parts])
     return out
 
 
@@ -202,7 +186,7 @@ def load_run_weights(ckpt_dir, params: dict, frozen: dict, abstract_params: dict
 
 def _fill(tree, loaded: Mapping[str, jax.Array]):
     """``tree`` with the leaves named in ``loaded`` replaced."""
-    return jax.tree_util.tree_map_with_path(lambda path, x: loaded.get(".".join(_key_name(k) for k in path), x), tree)
+    return jax.tree_util.tree_map_with_path(lambda path, x: loaded.get(key_path_str(path), x), tree)
 
 
 def latest_run_step_dir(workdir):

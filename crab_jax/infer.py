@@ -74,7 +74,7 @@ def strip_answers(batch: Mapping[str, Any], pad_id: int) -> PromptBatch:
     for k in TOKEN_ROW_KEYS:
         if k not in batch:
             raise KeyError(f"strip_answers: batch lacks {k!r} (expected the crab_jax.data.batch_spec format)")
-    out = {k: np.array(v) for k, v in batch.items()}
+    out = {k: np.asarray(v) for k, v in batch.items()}  # token rows are replaced below, never written to
     labels = out["labels"]
     b, s = labels.shape
     ids = np.full((b, s), pad_id, np.int32)
@@ -244,7 +244,8 @@ def evaluate(model, batches: Iterable[Mapping[str, Any]], tokenizer, tasks: Sequ
 def _score_batch(gen: Generation, prompt: PromptBatch, batch, tokenizer, tasks, dcfg, scores, records_out) -> None:
     import jax
 
-    gen = jax.device_get(gen)
+    # Only what is scored comes to the host (not the mask logits / embeddings).
+    gen = jax.device_get(gen._replace(mask_embeddings=None, mask_steps=None, binary_logits=None, avss_logits=None))
     seqs = generated_ids(np.asarray(gen.tokens), np.asarray(gen.lengths))
     texts = decode_texts(tokenizer, seqs)
     refs = decode_texts(tokenizer, prompt.answers)
@@ -281,8 +282,7 @@ def _load_model(config, workdir, data):
     ``model.init_checkpoint``): checkpoints hold the trainable ones only.
     """
     from crab_jax.checkpointing import Checkpointer, config_to_dict, restore_params
-    from crab_jax.converted_weights import initial_weights
-    from crab_jax.trainer.loop import build_setup, run_crab_config
+    from crab_jax.trainer.loop import build_setup, initial_state, run_crab_config
 
     ckpt_dir = workdir / "checkpoints"
     if not ckpt_dir.is_dir():
@@ -297,10 +297,9 @@ def _load_model(config, workdir, data):
     ckpt.check_compatible(latest, setup.abstract.params, config_to_dict(config)["model"])
     ckpt.close()
     log.info("weights of step %d from %s", latest, ckpt_dir)
-    state = setup.init_fn()
-    _, frozen, _ = initial_weights(config.model, setup, state.params, state.frozen)
+    state = initial_state(config, setup)
     params = restore_params(ckpt_dir, setup.abstract.params, latest)
-    return setup, setup.merge(params, frozen, state.rng_vars)
+    return setup, setup.merge(params, state.frozen, state.rng_vars)
 
 
 def _eval_batches(config, crab_cfg, data, split: str):
@@ -417,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
-    from crab_jax.checkpointing import as_path
+    from crab_jax.paths import as_path
     from crab_jax.trainer.data_setup import prepare_data
 
     config = _load_config(args.config, args.set)

@@ -102,17 +102,3 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
-
-
-def check_divisible_shardings(shapes_and_specs, mesh: Mesh) -> list[str]:
-    """Names of tensors whose sharded dimensions are not divisible by their mesh axes."""
-    bad = []
-    for name, shape, spec in shapes_and_specs:
-        for dim, axes in zip(shape, tuple(spec)):
-            if axes is None:
-                continue
-            names = (axes,) if isinstance(axes, str) else tuple(axes)
-            n = math.prod(mesh.shape[a] for a in names)
-            if dim % n:
-                bad.append(f"{name} {tuple(shape)}: dim {dim} over {names} ({n})")
-    return bad

@@ -22,7 +22,6 @@ recomputation of remat is not counted either (standard MFU convention).
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Mapping, Sequence
 
@@ -161,7 +160,3 @@ def mfu(flops_per_token: float, tokens: float, seconds: float, num_devices: int,
     if peak <= 0 or seconds <= 0:
         return None
     return flops_per_token * tokens / seconds / (num_devices * peak)
-
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -20,6 +20,17 @@ def path_str(path) -> str:
     return ".".join(str(p) for p in path)
 
 
+def key_path_str(path) -> str:
+    """A ``jax.tree_util`` key path as a dotted name (``DictKey`` / ``SequenceKey`` alike)."""
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def flat_leaves(tree) -> dict:
+    """``{"a.b.0.c": leaf}`` of a pytree (nested dicts with int or str keys, NNX pure dicts)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {key_path_str(path): leaf for path, leaf in flat}
+
+
 def flat_variables(module: nnx.Module) -> dict[str, nnx.Variable]:
     """Every variable of ``module`` (params and buffers) by dotted path."""
     state = nnx.state(module, WEIGHTS)

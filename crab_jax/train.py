@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import sys
 import time
 
 # Before numpy loads (here and in Grain's worker processes): the data pipeline's small matmuls
@@ -62,23 +61,15 @@ def maybe_initialize_distributed(dist_cfg) -> None:
         jax.distributed.initialize()  # TPU pods (and SLURM, ...) find their coordinator themselves
 
 
-def reference_config():
-    """``configs/base.py``'s declared keys (the repository's configs folder)."""
-    sys.path.insert(0, str(REPO))
-    from configs import base
-
-    return base.get_config()
-
-
 def main(argv):
     del argv
     config = _CONFIG.value
     workdir = _WORKDIR.value
     if not workdir:
         raise app.UsageError("--workdir is required (checkpoints and metrics go there)")
-    from crab_jax.trainer.config_check import check_config
+    from crab_jax.trainer.config_check import check_against_base
 
-    check_config(config.to_dict(), reference_config().to_dict(), source="--config")
+    check_against_base(config)
     maybe_initialize_distributed(config.distributed)
     import jax
 

@@ -186,7 +186,7 @@ def test_checkpoint_moves_from_1_to_8_devices_and_back(uninterrupted, tmp_path, 
 def test_mangled_gs_url_is_rejected_with_the_reason():
     import pathlib
 
-    from crab_jax.checkpointing import as_path
+    from crab_jax.paths import as_path
 
     assert str(as_path("gs://bucket/run/checkpoints")) == "gs://bucket/run/checkpoints"
     with pytest.raises(ValueError, match="collapsed"):

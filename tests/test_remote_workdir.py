@@ -12,7 +12,7 @@ import json
 import pytest
 from etils.epath import testing as epath_testing
 
-from crab_jax.checkpointing import as_path
+from crab_jax.paths import as_path
 from crab_jax.trainer.evaluation import append_eval_jsonl
 from crab_jax.trainer.jsonl import JsonlFile
 from crab_jax.trainer.metric_writer import MetricWriter

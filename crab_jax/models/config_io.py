@@ -140,14 +140,19 @@ def save_json(d: Mapping[str, Any], path: str | os.PathLike) -> None:
 
 
 def read_json(path: str | os.PathLike) -> dict:
-    """``path``: the JSON file or a checkpoint directory holding ``crab_config.json``."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no crab_jax config file")
-    with open(path) as f:
-        return json.load(f)
+    """``path`` (local or ``gs://``): the JSON file or a checkpoint directory holding ``crab_config.json``."""
+    from crab_jax.paths import as_path
+
+    path = as_path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no crab_jax config file (write one with: python -m tools.convert_weights "
+                                "to-jax ...)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 def load_crab_config(path: str | os.PathLike) -> CrabConfig:

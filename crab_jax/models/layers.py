@@ -17,6 +17,16 @@ from flax import nnx
 from crab_jax.sharding import param
 
 Axes = tuple[str | None, ...]
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def as_dtype(name):
+    """A dtype from its config name (``"bfloat16"``); dtypes pass through."""
+    if isinstance(name, str):
+        if name not in DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; known: {sorted(DTYPES)}")
+        return DTYPES[name]
+    return name
 
 
 def normal_init(stddev: float = 0.02):

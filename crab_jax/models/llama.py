@@ -32,15 +32,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from crab_jax.models.ilora import ILoRAConfig, projection
-from crab_jax.models.layers import Embed, Linear, RMSNorm, attention, merge_heads, normal_init, split_heads
+from crab_jax.models.layers import (Embed, Linear, RMSNorm, as_dtype, attention, merge_heads, normal_init,
+                                     split_heads)
 
 REMAT_POLICIES = ("none", "full", "dots")
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def _as_dtype(d):
-    return _DTYPES[d] if isinstance(d, str) else d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +67,8 @@ class LlamaConfig:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
-        object.__setattr__(self, "dtype", _as_dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", _as_dtype(self.param_dtype))
+        object.__setattr__(self, "dtype", as_dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", as_dtype(self.param_dtype))
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pathlib
+import sys
 from typing import Mapping
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def unknown_and_missing(config: Mapping, reference: Mapping, prefix: str = "") -> tuple[list[str], list[str]]:
@@ -32,3 +36,12 @@ def check_config(config: Mapping, reference: Mapping, *, source: str = "config")
         if missing:
             parts.append(f"missing key(s) {missing}")
         raise ValueError(f"{source}: " + "; ".join(parts) + " (every key is declared in configs/base.py)")
+
+
+def check_against_base(config, *, source: str = "--config") -> None:
+    """:func:`check_config` of an ml_collections config against ``configs/base.py``'s keys."""
+    if str(REPO) not in sys.path:  # a checkout run without installing: configs/ sits beside crab_jax/
+        sys.path.insert(0, str(REPO))
+    from configs import base
+
+    check_config(config.to_dict(), base.get_config().to_dict(), source=source)

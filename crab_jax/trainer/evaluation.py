@@ -17,7 +17,7 @@ from typing import Mapping
 
 import jax
 
-from crab_jax.checkpointing import as_path
+from crab_jax.paths import as_path
 from crab_jax.trainer.data_setup import DataSetup, heldout_records
 from crab_jax.trainer.jsonl import append_line
 

@@ -12,11 +12,7 @@ import json
 import time
 from typing import Any, Mapping
 
-from crab_jax.checkpointing import as_path
-
-
-def is_remote(path) -> bool:
-    return "://" in str(path)
+from crab_jax.paths import as_path, is_remote
 
 
 class JsonlFile:

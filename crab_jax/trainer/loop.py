@@ -25,11 +25,12 @@ import jax
 import numpy as np
 from etils import epath
 
-from crab_jax.checkpointing import Checkpointer, as_path, config_to_dict
+from crab_jax.checkpointing import Checkpointer, config_to_dict
 from crab_jax.converted_weights import initial_weights
 from crab_jax.data.batch_spec import BatchSpec, check_batch, make_random_batches
 from crab_jax.mesh import check_global_batch, make_mesh, rules_from_config
 from crab_jax.metrics import llm_flops_per_token, mfu, peak_flops_per_device, summarize
+from crab_jax.paths import as_path
 from crab_jax.trainer.data_setup import (RECORD_SOURCES, DataSetup, prepare_data, single_threaded_blas,
                                          with_base_vocab)
 from crab_jax.trainer.evaluation import append_eval_jsonl, evaluate_state, format_results
@@ -132,6 +133,21 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def initial_state(config, setup: TrainSetup):
+    """The state before any resume: the seed's weights, then ``model.init_checkpoint`` and
+    ``model.init_from_runs`` (:func:`crab_jax.converted_weights.initial_weights`). With a converted
+    checkpoint, which must hold every frozen weight, the frozen ones are never drawn at random."""
+    if config.model.init_checkpoint:
+        state, frozen = setup.init_trainable_fn(), setup.abstract.frozen
+    else:
+        state = setup.init_fn()
+        frozen = state.frozen
+    params, frozen, notes = initial_weights(config.model, setup, state.params, frozen)
+    for note in notes:
+        log.info("%s", note)
+    return state.replace(params=params, frozen=frozen)
+
+
 def build_setup(config, *, crab_cfg=None, steps: int | None = None, devices=None) -> tuple[TrainSetup, int, int]:
     """Validates sizes and builds the run's static setup (nothing compiled yet).
 
@@ -153,6 +169,7 @@ def build_setup(config, *, crab_cfg=None, steps: int | None = None, devices=None
                        rules=rules_from_config(config.mesh.rules), seed=int(config.seed),
                        param_dtype=config.model.param_dtype, frozen_param_dtype=config.model.frozen_param_dtype)
     setup.init_fn = quick_compiled_init(setup.init_fn)
+    setup.init_trainable_fn = quick_compiled_init(setup.init_trainable_fn)
     return setup, steps, micro
 
 
@@ -244,13 +261,8 @@ def _run_training(config, workdir: str | pathlib.Path, data_iter: Iterator[dict]
         num_tasks=len(config.data.tasks), router_groups=int(config.metrics.router_layer_groups)), global_shapes)
     log.info("%d step(s), %d bucket shape(s) (seq_len, fbank_frames): %s", steps, len(specs), sorted(specs))
 
-    state = setup.init_fn()
     # Also on resume: checkpoints hold the trainable weights only, the frozen ones come from here.
-    params, frozen, notes = initial_weights(config.model, setup, state.params, state.frozen)
-    if notes:
-        state = state.replace(params=params, frozen=frozen)
-        for note in notes:
-            log.info("%s", note)
+    state = initial_state(config, setup)
     if latest is not None:
         state, data_state = ckpt.restore(latest, setup.abstract, state)
         if data_state is not None and hasattr(data_iter, "set_state"):
@@ -327,10 +339,10 @@ def _run_training(config, workdir: str | pathlib.Path, data_iter: Iterator[dict]
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
-                data_state = data_iter.get_state() if hasattr(data_iter, "get_state") else None
                 leaving = preempt.requested or ckpt.reached_preemption(step) or (
                     stop_after > 0 and step - start >= stop_after)
                 if step % int(config.checkpoint.every_steps) == 0 or step == steps or leaving:
+                    data_state = data_iter.get_state() if hasattr(data_iter, "get_state") else None
                     ckpt.save(step, state, data_state=data_state, config_dict=config_dict, force=True)
                 if leaving:
                     log.warning("leaving at step %d (checkpoint saved)", step)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from crab_jax.checkpointing import as_path
+from crab_jax.paths import as_path
 from crab_jax.trainer.jsonl import JsonlFile
 
 

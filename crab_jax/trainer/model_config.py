@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from crab_jax.converted_weights import read_crab_config_json
 from crab_jax.models import config_io
 from crab_jax.models.beats import BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig
@@ -47,10 +46,7 @@ def load_checkpoint_crab_config(ckpt_dir: str) -> CrabConfig:
     """``<ckpt_dir>/crab_config.json`` (local or ``gs://``) -> the whole CrabConfig it describes."""
     if not ckpt_dir:
         raise ValueError("config model.preset='checkpoint' needs model.init_checkpoint=<converted dir>")
-    try:
-        return config_io.crab_config_from_json(read_crab_config_json(ckpt_dir))
-    except ValueError as e:
-        raise ValueError(f"{ckpt_dir}/{config_io.CONFIG_FILE}: {e}") from e
+    return config_io.load_crab_config(ckpt_dir)
 
 
 def crab_config_from(model_cfg) -> CrabConfig:

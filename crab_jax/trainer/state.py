@@ -22,20 +22,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from crab_jax.mesh import replicated
 from crab_jax.models.crab import Crab, CrabConfig
 from crab_jax.models.ilora import record_router_gates
+from crab_jax.models.layers import as_dtype
 from crab_jax.sharding import logical_axes, logical_to_mesh_spec
 from crab_jax.state_dict import path_str
 from crab_jax.trainer.trainable import check_patterns_match, trainable_filter, weights_filter
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def as_dtype(name):
-    if isinstance(name, str):
-        if name not in _DTYPES:
-            raise ValueError(f"unknown dtype {name!r}; known: {sorted(_DTYPES)}")
-        return _DTYPES[name]
-    return name
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -61,6 +51,9 @@ class TrainSetup:
     abstract: TrainState         # ShapeDtypeStruct (with .sharding) per leaf
     trainable_paths: list[str]
     init_fn: Callable[[], TrainState]
+    # The same without the frozen weights (``frozen={}``): XLA drops their random init, for runs
+    # whose frozen weights all come from a converted checkpoint.
+    init_trainable_fn: Callable[[], TrainState]
     uneven: list[str]            # weights whose sharding was dropped on a dim the mesh does not divide
 
     def merge(self, params, frozen, rng_vars) -> Crab:
@@ -139,7 +132,10 @@ def make_setup(crab_cfg: CrabConfig, *, patterns: Sequence[str], tx: optax.Gradi
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return TrainSetup(crab_cfg=crab_cfg, graphdef=graphdef, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
                       shardings=shardings, abstract=abstract, trainable_paths=trainable_paths,
-                      init_fn=jax.jit(init_fn, out_shardings=shardings), uneven=uneven_p + uneven_f)
+                      init_fn=jax.jit(init_fn, out_shardings=shardings),
+                      init_trainable_fn=jax.jit(lambda: init_fn().replace(frozen={}),
+                                                out_shardings=shardings.replace(frozen={})),
+                      uneven=uneven_p + uneven_f)
 
 
 def fresh_rng_vars(rng_vars, base_key_data: jax.Array, step: jax.Array, micro: jax.Array | int = 0):

@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from crab_jax.mesh import BATCH_AXES, batch_sharding, replicated
 from crab_jax.metrics import per_sample_lm_sums, per_task_sums, router_usage_sums
+from crab_jax.state_dict import flat_leaves
 from crab_jax.trainer.state import TrainSetup, TrainState, fresh_rng_vars
 
 
@@ -120,8 +121,7 @@ def jit_train_step(setup: TrainSetup, step_fn, batch_shapes: dict):
 
 def trainable_names(setup: TrainSetup) -> list[str]:
     """Names of the trainable tensors in the order of the ``finite_*`` flags."""
-    paths, _ = jax.tree_util.tree_flatten_with_path(setup.abstract.params)
-    return [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p) for p, _ in paths]
+    return list(flat_leaves(setup.abstract.params))
 
 
 def first_non_finite(aux: dict, names: Sequence[str]) -> str | None:

@@ -158,7 +158,8 @@ def test_video_frames_match_decord(fixtures_dir, manifest):
     for i, (med, info) in enumerate(zip(cfg["media"], cfg["video_info"])):
         if "video_path" not in med:
             continue
-        ref_pixels = arrays[f"s{i}_video_pixel_values"].reshape(-1, 3, 224, 224)
+        ref_pixels = arrays[f"s{i}_video_pixel_values"]
+        ref_pixels = ref_pixels.reshape(-1, *ref_pixels.shape[-3:])  # [frames, 3, H, W]
         frames, idx, vlen = M.decode_video(media_root / med["video_path"], ref_pixels.shape[0])
         assert vlen == info["num_frames_in_file"]
         assert idx.tolist() == info["indices"]
@@ -175,13 +176,16 @@ def test_video_frames_match_decord(fixtures_dir, manifest):
 @pytest.mark.parity
 def test_image_and_mask_match_original(fixtures_dir, manifest):
     cfg, arrays, media_root = _crab_full(fixtures_dir, manifest)
+    n_images = n_masks = 0
     for i, med in enumerate(cfg["media"]):
         if "image_path" in med:
+            n_images += 1
             image = M.load_image(media_root / med["image_path"])
             diff = int(np.abs(image.astype(int) - arrays[f"s{i}_frame0_uint8"].astype(int)).max())
             print(f"s{i} {med['image_path']}: max abs pixel difference = {diff}")
             assert diff <= 1  # PIL bicubic; 1/255 allowed for a different Pillow build
-            ref = arrays[f"s{i}_image_pixel_values"].reshape(-1, 3, 224, 224)
+            ref = arrays[f"s{i}_image_pixel_values"]
+            ref = ref.reshape(-1, *ref.shape[-3:])
             np.testing.assert_allclose(M.image_pixels(media_root / med["image_path"]), ref,
                                        atol=1.001 / 255 / min(M.CLIP_STD), rtol=0)
         if "mask_path" in med and f"s{i}_gt_mask" in arrays:
@@ -189,6 +193,10 @@ def test_image_and_mask_match_original(fixtures_dir, manifest):
             ref = arrays[f"s{i}_gt_mask"]
             mask = M.load_mask(media_root / med["mask_path"], task)
             np.testing.assert_array_equal(mask.astype(ref.dtype), ref.reshape(mask.shape))
+            n_masks += 1
+    # every image / mask the manifest names was compared (none silently skipped)
+    assert n_images == sum("image_path" in m for m in cfg["media"])
+    assert n_masks == sum("mask_path" in m for m in cfg["media"]), "a mask_path without its s{i}_gt_mask array"
 
 
 def test_audio_segments_follow_record_spec():

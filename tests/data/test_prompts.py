@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -9,10 +11,10 @@ from crab_jax.data import prompts as P
 from crab_jax.data import records as R
 from crab_jax.data.errors import BadRecordError
 
-# Fields of the original's quick-start requests (its data/example.json) that the prompts
-# use: the only text a quick-start request carries besides media paths.
-QUICK_START_TEXT = {"avqa": {"question": "What is the left instrument of the first sounding instrument?"},
-                    "ref-avs": {"exp": "making the loudest sound"}}
+# The free-text field of a quick-start request (the original's data/example.json), per task:
+# the only text it carries besides media paths. Its value is read back from the fixture.
+QUICK_START_FIELD = {"avqa": "question", "ref-avs": "exp"}
+SENTINEL = "\x00FREE_TEXT\x00"
 
 
 def _tiny_tokenizer():
@@ -107,7 +109,15 @@ def _fixture_texts(manifest):
 def test_prompt_builder_reproduces_fixture_instructions(manifest):
     cfg, texts = _fixture_texts(manifest)
     for i, (task, media) in enumerate(zip(cfg["batch_tasks"], cfg["media"])):
-        rec = R.quick_start_record({"task": task, **media, **QUICK_START_TEXT.get(task, {})}, f"media[{i}]")
+        free = {}
+        if task in QUICK_START_FIELD:  # the request's own words: read from the fixture, template around them built
+            field = QUICK_START_FIELD[task]
+            probe = R.quick_start_record({"task": task, **media, field: SENTINEL}, f"media[{i}]")
+            pattern = re.escape(P.llama2_chat(P.crab_instruction(probe))).replace(re.escape(SENTINEL), "(.+)")
+            match = re.fullmatch(pattern, texts[i]["instruction"], flags=re.S)
+            assert match, f"sample {i} ({task}): the fixture's instruction is not the {task} template"
+            free = {field: match.group(1)}
+        rec = R.quick_start_record({"task": task, **media, **free}, f"media[{i}]")
         assert P.llama2_chat(P.crab_instruction(rec)) == texts[i]["instruction"], f"sample {i} ({task})"
 
 

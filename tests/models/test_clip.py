@@ -15,7 +15,8 @@ from crab_jax.models.clip import (
     ClipVisionTower,
     ClipVisualEncoder,
 )
-from crab_jax.state_dict import abstract_module, expected_shapes, flat_arrays, flat_variables, load_flat
+from crab_jax.models.crab import SEG_TASKS
+from crab_jax.state_dict import abstract_module, expected_shapes, flat_arrays, load_flat
 from tests.conftest import assert_parity
 from tools.convert_weights.clip_table import clip_table, clip_vision_to_jax, split_clip_vision_keys
 from tools.convert_weights.io import open_tensors
@@ -23,7 +24,6 @@ from tools.convert_weights.mapping import MappingError
 
 transformers = pytest.importorskip("transformers")
 
-SEGMENTATION_TASKS = ("s4", "ms3", "avss", "ref-avs")  # README section 5: they feed the mask decoder
 TINY_HF_VISION = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
                       image_size=28, patch_size=7, layer_norm_eps=1e-5, hidden_act="quick_gelu")
 
@@ -187,7 +187,7 @@ def test_segmentation_taps_match_original_crab(crab_clip):
     for scale in scales:
         ref = arrays[f"avs_multi_scale_image_features_{scale}"]
         for i, task in enumerate(tasks):
-            if task in SEGMENTATION_TASKS:
+            if task in SEG_TASKS:  # the tasks whose frames feed the mask decoder
                 assert_parity(features[scale, by_sample[i]], ref[i], f"clip tap {scale}, sample {i} ({task})")
             else:
                 assert not ref[i].any()

@@ -139,6 +139,7 @@ def test_llm_inputs_logits_and_loss_match(crab, assembled, outputs):
 def test_segmentation_path_matches(crab, outputs):
     _, _, arrays = crab
     assert_parity(outputs.pred_embeddings, arrays["avs_pred_embeddings"], "avs_pred_embeddings")
+    assert any(k.startswith("avs_pred_mask_") for k in arrays.files), "no avs_pred_mask_* reference in the fixture"
     for i in range(len(arrays["task_names"])):
         key = f"avs_pred_mask_{i}"
         if key in arrays:

@@ -4,6 +4,7 @@ Every size, sample index, level and task comes from the manifest config, the che
 the npz key names (a hidden fixture variant has other ones).
 """
 
+import functools
 import re
 
 import jax
@@ -47,8 +48,10 @@ def seg(fixtures_dir, manifest):
     # A loose bound for outputs the reference itself only knows to float32 noise: the
     # generator measured float32 vs float64 and suggests this fraction of max|ref|.
     noisy_rtol = max(PARITY_RTOL, fx["suggested_tolerance"]["suggested_atol_relative_to_max_abs_of_reference"])
+    w = fx["config"]["loss_weights_used"]
+    weights = dict(bce_weight=float(w["bce"]), dice_weight=float(w["dice"]), avss_ce_weight=float(w["avss_ce"]))
     return dict(cfg=cfg, sd=sd, model=model, arrays=arrays, out=out, forward=forward, features=features,
-                noisy_rtol=noisy_rtol)
+                noisy_rtol=noisy_rtol, loss_weights=weights)
 
 
 @pytest.mark.parity
@@ -112,7 +115,8 @@ def test_mask_loss_matches_original(seg):
     a, out = seg["arrays"], seg["out"]
     is_avss = jnp.asarray(a["task_is_avss"])
     is_seg = jnp.ones_like(is_avss)
-    loss, terms = jax.jit(mask_loss)(out.binary_logits, out.avss_logits, a["gt_mask"], is_avss, is_seg)
+    loss_fn = jax.jit(functools.partial(mask_loss, **seg["loss_weights"]))
+    loss, terms = loss_fn(out.binary_logits, out.avss_logits, a["gt_mask"], is_avss, is_seg)
     assert_parity(terms, a["loss_terms_bce_dice_ce"], "loss_terms_bce_dice_ce")
     assert_parity(loss, a["mask_loss"], "mask_loss")
 
@@ -126,12 +130,14 @@ def test_mask_loss_ignores_non_segmentation_samples(seg):
     dropped = int(np.flatnonzero(~is_avss)[0])
     keep = np.ones(len(is_avss), bool)
     keep[dropped] = False
-    loss_fn = jax.jit(mask_loss)
+    w = seg["loss_weights"]
+    loss_fn = jax.jit(functools.partial(mask_loss, **w))
     loss, terms = loss_fn(out.binary_logits, out.avss_logits, a["gt_mask"], jnp.asarray(is_avss), jnp.asarray(keep))
     assert np.all(np.asarray(terms)[dropped] == 0)
     n_bin, n_av = np.sum(keep & ~is_avss), np.sum(keep & is_avss)
     kept = ref_terms[keep].sum(0)
-    expected = (kept[0] + 0.5 * kept[1]) * n_bin / (n_bin + n_av) + kept[2] * n_av / (n_bin + n_av)
+    expected = ((w["bce_weight"] * kept[0] + w["dice_weight"] * kept[1]) * n_bin / (n_bin + n_av)
+                + w["avss_ce_weight"] * kept[2] * n_av / (n_bin + n_av))
     assert_parity(loss, expected, "mask_loss without one binary sample")
     none, _ = loss_fn(out.binary_logits, out.avss_logits, a["gt_mask"], jnp.asarray(is_avss),
                         jnp.zeros(len(is_avss), bool))

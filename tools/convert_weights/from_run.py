@@ -20,6 +20,7 @@ import numpy as np
 
 from crab_jax.converted_weights import per_layer_names
 from tools.convert_weights import orbax_io
+from tools.convert_weights.assemble import components_of_sections
 from tools.convert_weights.mapping import MappingError
 from tools.convert_weights.to_jax import Converted
 
@@ -78,4 +79,5 @@ def merge_run(workdir: str, base: str, *, dtype=None) -> tuple[Converted, int]:
         flat = {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in flat.items()}
         config_json = dict(config_json, param_dtype=np.dtype(dtype).name)
     notes = [f"{len(run)} arrays from {step_dir} over {base}"]
-    return Converted(flat, config_json, sorted({k.split(".")[0] for k in flat}), notes, {}), int(step_dir.name)
+    components = components_of_sections(config_io.sections_from_json(config_json))
+    return Converted(flat, config_json, components, notes, {}), int(step_dir.name)

@@ -21,22 +21,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
 
 from crab_jax.converted_weights import PARAMS_DIR, nest  # the layout is defined where it is read
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, path + "."))
-        else:
-            out[path] = v
-    return out
+from crab_jax.state_dict import flat_leaves
 
 
 def _partial_path(out, overwrite: bool) -> tuple[str, str]:
@@ -118,8 +108,6 @@ def params_metadata(folder: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """crab_jax path -> (shape, dtype) from the checkpoint's metadata (reads no tensor data)."""
     from crab_jax.converted_weights import saved_shapes
 
-    if not os.path.isdir(os.path.join(os.path.abspath(folder), PARAMS_DIR)):
-        raise FileNotFoundError(f"{folder}: not a crab_jax checkpoint (no {PARAMS_DIR}/ directory)")
     return {k: (shape, np.dtype(dtype)) for k, (shape, dtype) in saved_shapes(folder).items()}
 
 
@@ -127,10 +115,8 @@ def restore_flat(folder: str) -> dict[str, np.ndarray]:
     """``folder/params`` -> flat crab_jax path -> numpy array (host memory, saved dtypes)."""
     import orbax.checkpoint as ocp
 
-    path = os.path.join(os.path.abspath(folder), PARAMS_DIR)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{folder}: not a crab_jax checkpoint (no {PARAMS_DIR}/ directory)")
-    meta = params_metadata(folder)
+    meta = params_metadata(folder)  # raises naming the folder if it is no checkpoint
     restore_args = nest({k: ocp.RestoreArgs(restore_type=np.ndarray) for k in meta})
-    tree = ocp.PyTreeCheckpointer().restore(path, restore_args=restore_args)
-    return flatten(tree)
+    tree = ocp.PyTreeCheckpointer().restore(os.path.join(os.path.abspath(folder), PARAMS_DIR),
+                                            restore_args=restore_args)
+    return flat_leaves(tree)
