@@ -28,12 +28,13 @@ HIDDEN, MLP, HEADS, VOCAB = 4096, 11008, 32, 32000
 _RUN = """
 import sys, time
 t = time.time()
-from tools.convert_weights.cli import main
+from crab_jax.cli.convert_weights.cli import main
 if len(sys.argv) > 1:
     code = main(sys.argv[1:])
 else:  # baseline: import what a conversion imports, convert nothing
     import jax, flax, orbax.checkpoint, torch
-    from tools.convert_weights import to_jax, to_torch
+    from crab_jax.cli.convert_weights import to_jax
+    from crab_jax.cli.convert_weights import to_torch
     code = 0
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
 print("RESULT", code, time.time() - t, hwm * 1024)
@@ -60,7 +61,7 @@ def llama_specs(layers: int, dtype, seed: int):
 
 
 def write_source(folder: str, layers: int) -> int:
-    from tools.convert_weights.io import write_hf_shards
+    from crab_jax.checkpoints.convert.tensor_files import write_hf_shards
 
     os.makedirs(folder, exist_ok=True)
     specs = llama_specs(layers, np.float16, 0)

@@ -1,7 +1,7 @@
 """Decoded samples/s per data worker, and how many workers keep one accelerator host fed.
 
 Decodes real example media (``../shared/media``: the AVE 10-s mp4 + mp3, the S4 frame +
-wav + mask) exactly as the training pipeline does (:func:`crab_jax.data.examples.build_example`:
+wav + mask) exactly as the training pipeline does (:func:`crab_jax.families.crab.examples.build_example`:
 10 CLIP-size frames or one image, per-segment BEATs fbank, tokens, GT mask) plus collation
 into a batch, in one process (= one worker), and reports samples/s.
 
@@ -28,9 +28,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 sys.path.insert(0, str(REPO))
 
-from crab_jax.data import examples as E  # noqa: E402
-from crab_jax.data.buckets import Bucket, CollateConfig, collate  # noqa: E402
-from crab_jax.data.records import AudioSpec, Record, mask_tokens  # noqa: E402
+from crab_jax.families.crab import examples as E  # noqa: E402
+from crab_jax.data.pipeline.buckets import Bucket, CollateConfig, collate  # noqa: E402
+from crab_jax.data.records.readers import AudioSpec, Record, mask_tokens  # noqa: E402
 
 PEAK_BF16 = {"one H100 (SXM)": 989e12, "one TPU v4 host (4 chips)": 4 * 275e12}
 MFU = 0.40
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=20, help="samples decoded per kind (default 20)")
     p.add_argument("--batch", type=int, default=8, help="collation batch size (default 8)")
     args = p.parse_args(argv)
-    from crab_jax.data.prompts import load_tokenizer
+    from crab_jax.families.crab.prompts import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     settings = settings_for(tok, pathlib.Path(args.media))

@@ -4,7 +4,7 @@
     python -m benchmarks.train_step --config configs/gpu.py --batch 4 --seq_len 2048 \
         --config.train.micro_batches=1                    # one H100 / H200: the 7B recipe in bf16
 
-The real train step (``crab_jax.trainer.step``: forward, loss, backward, AdamW, donation) of
+The real train step (``crab_jax.training.step``: forward, loss, backward, AdamW, donation) of
 three models that differ only in their adapters, on the same random batch:
 
   ilora   the config's I-LoRA (k heads, router) with LoRA + projectors trainable (the recipe)
@@ -14,9 +14,9 @@ three models that differ only in their adapters, on the same random batch:
 
 On the CPU the variants are timed interleaved, step by step, in one process (machine noise
 hits all three alike); on an accelerator one after the other (three 7B states may not fit).
-MFU = LLM training FLOPs per token (``crab_jax.metrics.llm_flops_per_token``: 6 N per
+MFU = LLM training FLOPs per token (``crab_jax.training.metrics.llm_flops_per_token``: 6 N per
 token over the frozen and trainable weights with attention, 2 N_trainable for the weight
-gradients) x real tokens / step time / peak. Peak: the device table of ``crab_jax.metrics``
+gradients) x real tokens / step time / peak. Peak: the device table of ``crab_jax.training.metrics``
 (H100 989 TFLOP/s bf16 dense ...); on the CPU none exists, so the rate one large fp32 matmul
 reaches here is measured and used (CPU "MFU" = fraction of what XLA:CPU reaches on a matmul).
 """
@@ -62,9 +62,9 @@ def variant_config(base, variant: str):
 
 def crab_config(config, args):
     """The run's CrabConfig; on the CPU the tiny preset with ``--hidden`` / ``--layers`` for the LLM."""
-    from crab_jax.models.presets import tiny_crab_config
-    from crab_jax.trainer.loop import run_crab_config
-    from crab_jax.trainer.model_config import apply_run_options
+    from crab_jax.families.crab.presets import tiny_crab_config
+    from crab_jax.training.loop import run_crab_config
+    from crab_jax.families.crab.run_config import apply_run_options
 
     if config.model.preset != "tiny":
         return run_crab_config(config)
@@ -79,9 +79,9 @@ class Runner:
     """One variant: sharded state, compiled step, the global batch."""
 
     def __init__(self, config, args, variant: str):
-        from crab_jax.metrics import llm_flops_per_token
-        from crab_jax.trainer.loop import build_setup, make_data_iterator, to_global
-        from crab_jax.trainer.step import batch_shardings, jit_train_step, make_train_step
+        from crab_jax.training.metrics import llm_flops_per_token
+        from crab_jax.training.loop import build_setup, make_data_iterator, to_global
+        from crab_jax.training.step import batch_shardings, jit_train_step, make_train_step
 
         self.variant = variant
         crab_cfg = crab_config(config, args)
@@ -115,9 +115,9 @@ class Runner:
 
 def benchmark(base, args) -> dict:
     """``base``: the run config (any ``--config.x=y`` applied); ``args``: the benchmark's own flags."""
-    from crab_jax.metrics import peak_flops_per_device
+    from crab_jax.training.metrics import peak_flops_per_device
 
-    from configs.base import STAGES
+    from crab_jax.families.crab.recipes import STAGES
 
     base.trainable = STAGES["finetune"]["trainable"]  # projectors + LoRA (the frozen variant drops LoRA)
     base.data.source = "random"

@@ -4,20 +4,13 @@ scanned + rematerialised layers, and gradient accumulation to the global batch.
 Variant as in ``configs/tpu_v4.py`` (``STAGE[,cosine]``).
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import base, tpu_v4  # noqa: E402
+from crab_jax.families.crab.recipes import paper_config
 
 MICRO_BATCH = 4  # samples per forward/backward on one 80 GB GPU at 2048 tokens
 
 
 def get_config(variant: str = "finetune"):
-    c = tpu_v4.get_config(variant)
+    c = paper_config(variant)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
     c.train.micro_batches = max(1, c.train.global_batch // MICRO_BATCH)
     return c
-
-
-__all__ = ["get_config", "base"]

@@ -1,12 +1,12 @@
 """Tiny Crab trained end to end on CPU (the default of ``python -m crab_jax.train``).
 
-Data: the built-in synthetic audio-visual dataset (``crab_jax.data.synthetic``), generated on
+Data: the built-in synthetic audio-visual dataset (``crab_jax.data.synthetic.generate``), generated on
 the first run under ``~/.cache/crab_jax/synthetic/`` (``data.path`` to choose), with a word
 tokenizer built from its texts; the model's vocabulary follows that tokenizer. Tasks: AVQA,
 AVE and S4 (the S4 answer names the sounding object; ARIG's pixel boxes would need a
 number-aware tokenizer).
 
-Model: every Crab component with widths of a few dozen (``crab_jax.models.presets``); the
+Model: every Crab component with widths of a few dozen (``crab_jax.families.crab.presets``); the
 random CLIP / BEATs encoders stay frozen, everything after them trains (Q-Former
 projectors, the whole small LLM with its I-LoRA heads, the seg module).
 
@@ -15,15 +15,11 @@ next to its chance level (the best media-blind answer): on 2 CPU cores the whole
 dataset and compiles included, takes a few minutes.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # so `configs` imports from any cwd
-from configs import base  # noqa: E402
+from crab_jax.config.schema import get_config as base_config
 
 
 def get_config():
-    c = base.get_config()
+    c = base_config()
     c.stage = "tiny"
     c.model.preset = "tiny"
     c.model.vocab_pad_multiple = 8

@@ -25,7 +25,7 @@ import pathlib
 import time
 
 # Before numpy loads (here and in Grain's worker processes): the data pipeline's small matmuls
-# are ~100x slower with a multi-threaded BLAS on a busy CPU (crab_jax.trainer.data_setup.
+# are ~100x slower with a multi-threaded BLAS on a busy CPU (crab_jax.data.setup.
 # single_threaded_blas); XLA's thread pool is separate. An explicit setting wins.
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -67,9 +67,9 @@ def main(argv):
     workdir = _WORKDIR.value
     if not workdir:
         raise app.UsageError("--workdir is required (checkpoints and metrics go there)")
-    from crab_jax.trainer.config_check import check_against_base
+    from crab_jax.config.check import check_against_schema
 
-    check_against_base(config)
+    check_against_schema(config)
     maybe_initialize_distributed(config.distributed)
     import jax
 
@@ -79,7 +79,7 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     ours = logging.getLogger("crab_jax")
     ours.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-    from crab_jax.trainer.loop import run_training
+    from crab_jax.training.loop import run_training
 
     t0 = time.perf_counter()
     result = run_training(config, workdir)
@@ -95,7 +95,7 @@ def mean_loss(history: list[dict], first: bool, k: int) -> tuple[float, int, int
 
 def summary_lines(result, seconds: float) -> list[str]:
     """The end-of-run report: loss first vs last, held-out metric vs chance per task, log folders."""
-    from crab_jax.trainer.evaluation import format_results
+    from crab_jax.evaluation.heldout import format_results
 
     lines = [f"run finished in {seconds:.0f} s ({len(result.history)} step(s) this run)"]
     h = result.history

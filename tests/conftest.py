@@ -59,7 +59,7 @@ def converted_crab(fixtures_dir, manifest, tmp_path_factory):
     import contextlib
     import io
 
-    from tools.convert_weights.cli import main
+    from crab_jax.cli.convert_weights.cli import main
 
     c = manifest["fixtures"]["crab_full"]["config"]
     f = fixtures_dir / "crab_full"

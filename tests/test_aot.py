@@ -1,4 +1,4 @@
-"""AOT compilation of THE train step for a TPU slice on this CPU host (``crab_jax.aot_compile``).
+"""AOT compilation of THE train step for a TPU slice on this CPU host (``crab_jax.training.aot``).
 
 The compile tests need ``libtpu`` (the ``[tpu]`` extra); without it they skip. The slice
 table and the error messages are checked everywhere.
@@ -20,7 +20,7 @@ needs_libtpu = pytest.mark.skipif(
 
 
 def test_slice_table_names_topologies_and_rejects_bad_names():
-    from crab_jax.aot_compile import parse_slice
+    from crab_jax.training.aot import parse_slice
 
     v4 = parse_slice("v4-32")
     assert (v4.topology_name, v4.num_chips, v4.chip_config_name) == ("v4:2x2x4", 16, "megacore")
@@ -36,7 +36,7 @@ def test_slice_table_names_topologies_and_rejects_bad_names():
 
 
 def test_executed_flops_multiplies_out_the_loops_xla_counts_once():
-    from crab_jax.aot_compile import executed_flops
+    from crab_jax.training.aot import executed_flops
 
     flops = {"layer_flops": 10.0}
     assert executed_flops(100.0, flops, layers=4, scan_layers=False, micro_batches=1) == 100.0
@@ -47,7 +47,7 @@ def test_executed_flops_multiplies_out_the_loops_xla_counts_once():
 
 @needs_libtpu
 def test_tiny_train_step_compiles_for_a_tpu_and_reports_memory_and_flops():
-    from crab_jax.aot_compile import aot_report, format_report, parse_slice
+    from crab_jax.training.aot import aot_report, format_report, parse_slice
 
     config = small_config(**declared(FAST))
     report = aot_report(config, parse_slice("v5e-1"))
@@ -65,8 +65,8 @@ def test_tiny_train_step_compiles_for_a_tpu_and_reports_memory_and_flops():
 @needs_libtpu
 def test_slice_mesh_spans_hosts_and_shards_the_state():
     """v4-32: 16 chips on 4 hosts; the trainer's state shardings use the slice's fsdp axis."""
-    from crab_jax.aot_compile import abstract_batch, parse_slice, slice_devices
-    from crab_jax.trainer.loop import build_setup
+    from crab_jax.training.aot import abstract_batch, parse_slice, slice_devices
+    from crab_jax.training.loop import build_setup
 
     devices = slice_devices(parse_slice("v4-32"))
     assert len(devices) == 16 and len({d.process_index for d in devices}) == 4

@@ -5,7 +5,7 @@
 * A checkpoint written on 1 device restores onto 8 (fsdp x tensor) and, saved there, back
   onto 1: the parameters are equal.
 
-The kill is deterministic: ``CRAB_JAX_KILL_AFTER_SAVE_STEP`` (crab_jax.checkpointing) makes
+The kill is deterministic: ``CRAB_JAX_KILL_AFTER_SAVE_STEP`` (crab_jax.checkpoints.run) makes
 the run SIGKILL itself right after the save of that step was scheduled.
 """
 
@@ -33,8 +33,8 @@ FAST = {"model.seg_branch": False, "data.source": "random", "data.seq_len": 48, 
 
 
 def declared(overrides: dict) -> dict:
-    """The overrides whose keys ``configs/base.py`` declares (configs grow; tests should not break)."""
-    from configs import base
+    """The overrides whose keys the schema declares (configs grow; tests should not break)."""
+    from crab_jax.config import schema as base
 
     ref = base.get_config()
     out = {}
@@ -64,7 +64,7 @@ import sys
 sys.path.insert(0, {repo!r})
 from tests.test_checkpointing import FAST, declared
 from tests.train_helpers import small_config
-from crab_jax.trainer.loop import train
+from crab_jax.training.loop import train
 train(small_config(**declared(FAST)), sys.argv[1])
 """
 
@@ -130,8 +130,8 @@ sys.path.insert(0, {repo!r})
 import jax, numpy as np
 from tests.train_helpers import small_config
 from tests.test_checkpointing import FAST, declared
-from crab_jax.checkpointing import Checkpointer, config_to_dict, restore_params
-from crab_jax.trainer.loop import build_setup
+from crab_jax.checkpoints.run import Checkpointer, config_to_dict, restore_params
+from crab_jax.training.loop import build_setup
 assert jax.device_count() == 8, jax.device_count()
 c = small_config(**declared(FAST), **{{"mesh.data": 1, "mesh.fsdp": 4, "mesh.tensor": 2}})
 setup, _, _ = build_setup(c)
@@ -160,8 +160,8 @@ def _flat_params(params) -> dict:
 
 
 def test_checkpoint_moves_from_1_to_8_devices_and_back(uninterrupted, tmp_path, cache_dir):
-    from crab_jax.checkpointing import restore_params
-    from crab_jax.trainer.loop import build_setup
+    from crab_jax.checkpoints.run import restore_params
+    from crab_jax.training.loop import build_setup
 
     src, _ = uninterrupted
     npz, dst = tmp_path / "on8.npz", tmp_path / "saved_on_8"
@@ -186,7 +186,7 @@ def test_checkpoint_moves_from_1_to_8_devices_and_back(uninterrupted, tmp_path, 
 def test_mangled_gs_url_is_rejected_with_the_reason():
     import pathlib
 
-    from crab_jax.paths import as_path
+    from crab_jax.io.paths import as_path
 
     assert str(as_path("gs://bucket/run/checkpoints")) == "gs://bucket/run/checkpoints"
     with pytest.raises(ValueError, match="collapsed"):

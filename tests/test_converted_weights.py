@@ -10,9 +10,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from crab_jax.converted_weights import ConvertedCheckpointError, flat_leaves, load_run_weights, plan_load
+from crab_jax.checkpoints.converted import ConvertedCheckpointError, flat_leaves, load_run_weights, plan_load
 from tests.train_helpers import compile_cache, small_config
-from tools.convert_weights import orbax_io
+from crab_jax.checkpoints.convert import orbax_io
 
 pytestmark = pytest.mark.parity
 
@@ -53,7 +53,7 @@ def run_config(ckpt_dir, cfg_json, steps: int, **overrides):
 
 @pytest.fixture(scope="module")
 def converted(converted_crab):
-    from crab_jax.models import config_io
+    from crab_jax.families.crab import config_io
 
     out, _ = converted_crab
     return out, config_io.read_json(out), orbax_io.restore_flat(out)
@@ -62,7 +62,7 @@ def converted(converted_crab):
 @pytest.fixture(scope="module")
 def run_setup(converted):
     """The trainer's setup and fresh state of a run configured from the converted folder."""
-    from crab_jax.trainer.loop import build_setup
+    from crab_jax.training.loop import build_setup
 
     out, cfg_json, _ = converted
     setup, _, _ = build_setup(run_config(out, cfg_json, 4), steps=4)
@@ -134,7 +134,7 @@ def test_missing_frozen_weight_is_named(converted, run_setup, tmp_path):
 def trained(converted, tmp_path_factory):
     """Train 4 steps from the converted checkpoint (``full``); the same run stopped after 2 steps
     and rerun (``split``). Returns (full workdir, full history, resumed history)."""
-    from crab_jax.trainer.loop import train
+    from crab_jax.training.loop import train
 
     out, cfg_json, _ = converted
     root = tmp_path_factory.mktemp("runs")
@@ -158,9 +158,9 @@ def test_trains_from_converted_and_resumes_on_its_frozen_weights(trained):
 def test_next_stage_starts_from_the_earlier_runs_weights(converted, run_setup, trained):
     """``model.init_from_runs``: a next stage with another trainable set gets the earlier run's
     trained weights, as trainable (projector) or frozen (LoRA, the other projector)."""
-    from crab_jax.checkpointing import restore_params
-    from crab_jax.converted_weights import initial_weights
-    from crab_jax.trainer.loop import build_setup
+    from crab_jax.checkpoints.run import restore_params
+    from crab_jax.checkpoints.converted import initial_weights
+    from crab_jax.training.loop import build_setup
 
     out, cfg_json, _ = converted
     full_dir, _, _ = trained
@@ -180,8 +180,8 @@ def test_next_stage_starts_from_the_earlier_runs_weights(converted, run_setup, t
 
 def test_run_layout_goes_back_to_the_canonical_one():
     """from-run's inverse of the loader: scanned arrays are split per layer, padded vocab cut back."""
-    from tools.convert_weights.from_run import canonical_run_weights
-    from tools.convert_weights.mapping import MappingError
+    from crab_jax.cli.convert_weights.from_run import canonical_run_weights
+    from crab_jax.checkpoints.convert.mapping import MappingError
 
     base = {f"{LAYER}.{i}.q.weight": ((4, 6), np.float32) for i in range(3)}
     base["lm_head.weight"] = ((4, 10), np.float32)
@@ -205,9 +205,9 @@ def test_trained_run_goes_back_to_a_converted_checkpoint_and_to_torch(converted,
     over the base; ``to-torch`` then writes Crab's finetune .bin with the original's key set."""
     import torch
 
-    from crab_jax.checkpointing import restore_params
-    from tools.convert_weights.cli import main
-    from tools.convert_weights.inspect_cmd import inspect_path
+    from crab_jax.checkpoints.run import restore_params
+    from crab_jax.cli.convert_weights.cli import main
+    from crab_jax.cli.convert_weights.inspect_cmd import inspect_path
 
     out, _, base_flat = converted
     full_dir, _, _ = trained

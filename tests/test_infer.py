@@ -1,4 +1,4 @@
-"""Generation (crab_jax.decoding) and held-out scoring (crab_jax.infer) on a tiny random Crab.
+"""Generation (crab_jax.families.crab.decoding) and held-out scoring (crab_jax.evaluation.generation) on a tiny random Crab.
 
 Every decode here uses ONE DecodeConfig and one batch shape, so the whole file compiles the
 generator once (the compile-count test checks that a second prompt batch adds none).
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from crab_jax import decoding as D
-from crab_jax import infer as I
-from crab_jax.data.sequence import IGNORE_INDEX, MediaBlock, expand_placeholders, left_pad_batch
-from crab_jax.models.crab import Crab, media_layout
-from crab_jax.models.presets import tiny_crab_config
+from crab_jax.families.crab import decoding as D
+from crab_jax.evaluation import generation as I
+from crab_jax.data.text.sequence import IGNORE_INDEX, MediaBlock, expand_placeholders, left_pad_batch
+from crab_jax.families.crab.model import Crab, media_layout
+from crab_jax.families.crab.presets import tiny_crab_config
 
 FRAME_SLOTS, AUDIO_SLOTS, FBANK_FRAMES, SEQ = 2, 1, 16, 24
 EOS = 2
@@ -285,12 +285,13 @@ def test_evaluate_scores_a_memorised_answer(cfg, base_model):
 
 
 def test_config_overrides_take_the_trainer_spelling_too():
-    from crab_jax.infer import _load_config, parse_args
+    from crab_jax.cli.infer import parse_args
+    from crab_jax.config.loader import load_config
 
     args = parse_args(["--config", "configs/tiny.py", "--workdir", "w", "--set", "data.seq_len=64",
                        "--config.eval.batch_size=8", "--config.data.source=random"])
     assert args.set == ["data.seq_len=64", "eval.batch_size=8", "data.source=random"]
-    config = _load_config(args.config, args.set)
+    config = load_config(args.config, args.set)
     assert (config.data.seq_len, config.eval.batch_size, config.data.source) == (64, 8, "random")
     with pytest.raises(SystemExit):
         parse_args(["--config", "configs/tiny.py", "--workdir", "w", "--bogus=1"])

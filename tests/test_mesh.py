@@ -10,7 +10,7 @@ import sys
 import jax
 import pytest
 
-from crab_jax.mesh import check_global_batch, make_mesh, mesh_shape, rules_from_config
+from crab_jax.parallel.mesh import check_global_batch, make_mesh, mesh_shape, rules_from_config
 from tests.train_helpers import REPO
 
 # fp32 on CPU: sharded matmuls / reductions sum in another order; measured differences are
@@ -45,9 +45,9 @@ import json, sys
 sys.path.insert(0, {repo!r})
 import jax, numpy as np
 from tests.train_helpers import small_config
-from crab_jax.data.batch_spec import make_random_batches
-from crab_jax.trainer.loop import batch_spec, build_setup, to_global
-from crab_jax.trainer.step import batch_shardings, jit_train_step, make_train_step
+from crab_jax.families.crab.batch_spec import make_random_batches
+from crab_jax.training.loop import batch_spec, build_setup, to_global
+from crab_jax.training.step import batch_shardings, jit_train_step, make_train_step
 assert jax.device_count() == 8, jax.device_count()
 
 def losses(mesh_cfg):

@@ -12,10 +12,10 @@ import json
 import pytest
 from etils.epath import testing as epath_testing
 
-from crab_jax.paths import as_path
-from crab_jax.trainer.evaluation import append_eval_jsonl
-from crab_jax.trainer.jsonl import JsonlFile
-from crab_jax.trainer.metric_writer import MetricWriter
+from crab_jax.io.paths import as_path
+from crab_jax.evaluation.heldout import append_eval_jsonl
+from crab_jax.io.jsonl import JsonlFile
+from crab_jax.training.metric_writer import MetricWriter
 
 
 @pytest.fixture

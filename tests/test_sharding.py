@@ -6,10 +6,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from crab_jax import sharding
-from crab_jax.models.crab import Crab
-from crab_jax.models.presets import tiny_crab_config
-from crab_jax.state_dict import WEIGHTS
+from crab_jax.parallel import sharding
+from crab_jax.families.crab.model import Crab
+from crab_jax.families.crab.presets import tiny_crab_config
+from crab_jax.models.state_dict import WEIGHTS
 
 
 def test_every_weight_of_crab_has_logical_axes():

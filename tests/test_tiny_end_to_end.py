@@ -13,16 +13,16 @@ import json
 import numpy as np
 import pytest
 
-from tests.train_helpers import compile_cache
+from tests.train_helpers import REPO, compile_cache
 
 STEPS = 3
 
 
 def short_tiny_config(tmp_path):
     """``configs/tiny.py`` with a tiny dataset, a few steps, small buckets and one eval batch."""
-    from configs import tiny
+    from crab_jax.config.loader import load_config_file
 
-    c = tiny.get_config()
+    c = load_config_file(str(REPO / "configs" / "tiny.py"))
     c.data.tasks = ("avqa", "s4")
     c.data.synthetic.num_train = 8
     c.data.synthetic.num_test = 4
@@ -44,7 +44,7 @@ def short_tiny_config(tmp_path):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from crab_jax.trainer.loop import run_training
+    from crab_jax.training.loop import run_training
 
     tmp = tmp_path_factory.mktemp("tiny_e2e")
     with compile_cache(tmp_path_factory.mktemp("jax_cache_e2e")):
@@ -58,7 +58,7 @@ def test_dataset_and_tokenizer_are_made_and_the_vocabulary_follows_them(run):
     assert (tmp / "synthetic" / "manifest.json").is_file()
     assert data.tokenizer_dir.is_relative_to(tmp / "cache") and (data.tokenizer_dir / "tokenizer.json").is_file()
     assert data.base_vocab == len(data.tokenizer) - 17
-    from crab_jax.trainer.loop import run_crab_config
+    from crab_jax.training.loop import run_crab_config
 
     cfg = run_crab_config(short_tiny_config(tmp), data)
     assert cfg.special_token_ids["<image>"] == data.base_vocab
@@ -81,7 +81,7 @@ def test_steps_run_and_metrics_are_written(run):
 
 
 def test_checkpoint_holds_the_data_iterator_position(run):
-    from crab_jax.checkpointing import Checkpointer
+    from crab_jax.checkpoints.run import Checkpointer
 
     tmp, _ = run
     ckpt = Checkpointer(tmp / "workdir" / "checkpoints", async_save=False)

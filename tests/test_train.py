@@ -20,7 +20,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, cache_dir):
-    from crab_jax.trainer.loop import train
+    from crab_jax.training.loop import train
 
     workdir = tmp_path_factory.mktemp("uninterrupted")
     return workdir, train(small_config(), workdir)
@@ -42,7 +42,7 @@ def test_loss_falls_on_a_repeated_batch_set(uninterrupted):
 
 
 def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, cache_dir):
-    from crab_jax.trainer.loop import train
+    from crab_jax.training.loop import train
 
     _, full = uninterrupted
     first = train(small_config(**{"train.stop_after_steps": 6}), tmp_path)  # "killed" after step 6
@@ -55,8 +55,8 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, c
 
 
 def test_resume_with_another_lora_rank_fails_before_compiling(uninterrupted):
-    from crab_jax.checkpointing import CheckpointMismatch
-    from crab_jax.trainer.loop import train
+    from crab_jax.checkpoints.run import CheckpointMismatch
+    from crab_jax.training.loop import train
 
     workdir, _ = uninterrupted
     with pytest.raises(CheckpointMismatch, match="model.lora.r=4.*model.lora.r=2"):
@@ -64,8 +64,8 @@ def test_resume_with_another_lora_rank_fails_before_compiling(uninterrupted):
 
 
 def test_unknown_config_key_is_named():
-    from configs import base
-    from crab_jax.trainer.config_check import check_config
+    from crab_jax.config import schema as base
+    from crab_jax.config.check import check_config
 
     ref = base.get_config().to_dict()
     bad = small_config().to_dict()
@@ -77,7 +77,7 @@ def test_unknown_config_key_is_named():
 
 
 def test_indivisible_batch_fails_before_compiling():
-    from crab_jax.trainer.loop import build_setup
+    from crab_jax.training.loop import build_setup
 
     with pytest.raises(ValueError, match="global_batch=6 is not divisible by train.micro_batches=4"):
         build_setup(small_config(**{"train.global_batch": 6, "train.micro_batches": 4}))
@@ -97,7 +97,7 @@ def test_cli_rejects_unknown_override(tmp_path):
 def test_warmup_decay_schedule_matches_deepspeed_formula():
     import math
 
-    from crab_jax.trainer.optimizer import make_schedule
+    from crab_jax.training.optimizer import make_schedule
 
     total, lr = 1000, 1e-4
     sched = make_schedule("warmup_decay_log", lr, total, 0.03)
@@ -111,8 +111,8 @@ def test_warmup_decay_schedule_matches_deepspeed_formula():
 
 
 def test_random_batches_resume_from_state():
-    from crab_jax.data.batch_spec import BatchSpec, check_batch, make_random_batches
-    from crab_jax.models.presets import tiny_crab_config
+    from crab_jax.families.crab.batch_spec import BatchSpec, check_batch, make_random_batches
+    from crab_jax.families.crab.presets import tiny_crab_config
 
     cfg = tiny_crab_config()
     spec = BatchSpec(batch=2, seq_len=48, frame_slots=3, audio_slots=2, fbank_frames=32, image_size=56)

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import sys
 
 import jax
 
+from crab_jax.config.loader import load_config_file
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def small_config(**overrides):
     """``configs/tiny.py`` on the ``random`` source (3 frame / 2 audio slots, 48 tokens), without the
     seg branch (halves compile time), no held-out evaluation, no TensorBoard, no bar."""
-    from configs import tiny
-
-    c = tiny.get_config()
+    c = load_config_file(str(REPO / "configs" / "tiny.py"))
     c.data.source = "random"
     c.data.seq_len = 48
     c.data.frame_slots = 3

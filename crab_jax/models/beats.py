@@ -1,6 +1,6 @@
 """BEATs audio encoder (Crab's frozen audio tower), Flax NNX.
 
-Input is the normalised Kaldi filterbank (``crab_jax.data.fbank``), one image per
+Input is the normalised Kaldi filterbank (``crab_jax.data.media.fbank``), one image per
 segment::
 
     fbank [n, frames, mel]
@@ -16,7 +16,7 @@ shared by every layer (as in the original, where the other layers alias it); the
 computed once per forward from a static ``T`` and gated per layer, head and query.
 
 Module attribute names follow the torch state dict (``encoder.layers.3.self_attn.q_proj``,
-``encoder.pos_conv.0.weight_g`` ...), so ``tools/convert_weights/beats_table.py`` is a near
+``encoder.pos_conv.0.weight_g`` ...), so ``crab_jax/families/crab/convert/beats_table.py`` is a near
 identity. Only inference is implemented: BEATs is frozen in Crab and runs in eval mode
 (dropouts and layer drop inactive; Crab's all-False padding mask is a no-op).
 """
@@ -43,7 +43,7 @@ from crab_jax.models.layers import (
     zeros_init,
     attention,
 )
-from crab_jax.sharding import param
+from crab_jax.parallel.sharding import param
 
 _ACTIVATIONS = {
     "gelu": gelu_exact,

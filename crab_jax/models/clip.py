@@ -43,7 +43,7 @@ from crab_jax.models.layers import (
     normal_init,
     split_heads,
 )
-from crab_jax.sharding import param
+from crab_jax.parallel.sharding import param
 
 SELECT_FEATURES = ("patch", "cls_patch")
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from crab_jax.models.layers import Axes, Linear, fan_in_init, zeros_init
-from crab_jax.sharding import param
+from crab_jax.parallel.sharding import param
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Name of the ``nnx.Intermediate`` holding the router gates ``[..., k]`` (float32) of a call.

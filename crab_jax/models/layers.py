@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from crab_jax.sharding import param
+from crab_jax.parallel.sharding import param
 
 Axes = tuple[str | None, ...]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

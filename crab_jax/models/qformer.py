@@ -39,7 +39,7 @@ from crab_jax.models.layers import (
     split_heads,
     zeros_init,
 )
-from crab_jax.sharding import buffer, param
+from crab_jax.parallel.sharding import buffer, param
 
 # HF ``ACT2FN`` names that crab_jax's activation table spells differently.
 _HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "swish": "silu"}

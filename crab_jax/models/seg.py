@@ -47,7 +47,7 @@ from crab_jax.models.layers import (
     split_heads,
     zeros_init,
 )
-from crab_jax.sharding import buffer, param
+from crab_jax.parallel.sharding import buffer, param
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ import wave
 import numpy as np
 import pytest
 
-from crab_jax.data import check as C
+from crab_jax.data.prepared import check as C
 from tests.data.test_pipeline import TASKS, make_dataset
 
 

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from crab_jax.data.audio import (
+from crab_jax.data.media.audio import (
     AudioFileError,
     canonical_task,
     load_audio,
@@ -18,7 +18,7 @@ from crab_jax.data.audio import (
     samples_per_unit,
     task_units,
 )
-from crab_jax.data.fbank import LOG_FLOOR, FbankConfig, beats_fbank, kaldi_fbank, mel_banks
+from crab_jax.data.media.fbank import LOG_FLOOR, FbankConfig, beats_fbank, kaldi_fbank, mel_banks
 from tests.conftest import PARITY_RTOL, assert_parity
 
 # float32 FFT rounding noise sits about eps32 below a frame's peak energy: ln(1/eps32) ~ 15.9

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crab_jax.data import media as M
+from crab_jax.data.media import decode as M
 from crab_jax.data.errors import BadRecordError
 
 
@@ -200,7 +200,7 @@ def test_image_and_mask_match_original(fixtures_dir, manifest):
 
 
 def test_audio_segments_follow_record_spec():
-    from crab_jax.data.records import AudioSpec
+    from crab_jax.data.records.readers import AudioSpec
 
     wave = np.arange(25000, dtype=np.float32)
     clip = M.audio_segments(AudioSpec("clip", 5), wave)

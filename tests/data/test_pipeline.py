@@ -9,13 +9,13 @@ import pathlib
 import numpy as np
 import pytest
 
-from crab_jax.data import examples as E
-from crab_jax.data import grain_pipeline as G
-from crab_jax.data import prompts as P
-from crab_jax.data.batch_spec import check_batch
-from crab_jax.data.buckets import Bucket, CollateConfig, assign_buckets, plan_epoch
+from crab_jax.families.crab import examples as E
+from crab_jax.data.pipeline import grain as G
+from crab_jax.families.crab import prompts as P
+from crab_jax.families.crab.batch_spec import check_batch
+from crab_jax.data.pipeline.buckets import Bucket, CollateConfig, assign_buckets, plan_epoch
 from crab_jax.data.errors import BadRecordError
-from crab_jax.data.records import load_answer
+from crab_jax.data.records.readers import load_answer
 
 TASKS = ("ave", "avqa", "s4", "arig")
 BUCKETS = (112, 160)
@@ -44,7 +44,7 @@ def word_tokenizer(records, root):
 
 
 def make_dataset(root: pathlib.Path, num_train: int = 6):
-    from crab_jax.data import synthetic
+    from crab_jax.data.synthetic import generate as synthetic
 
     synthetic.generate(root, 0, num_train=num_train, num_test=1, tasks=TASKS, progress=False)
     return root
@@ -52,7 +52,7 @@ def make_dataset(root: pathlib.Path, num_train: int = 6):
 
 def setup_for(root, frame_slots=10, audio_slots=10):
     """(records, reader errors, tokenizer, CrabConfig, ExampleSettings) of a synthetic root."""
-    from crab_jax.models.presets import tiny_crab_config
+    from crab_jax.families.crab.presets import tiny_crab_config
 
     records, errors = G.read_records(root, TASKS)
     tok, base = word_tokenizer(records, root)
@@ -102,7 +102,7 @@ def shard(i, n):
 
 
 def test_seg_task_constants_match_the_model():
-    from crab_jax.models import crab
+    from crab_jax.families.crab import model as crab
 
     assert E.SEG_TASKS == crab.SEG_TASKS and E.MULTICLASS_SEG_TASKS == crab.MULTICLASS_SEG_TASKS
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from crab_jax.data import array_record_source as A
-from crab_jax.data import examples as E
-from crab_jax.data import grain_pipeline as G
-from crab_jax.data import prepare as PR
-from crab_jax.data.buckets import CollateConfig
+from crab_jax.data.prepared import array_record as A
+from crab_jax.families.crab import examples as E
+from crab_jax.data.pipeline import grain as G
+from crab_jax.data.prepared import prepare as PR
+from crab_jax.data.pipeline.buckets import CollateConfig
 from tests.data.test_pipeline import BUCKETS, make_dataset, setup_for
 
 

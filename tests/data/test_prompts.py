@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from crab_jax.data import prompts as P
-from crab_jax.data import records as R
+from crab_jax.families.crab import prompts as P
+from crab_jax.data.records import readers as R
 from crab_jax.data.errors import BadRecordError
 
 # The free-text field of a quick-start request (the original's data/example.json), per task:

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from crab_jax.data import records as R
+from crab_jax.data.records import readers as R
 from crab_jax.data.errors import BadRecordError
 
 

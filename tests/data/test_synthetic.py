@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from crab_jax.data import records as rec
-from crab_jax.data import synthetic as syn
-from crab_jax.data import synthetic_metrics as sm
-from crab_jax.data.audio import load_audio
+from crab_jax.data.records import readers as rec
+from crab_jax.data.synthetic import generate as syn
+from crab_jax.data.synthetic import metrics as sm
+from crab_jax.data.media.audio import load_audio
 
 NUM_TRAIN, NUM_TEST = 3, 12
 
@@ -157,7 +157,7 @@ def test_manifest_and_counts(dataset):
 
 
 def test_readers_read_every_task(dataset):
-    """crab_jax.data.records reads the output as a data root; every media file it names exists."""
+    """crab_jax.data.records.readers reads the output as a data root; every media file it names exists."""
     s4_frames = syn.AVS_UNITS
     for task in syn.TASKS:
         for mode, n in (("train", NUM_TRAIN), ("test", NUM_TEST)):
@@ -212,7 +212,7 @@ def test_in_memory_render_matches_the_files(dataset):
 
 def test_class_tones_are_distinct_in_the_model_fbank():
     """Each class's tone peaks in its own mel bin of the BEATs filterbank the model sees."""
-    from crab_jax.data.fbank import beats_fbank
+    from crab_jax.data.media.fbank import beats_fbank
 
     peaks = []
     for k in range(len(syn.CLASSES)):

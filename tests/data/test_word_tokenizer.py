@@ -1,7 +1,7 @@
 """The corpus-built word tokenizer behaves like the LLaMA setup the prompts expect."""
 
-from crab_jax.data.prompts import llama2_chat, load_tokenizer, tokenize_pair
-from crab_jax.data.word_tokenizer import build_word_tokenizer
+from crab_jax.families.crab.prompts import llama2_chat, load_tokenizer, tokenize_pair
+from crab_jax.data.text.word_tokenizer import build_word_tokenizer
 
 
 def test_round_trip_of_a_chat_prompt_and_tagged_answer(tmp_path):

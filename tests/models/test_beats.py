@@ -10,12 +10,12 @@ import pytest
 from flax import nnx
 
 from crab_jax.models.beats import Beats, BeatsConfig, relative_position_buckets
-from crab_jax.sharding import LOGICAL_AXES, logical_axes
-from crab_jax.state_dict import abstract_module, expected_shapes, flat_arrays, flat_variables, load_flat
+from crab_jax.parallel.sharding import LOGICAL_AXES, logical_axes
+from crab_jax.models.state_dict import abstract_module, expected_shapes, flat_arrays, flat_variables, load_flat
 from tests.conftest import assert_parity
-from tools.convert_weights.beats_table import beats_table, load_beats
-from tools.convert_weights.io import open_tensors
-from tools.convert_weights.mapping import MappingError
+from crab_jax.families.crab.convert.beats_table import beats_table, load_beats
+from crab_jax.checkpoints.convert.tensor_files import open_tensors
+from crab_jax.checkpoints.convert.mapping import MappingError
 
 
 def _checkpoint(fixtures_dir):

@@ -15,12 +15,12 @@ from crab_jax.models.clip import (
     ClipVisionTower,
     ClipVisualEncoder,
 )
-from crab_jax.models.crab import SEG_TASKS
-from crab_jax.state_dict import abstract_module, expected_shapes, flat_arrays, load_flat
+from crab_jax.families.crab.model import SEG_TASKS
+from crab_jax.models.state_dict import abstract_module, expected_shapes, flat_arrays, load_flat
 from tests.conftest import assert_parity
-from tools.convert_weights.clip_table import clip_table, clip_vision_to_jax, split_clip_vision_keys
-from tools.convert_weights.io import open_tensors
-from tools.convert_weights.mapping import MappingError
+from crab_jax.families.crab.convert.clip_table import clip_table, clip_vision_to_jax, split_clip_vision_keys
+from crab_jax.checkpoints.convert.tensor_files import open_tensors
+from crab_jax.checkpoints.convert.mapping import MappingError
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from crab_jax.data.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
-from crab_jax.models.crab import MULTICLASS_SEG_TASKS, SEG_TASKS, Crab, media_layout
-from crab_jax.state_dict import abstract_module, expected_shapes, flat_variables, load_flat
+from crab_jax.data.text.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
+from crab_jax.families.crab.model import MULTICLASS_SEG_TASKS, SEG_TASKS, Crab, media_layout
+from crab_jax.models.state_dict import abstract_module, expected_shapes, flat_variables, load_flat
 from tests.conftest import assert_parity
-from tools.convert_weights.crab_config import crab_config_from_original
-from tools.convert_weights.crab_table import crab_table
-from tools.convert_weights.io import open_tensors
+from crab_jax.families.crab.convert.crab_config import crab_config_from_original
+from crab_jax.families.crab.convert.crab_table import crab_table
+from crab_jax.checkpoints.convert.tensor_files import open_tensors
 
 pytestmark = pytest.mark.parity
 

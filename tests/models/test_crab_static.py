@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from crab_jax.data.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
-from crab_jax.models.crab import Crab, media_layout
-from crab_jax.models.presets import tiny_crab_config
+from crab_jax.data.text.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
+from crab_jax.families.crab.model import Crab, media_layout
+from crab_jax.families.crab.presets import tiny_crab_config
 
 FRAME_SLOTS, AUDIO_SLOTS, FRAMES_PER_SEGMENT, SEQ = 3, 2, 32, 48
 

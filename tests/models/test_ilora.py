@@ -7,11 +7,11 @@ import pytest
 from flax import nnx
 
 from crab_jax.models.ilora import ILoRAConfig, ILoRALinear
-from crab_jax.state_dict import expected_shapes, load_flat
+from crab_jax.models.state_dict import expected_shapes, load_flat
 from tests.conftest import assert_parity
-from tools.convert_weights.io import open_tensors
-from tools.convert_weights.ilora_table import ilora_table
-from tools.convert_weights.mapping import MappingError
+from crab_jax.checkpoints.convert.tensor_files import open_tensors
+from crab_jax.families.crab.convert.ilora_table import ilora_table
+from crab_jax.checkpoints.convert.mapping import MappingError
 
 
 def _layer_from_fixture(fixtures_dir, manifest):

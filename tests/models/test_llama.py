@@ -23,10 +23,10 @@ from crab_jax.models import llama as llama_mod  # noqa: E402
 from crab_jax.models.ilora import ILoRAConfig, ILoRALinear  # noqa: E402
 from crab_jax.models.llama import (  # noqa: E402
     KVCache, LlamaConfig, LlamaForCausalLM, position_ids_from_mask)
-from crab_jax.state_dict import expected_shapes, flat_arrays, load_flat  # noqa: E402
+from crab_jax.models.state_dict import expected_shapes, flat_arrays, load_flat  # noqa: E402
 from tests.conftest import assert_parity  # noqa: E402
-from tools.convert_weights.llama_table import drop_tied_lm_head, llama_table  # noqa: E402
-from tools.convert_weights.mapping import MappingError  # noqa: E402
+from crab_jax.families.crab.convert.llama_table import drop_tied_lm_head, llama_table  # noqa: E402
+from crab_jax.checkpoints.convert.mapping import MappingError  # noqa: E402
 
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5, rope_theta=10000.0)
@@ -442,8 +442,8 @@ def test_config_from_hf_reads_fields():
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_every_parameter_has_logical_axes(scan):
-    from crab_jax.sharding import logical_axes
-    from crab_jax.state_dict import flat_variables
+    from crab_jax.parallel.sharding import logical_axes
+    from crab_jax.models.state_dict import flat_variables
 
     cfg = LlamaConfig(**TINY, scan_layers=scan)
     model = LlamaForCausalLM(cfg, ILoRAConfig(r=4, alpha=8, num_heads=3), rngs=nnx.Rngs(0))

@@ -9,11 +9,11 @@ import pytest
 from flax import nnx
 
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
-from crab_jax.state_dict import expected_shapes, flat_arrays, load_flat
+from crab_jax.models.state_dict import expected_shapes, flat_arrays, load_flat
 from tests.conftest import assert_parity
-from tools.convert_weights.io import open_tensors
-from tools.convert_weights.mapping import MappingError
-from tools.convert_weights.qformer_table import al_projector_table, vl_projector_table
+from crab_jax.checkpoints.convert.tensor_files import open_tensors
+from crab_jax.checkpoints.convert.mapping import MappingError
+from crab_jax.families.crab.convert.qformer_table import al_projector_table, vl_projector_table
 
 # kind (= the torch attribute prefix) -> (module class, checkpoint name, mapping table)
 PROJECTORS = {

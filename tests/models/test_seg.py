@@ -15,12 +15,12 @@ from flax import nnx
 
 from crab_jax.models.seg import (ConvTranspose2d, PositionEmbeddingRandom, SegConfig, SegModule, mask_loss,
                                  resize_bilinear)
-from crab_jax.sharding import Buffer
-from crab_jax.state_dict import abstract_module, expected_shapes, flat_arrays, flat_variables, load_flat
+from crab_jax.parallel.sharding import Buffer
+from crab_jax.models.state_dict import abstract_module, expected_shapes, flat_arrays, flat_variables, load_flat
 from tests.conftest import PARITY_RTOL, assert_parity
-from tools.convert_weights.io import open_tensors
-from tools.convert_weights.mapping import MappingError
-from tools.convert_weights.seg_table import seg_buffer_keys, seg_table
+from crab_jax.checkpoints.convert.tensor_files import open_tensors
+from crab_jax.checkpoints.convert.mapping import MappingError
+from crab_jax.families.crab.convert.seg_table import seg_buffer_keys, seg_table
 
 
 def _indices(keys, pattern):

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from crab_jax.models import config_io
-from crab_jax.models.crab import Crab
-from crab_jax.state_dict import abstract_module, expected_shapes
-from tools.convert_weights import orbax_io
-from tools.convert_weights.assemble import SEG_BUFFERS
-from tools.convert_weights.cli import main
-from tools.convert_weights.crab_config import crab_config_from_original
-from tools.convert_weights.crab_table import CRAB_PREFIX, crab_table
-from tools.convert_weights.ilora_table import ilora_table
-from tools.convert_weights.io import open_tensors
+from crab_jax.families.crab import config_io
+from crab_jax.families.crab.model import Crab
+from crab_jax.models.state_dict import abstract_module, expected_shapes
+from crab_jax.checkpoints.convert import orbax_io
+from crab_jax.families.crab.convert.assemble import SEG_BUFFERS
+from crab_jax.cli.convert_weights.cli import main
+from crab_jax.families.crab.convert.crab_config import crab_config_from_original
+from crab_jax.families.crab.convert.crab_table import CRAB_PREFIX, crab_table
+from crab_jax.families.crab.convert.ilora_table import ilora_table
+from crab_jax.checkpoints.convert.tensor_files import open_tensors
 
 pytestmark = pytest.mark.parity
 

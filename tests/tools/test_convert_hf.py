@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tools.convert_weights import orbax_io
-from tools.convert_weights.cli import main
-from tools.convert_weights.io import open_tensors
+from crab_jax.checkpoints.convert import orbax_io
+from crab_jax.cli.convert_weights.cli import main
+from crab_jax.checkpoints.convert.tensor_files import open_tensors
 
 
 def cli(*argv) -> int:

@@ -1,7 +1,7 @@
-"""``python -m tools.convert_weights --help``: see :mod:`tools.convert_weights.cli`."""
+"""``python -m tools.convert_weights --help``: see :mod:`crab_jax.cli.convert_weights.cli`."""
 
 import sys
 
-from tools.convert_weights.cli import main
+from crab_jax.cli.convert_weights.cli import main
 
 sys.exit(main())

@@ -1,0 +1,165 @@
+"""``python -m crab_jax.infer``: generate with a trained Crab and score the answers.
+
+The generation / scoring library is :mod:`crab_jax.evaluation.generation`; this module is
+the command around it (config file + overrides, weights of a run's workdir, output file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Sequence
+
+from crab_jax.config.loader import load_config
+from crab_jax.evaluation.generation import evaluate
+from crab_jax.families.crab.decoding import DecodeConfig
+
+log = logging.getLogger("crab_jax.infer")
+
+
+
+def _load_model(config, workdir, data):
+    """The run's model with the latest committed trainable weights of ``workdir/checkpoints``.
+
+    Frozen weights are rebuilt as the trainer builds them (from ``seed``, or from
+    ``model.init_checkpoint``): checkpoints hold the trainable ones only.
+    """
+    from crab_jax.checkpoints.run import Checkpointer, config_to_dict, restore_params
+    from crab_jax.training.loop import build_setup, initial_state, run_crab_config
+
+    ckpt_dir = workdir / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"--workdir {workdir}: no checkpoints/ folder (train first: python -m crab_jax.train "
+                                f"--config ... --workdir {workdir})")
+    setup, _, _ = build_setup(config, crab_cfg=run_crab_config(config, data), steps=1)
+    ckpt = Checkpointer(ckpt_dir, async_save=False)
+    latest = ckpt.latest_step()
+    if latest is None:
+        raise FileNotFoundError(f"--workdir {workdir}: no committed checkpoint in {ckpt_dir}")
+    # Same config as the training run? (names what differs before Orbax's long tree diff)
+    ckpt.check_compatible(latest, setup.abstract.params, config_to_dict(config)["model"])
+    ckpt.close()
+    log.info("weights of step %d from %s", latest, ckpt_dir)
+    state = initial_state(config, setup)
+    params = restore_params(ckpt_dir, setup.abstract.params, latest)
+    return setup, setup.merge(params, state.frozen, state.rng_vars)
+
+
+def _eval_batches(config, crab_cfg, data, split: str):
+    """Training-format batches to generate for.
+
+    ``test``: the trainer's held-out split (:func:`crab_jax.evaluation.heldout.heldout_iterator`;
+    for ``random`` data, random batches of a seed the trainer never uses). ``train``: the
+    training iterator itself (what the run saw; with ``random`` + ``num_distinct`` it memorises).
+    """
+    from crab_jax.evaluation import heldout as evaluation
+    from crab_jax.training.loop import batch_spec, make_data_iterator
+
+    if split == "train":
+        return make_data_iterator(config, crab_cfg, data)
+    if config.data.source == "random":
+        from crab_jax.families.crab.batch_spec import make_random_batches
+
+        spec = batch_spec(config, crab_cfg, evaluation.eval_batch_size(config))
+        return make_random_batches(spec, crab_cfg, config.seed * 1000 + 999_983, tasks=tuple(config.data.tasks))
+    batches = evaluation.heldout_iterator(config, crab_cfg, data)
+    if batches is None:
+        raise ValueError(f"config data.source={config.data.source!r}: no held-out records for tasks "
+                         f"{tuple(config.data.tasks)} under {data.root}")
+    return batches
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m crab_jax.infer",
+        description="Generate answers (and masks) with a trained Crab on held-out batches and score them "
+                    "per task (exact match; AVQA accuracy, AVE segment accuracy, ARIG box IoU, S4 mask IoU "
+                    "and category accuracy from the task parsers), next to each metric's chance level.")
+    p.add_argument("--config", required=True,
+                   help="the training config file, FILE or FILE:VARIANT "
+                        "(e.g. configs/tiny.py, configs/tpu_v4.py:finetune)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set data.seq_len=64; the trainer's "
+                        "spelling --config.data.seq_len=64 works too")
+    p.add_argument("--workdir", required=True, help="the training run folder: weights come from WORKDIR/checkpoints")
+    p.add_argument("--split", default="test", choices=("test", "train"),
+                   help="held-out records / random batches the trainer never saw (test), or the training ones")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="samples per generation batch (0: eval.batch_size, else train.global_batch)")
+    p.add_argument("--max-batches", type=int, default=4, help="batches to generate for (0: the whole split)")
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="generated tokens per sample (Crab: 500 text, 100 AVS)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass (1 = all)")
+    p.add_argument("--eos-id", type=int, default=-1, help="end-of-sequence id (-1: the tokenizer's, else 2 = </s>)")
+    p.add_argument("--tokenizer", default="",
+                   help="HF tokenizer folder for detokenisation (default: the run's data.tokenizer / the "
+                        "synthetic word tokenizer; random data has none)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--output", default="", help="write one JSON line per sample (text, reference, scores) here")
+    p.add_argument("--no-chance", action="store_true",
+                   help="skip the chance levels (only reported for data.source=synthetic, "
+                        "whose distribution they assume)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    """The parsed flags; ``--config.KEY=VALUE`` (as for ``crab_jax.train``) become ``--set KEY=VALUE``."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if not (a.startswith("--config.") and "=" in a)]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.set = list(args.set) + [a[len("--config."):] for a in extra]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
+    from crab_jax.io.paths import as_path
+    from crab_jax.data.setup import prepare_data
+
+    config = load_config(args.config, args.set)
+    workdir = as_path(args.workdir)
+    data = prepare_data(config, progress=not args.no_progress)
+    tokenizer = data.tokenizer
+    if args.tokenizer:
+        from crab_jax.families.crab.prompts import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    setup, model = _load_model(config, workdir, data)
+    crab_cfg = setup.crab_cfg
+    eos = args.eos_id if args.eos_id >= 0 else (tokenizer.eos_token_id if tokenizer is not None else 2)
+    dcfg = DecodeConfig(max_new_tokens=args.max_new_tokens, eos_token_id=int(eos), pad_token_id=crab_cfg.pad_token_id,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.batch_size:
+        config.eval.batch_size = args.batch_size
+        config.train.global_batch = args.batch_size
+    batches = _eval_batches(config, crab_cfg, data, args.split)
+    samples: list = []
+    t0 = time.perf_counter()
+    with_chance = not args.no_chance and config.data.source == "synthetic"
+    results = evaluate(model, batches, tokenizer, tuple(config.data.tasks), dcfg=dcfg, rng_seed=args.seed,
+                       with_chance=with_chance, max_batches=args.max_batches or None,
+                       progress=not args.no_progress, records_out=samples)
+    dt = time.perf_counter() - t0
+    if args.output:
+        with open(args.output, "w") as f:
+            for s in samples:
+                f.write(json.dumps(s) + "\n")
+    print(f"{len(samples)} samples in {dt:.1f} s ({args.split} split, max_new_tokens={args.max_new_tokens})")
+    for key, entry in results.items():
+        chance = f"  chance {entry['chance']:.3f}" if "chance" in entry else ""
+        print(f"{key:32s} {entry['mean']:.3f}  (n={entry['n']}){chance}")
+    return 0
+

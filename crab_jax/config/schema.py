@@ -1,0 +1,144 @@
+"""Every configuration key of ``python -m crab_jax.train``, with its default and meaning.
+
+The one schema: config files (``configs/*.py``) call :func:`get_config` and change values;
+the returned ConfigDict is locked, so adding a key that is not declared here (in a file or
+as ``--config.x.y=v``) raises at once, naming the key. Per-family recipes (the original's
+training stages) live with their family (``crab_jax.families.crab.recipes``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from crab_jax.models.ilora import DEFAULT_TARGETS
+
+# Logical axis -> mesh axes (first match wins; a mesh axis is used once per tensor).
+DEFAULT_RULES = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("lora_rank", None),
+    ("lora_heads", None),
+    ("conv", None),
+    ("channels", None),
+    ("queries", None),
+    ("norm", None),
+    ("positions", None),
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                      # model init + dropout streams + random data
+    c.stage = "custom"              # name only (logging); apply_stage() fills the values
+
+    c.model = ml_collections.ConfigDict()
+    c.model.family = "crab"         # the model family (crab_jax.families): model, data, decoding, converters
+    c.model.preset = "tiny"         # tiny | crab_7b (paper sizes) | checkpoint (crab_config.json of init_checkpoint)
+    c.model.init_checkpoint = ""    # converted dir: <dir>/params (Orbax) + <dir>/crab_config.json
+    # Workdirs of earlier stages (e.g. pretrain_visual, pretrain_audio for finetune): their latest
+    # saved weights are read over init_checkpoint's, wherever they belong in this run.
+    c.model.init_from_runs = ()
+    c.model.dtype = "float32"       # compute dtype of the LLM and encoders (seg module + losses stay fp32)
+    c.model.param_dtype = "float32"          # storage dtype of TRAINABLE weights (optimizer works in it)
+    c.model.frozen_param_dtype = "float32"   # storage dtype of frozen weights (bfloat16 halves memory)
+    c.model.scan_layers = False
+    c.model.remat = "none"          # none | full | dots (per decoder layer)
+    c.model.vocab_pad_multiple = 128  # 32017 rows -> 32128: divisible by any mesh axis size up to 128
+    c.model.base_vocab = -1         # text ids before Crab's 17 tokens; -1: the tokenizer's (else the preset's)
+    c.model.seg_branch = True       # run the mask decoder and add the mask loss
+    c.model.avs_query_num = -1      # -1 keeps the preset's value
+    c.model.low_res_mask_size = -1  # -1 keeps the preset's value
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.r = 4
+    c.model.lora.alpha = 8.0
+    c.model.lora.num_heads = 3
+    c.model.lora.dropout = 0.0
+    c.model.lora.targets = DEFAULT_TARGETS
+
+    c.trainable = (r"\.lora_(A|B|route)$",)   # regexes over dotted parameter paths (re.search)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4
+    # warmup_decay_log: DeepSpeed WarmupDecayLR as the original ran it (log warmup, linear decay to 0);
+    # cosine: HF linear warmup + cosine to 0 (the CLI flag the original's scheduler overrode); constant.
+    c.optim.schedule = "warmup_decay_log"
+    c.optim.warmup_ratio = 0.03
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.grad_clip = 1.0         # global-norm clipping (HF max_grad_norm); <= 0 disables
+
+    c.train = ml_collections.ConfigDict()
+    c.train.global_batch = 8        # samples per optimizer step, over all devices and micro-batches
+    c.train.micro_batches = 1       # gradient accumulation steps per optimizer step
+    c.train.epochs = 1
+    c.train.num_steps = -1          # > 0 overrides epochs * ceil(data.num_examples / global_batch)
+    c.train.stop_after_steps = -1   # > 0: leave (with a checkpoint) after this many steps of THIS run
+
+    c.data = ml_collections.ConfigDict()
+    # random: well-formed random batches (tests); synthetic: the built-in synthetic AV dataset,
+    # generated on first use; avuie (alias grain): AV-UIE records under data.path.
+    c.data.source = "random"
+    c.data.path = ""                # dataset root. synthetic: where it is generated ("" = <cache_dir>/synthetic/<params>)
+    c.data.prepared = ""            # avuie: ArrayRecord folder of crab_jax.data.prepared.prepare (read instead of data.path)
+    c.data.tokenizer = ""           # tokenizer folder (LLaMA-2's for avuie); synthetic: "" builds a word tokenizer
+    c.data.cache_dir = ""           # plan indices, default synthetic datasets + tokenizers; "" = ~/.cache/crab_jax
+    c.data.tasks = ("ave", "avqa", "s4", "avss")  # task_id i in a batch is tasks[i] (per-task metrics)
+    c.data.seq_len = 128            # random: the token length; records: the bucket when data.buckets is empty
+    c.data.buckets = ()             # records: token-length buckets, one compiled step each; () = (seq_len,)
+    c.data.frame_slots = 10         # frames per sample in the media buffer (AV-UIE videos: 10)
+    c.data.audio_slots = 10         # audio segments per sample (AV-UIE: up to 10 one-second segments)
+    c.data.fbank_frames = 96        # random: fbank frames per segment; records: used only for audio-free data
+    c.data.num_examples = 64        # random: dataset size (steps per epoch = ceil(num_examples / global_batch))
+    c.data.num_distinct = 0         # random: > 0 cycles this many fixed batches
+    c.data.worker_count = 0         # records: Grain decoding processes (0: threads of this process)
+    c.data.read_threads = 0         # records: decoding threads (0: 4 without workers, 1 per worker)
+    c.data.prefetch = 0             # records: batches decoded ahead (0: 8 without workers, 2 per worker)
+    c.data.seed = 0                 # records: shuffle seed of the epoch plans
+    c.data.shuffle = True           # records: shuffle every epoch
+    c.data.max_bad_fraction = 0.01  # records: stop when more than this fraction of records is unusable
+    c.data.synthetic = ml_collections.ConfigDict()
+    c.data.synthetic.seed = 0          # generator seed: sample i depends on (seed, task, split, i) only
+    c.data.synthetic.num_train = 128   # training records per task (AVQA: questions)
+    c.data.synthetic.num_test = 32     # held-out records per task (S4: clips; frame 0 is evaluated)
+
+    c.eval = ml_collections.ConfigDict()
+    # Held-out evaluation (generation + task metrics vs chance, crab_jax.evaluation.generation.evaluate) on the
+    # test split of synthetic / avuie data; the random source has no held-out split.
+    c.eval.every_steps = 0          # > 0: also evaluate every this many steps
+    c.eval.at_end = True            # evaluate when training finishes
+    c.eval.batch_size = 0           # samples per generation batch; 0 = train.global_batch
+    c.eval.max_batches = 0          # 0: the whole held-out split
+    c.eval.max_new_tokens = 64      # generated tokens per sample (Crab: 500 for text tasks, 100 for AVS)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1                 # -1: all devices not used by the other axes
+    c.mesh.fsdp = -1
+    c.mesh.tensor = 1
+    c.mesh.rules = DEFAULT_RULES
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 100
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.metrics = ml_collections.ConfigDict()
+    c.metrics.log_every = 1
+    c.metrics.tensorboard = True
+    c.metrics.router_layer_groups = 2   # router usage reported per contiguous group of decoder layers
+    c.metrics.peak_flops_per_device = 0.0  # 0: look up the device kind (unknown kinds report no MFU)
+    c.metrics.progress_bar = True
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = "auto"   # auto (TPU / env vars present) | always | never
+    c.distributed.coordinator_address = ""  # host:port; "" reads JAX_COORDINATOR_ADDRESS
+    c.distributed.num_processes = -1        # -1 reads JAX_NUM_PROCESSES
+    c.distributed.process_id = -1           # -1 reads JAX_PROCESS_ID
+
+    c.lock()
+    return c

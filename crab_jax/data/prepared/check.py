@@ -1,0 +1,219 @@
+"""``python -m crab_jax.data.check``: what a data root holds and what in it is unusable.
+
+Reports the record count per task and split, then every problem with its path:
+
+* ``annotation``: annotation file missing / unreadable, or an entry that cannot be read;
+* ``missing``, ``empty`` (0 bytes), ``undecodable`` media files;
+* ``wrong_rate``: audio whose native sample rate is not 16 kHz (Crab resamples it, so it
+  still trains, but the data differs from the released AV-UIE files);
+* ``too_short``: audio whose segments are shorter than one BEATs patch (16 fbank frames)
+  under the record's own AudioSpec, or a video with fewer frames than the record samples.
+
+Each media file is checked once, however many records use it. Exit status 1 when any
+problem is found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import sys
+from typing import Sequence
+
+from crab_jax.data.media import decode as M
+from crab_jax.data.errors import BadRecordError
+from crab_jax.data.records.readers import Record, resolve
+
+TARGET_RATE = 16000
+CATEGORIES = ("annotation", "missing", "empty", "undecodable", "wrong_rate", "too_short")
+
+
+def _category(e: BadRecordError) -> str:
+    r = e.reason.lower()
+    if "not found" in r:
+        return "missing"
+    if "0 bytes" in r or "empty" in r:
+        return "empty"
+    if "too short" in r or "at least" in r or "truncated" in r:
+        return "too_short"
+    return "undecodable"
+
+
+def native_audio_rate(path: str) -> int:
+    """Sample rate of the file's first audio stream (container header, no decoding)."""
+    import av
+
+    with av.open(path) as c:
+        if not c.streams.audio:
+            raise BadRecordError(path, "no audio stream")
+        return int(c.streams.audio[0].sample_rate)
+
+
+def check_audio(record: Record, data_root: str, problems: dict, checked: set) -> None:
+    path = resolve(data_root, record.audios[0])
+    if path not in checked:
+        checked.add(path)
+        try:
+            M.check_file(path, "audio")
+            rate = native_audio_rate(path)
+            if rate != TARGET_RATE:
+                problems["wrong_rate"].append((path, f"{rate} Hz, expected {TARGET_RATE} Hz (resampled on load)"))
+        except BadRecordError as e:
+            problems[_category(e)].append((e.path, e.reason))
+            return
+        except Exception as e:  # av errors
+            problems["undecodable"].append((path, f"cannot open audio ({type(e).__name__}: {e})"))
+            return
+    if record.audio is None or record.family != "crab":
+        return
+    from crab_jax.families.crab.examples import BEATS_PATCH
+    from crab_jax.data.media.fbank import DEFAULT_FBANK
+
+    key = (path, record.audio)
+    if key in checked:
+        return
+    checked.add(key)
+    try:
+        seg = M.audio_segments(record.audio, M.decode_audio(path))
+    except BadRecordError as e:
+        if (path, "decoded") not in checked:
+            problems[_category(e)].append((e.path, e.reason))
+        checked.add((path, "decoded"))
+        return
+    frames = DEFAULT_FBANK.num_frames(int(seg.waveforms.shape[1]))
+    if frames < BEATS_PATCH:
+        problems["too_short"].append((path, f"{seg.waveforms.shape[1]}-sample segments ({frames} fbank frames) "
+                                            f"for {record.task}'s rule {record.audio}; BEATs needs {BEATS_PATCH}"))
+
+
+def check_video(record: Record, data_root: str, problems: dict, checked: set) -> None:
+    path = resolve(data_root, record.videos[0])
+    if path in checked:
+        return
+    checked.add(path)
+    import av
+
+    try:
+        M.check_file(path, "video")
+        with av.open(path) as c:
+            if not c.streams.video:
+                raise BadRecordError(path, "no video stream")
+            vlen = M._count_frames(c, c.streams.video[0])
+    except BadRecordError as e:
+        problems[_category(e)].append((e.path, e.reason))
+        return
+    except Exception as e:
+        problems["undecodable"].append((path, f"cannot open video ({type(e).__name__}: {e})"))
+        return
+    if vlen < max(record.num_frames, M.MIN_VIDEO_FRAMES):
+        problems["too_short"].append((path, f"{vlen} frame(s), the record samples {record.num_frames}"))
+
+
+def check_image(path: str, what: str, problems: dict, checked: set) -> None:
+    if path in checked:
+        return
+    checked.add(path)
+    try:
+        M._open_image(path, what)
+    except BadRecordError as e:
+        problems[_category(e)].append((e.path, e.reason))
+
+
+def check_records(records: Sequence[Record], data_root: str, problems: dict, checked: set) -> None:
+    """Adds the problems of the records' media files (each file once) to ``problems``."""
+    for r in records:
+        if r.audios:
+            check_audio(r, data_root, problems, checked)
+        if r.videos:
+            check_video(r, data_root, problems, checked)
+        for p in r.frame_paths + ((r.image_path,) if r.image_path else ()):
+            check_image(resolve(data_root, p), "image", problems, checked)
+        if r.mask_path:
+            check_image(resolve(data_root, r.mask_path), "mask", problems, checked)
+
+
+@dataclasses.dataclass
+class CheckReport:
+    """Counts per ``task -> split -> records`` and problems per category: ``[(path, reason)]``."""
+
+    counts: dict
+    problems: dict
+
+    @property
+    def num_problems(self) -> int:
+        return sum(len(v) for v in self.problems.values())
+
+    def to_json(self) -> dict:
+        return {"counts": self.counts, "problems": {k: [{"path": p, "reason": r} for p, r in v]
+                                                      for k, v in self.problems.items() if v}}
+
+    def format(self) -> str:
+        lines = ["records per task and split:"]
+        for task, splits in self.counts.items():
+            lines.append(f"  {task:14s} " + "  ".join(f"{s}: {n}" for s, n in splits.items()))
+        lines.append(f"problems: {self.num_problems}")
+        for k in CATEGORIES:
+            for p, r in self.problems.get(k, []):
+                lines.append(f"  [{k}] {p}: {r}")
+        return "\n".join(lines)
+
+
+def check_dataset(data_root: str, tasks: Sequence[str], splits: Sequence[str] = ("train", "test"), *,
+                  decode_media: bool = True, progress: bool = False) -> CheckReport:
+    """Reads every annotation of ``tasks`` x ``splits`` and checks the media they name."""
+    from tqdm import tqdm
+
+    from crab_jax.data.pipeline.grain import read_records
+
+    counts: dict = {}
+    problems = collections.defaultdict(list)
+    checked: set = set()
+    for task in tqdm(tasks, desc="checking tasks", disable=not progress):
+        counts[task] = {}
+        for split in splits:
+            records, errors = read_records(data_root, (task,), split)
+            counts[task][split] = len(records)
+            problems["annotation"] += [(e.path, e.reason) for e in errors]
+            if decode_media:
+                check_records(records, data_root, problems, checked)
+    return CheckReport(counts, {k: problems.get(k, []) for k in CATEGORIES})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m crab_jax.data.check",
+        description="Count the records of a run config's data.tasks per split and report every missing, "
+                    "0-byte, undecodable, wrong-rate (not 16 kHz) or too-short media file, with its path. "
+                    "Exit status 1 when a problem is found.")
+    p.add_argument("--config", required=True, help="run config file, optionally with a variant: configs/gpu.py:finetune")
+    p.add_argument("--data-root", default="", help="override data.path")
+    p.add_argument("--splits", default="train,test", help="comma list of splits (default train,test)")
+    p.add_argument("--counts-only", action="store_true", help="count records, do not open media files")
+    p.add_argument("--json", default="", help="also write the report as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from crab_jax.config.loader import load_config
+
+    args = build_parser().parse_args(argv)
+    config = load_config(args.config)
+    root = args.data_root or config.data.get("path", "")
+    if not root:
+        print("error: no data root: set data.path in the config or pass --data-root", file=sys.stderr)
+        return 2
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    report = check_dataset(root, tuple(config.data.tasks), splits, decode_media=not args.counts_only,
+                           progress=not args.quiet)
+    print(report.format())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report.to_json(), f, indent=1)
+    return 1 if report.num_problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""CrabConfig <-> JSON, the config file next to a converted checkpoint (``crab_config.json``).
+
+The JSON is one object of *sections*, one per sub-config, plus Crab's own fields::
+
+    {"format": "crab_jax.config/1",
+     "llama": {...LlamaConfig fields...}, "clip": {"vision": {...}, "select_layer_list": [...], ...},
+     "beats": {...}, "visual_qformer": {...}, "audio_qformer": {...},
+     "lora": {...} | null, "seg": {...} | null,
+     "crab": {"special_token_ids": {...}, "pad_token_id": 2, "llm_tap": -1, "seg_taps": [0, 1],
+              "mask_position_offset": -1, "dtype": "float32"}}
+
+A checkpoint of only some components (e.g. a converted BEATs ``.pt``) carries only their
+sections: :func:`sections_from_json` reads any subset, :func:`crab_config_from_json` needs
+all of them and names what is missing. Dtypes are written by name (``"bfloat16"``), tuples
+as lists; both are restored on reading, so ``from_json(to_json(cfg)) == cfg``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from crab_jax.models.beats import BeatsConfig
+from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig
+from crab_jax.families.crab.model import CrabConfig
+from crab_jax.models.ilora import ILoRAConfig
+from crab_jax.models.llama import LlamaConfig
+from crab_jax.models.qformer import QFormerConfig
+from crab_jax.models.seg import SegConfig
+
+FORMAT = "crab_jax.config/1"
+CONFIG_FILE = "crab_config.json"
+# Section name -> config class (``clip`` nests a ClipVisionConfig under ``vision``).
+SECTIONS = {
+    "llama": LlamaConfig,
+    "clip": ClipEncoderConfig,
+    "beats": BeatsConfig,
+    "visual_qformer": QFormerConfig,
+    "audio_qformer": QFormerConfig,
+    "lora": ILoRAConfig,
+    "seg": SegConfig,
+}
+OPTIONAL_SECTIONS = ("lora", "seg")  # may be null in a full config
+_DTYPE_FIELDS = ("dtype", "param_dtype")
+_CRAB_FIELDS = ("special_token_ids", "pad_token_id", "llm_tap", "seg_taps", "mask_position_offset", "dtype")
+
+
+def to_plain(value: Any) -> Any:
+    """A JSON-ready copy: dataclasses -> dicts, tuples -> lists, dtypes -> names."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (np.dtype, type)):  # np.dtype, jnp.float32, np.float32
+        return jnp.dtype(value).name
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _fields(cls, d: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """``d`` as constructor arguments of ``cls``: lists -> tuples, dtype names -> dtypes."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"config section {section!r}: unknown field(s) {unknown} for {cls.__name__}")
+    out = {}
+    for k, v in d.items():
+        if k in _DTYPE_FIELDS and v is not None:
+            v = jnp.dtype(v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        out[k] = v
+    return out
+
+
+def section_to_config(name: str, d: Mapping[str, Any] | None):
+    """One JSON section -> its config object (None stays None)."""
+    if d is None:
+        return None
+    if name not in SECTIONS:
+        raise ValueError(f"unknown config section {name!r}; known: {sorted(SECTIONS)}")
+    cls = SECTIONS[name]
+    if cls is ClipEncoderConfig:
+        d = dict(d)
+        vision = ClipVisionConfig(**_fields(ClipVisionConfig, d.pop("vision", {}), "clip.vision"))
+        return ClipEncoderConfig(vision=vision, **_fields(ClipEncoderConfig, d, name))
+    return cls(**_fields(cls, d, name))
+
+
+def sections_to_json(sections: Mapping[str, Any], crab: Mapping[str, Any] | None = None) -> dict:
+    """Sub-configs by section name (any subset) -> the JSON object."""
+    out: dict[str, Any] = {"format": FORMAT}
+    for name, cfg in sections.items():
+        if name not in SECTIONS:
+            raise ValueError(f"unknown config section {name!r}; known: {sorted(SECTIONS)}")
+        out[name] = to_plain(cfg)
+    if crab is not None:
+        out["crab"] = to_plain(crab)
+    return out
+
+
+def crab_config_to_json(cfg: CrabConfig) -> dict:
+    sections = {name: getattr(cfg, name) for name in SECTIONS}
+    return sections_to_json(sections, {k: getattr(cfg, k) for k in _CRAB_FIELDS})
+
+
+def sections_from_json(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The sub-configs present in ``d`` (section name -> config object or None)."""
+    if d.get("format") != FORMAT:
+        raise ValueError(f"not a crab_jax config: format {d.get('format')!r}, expected {FORMAT!r}")
+    return {name: section_to_config(name, d[name]) for name in SECTIONS if name in d}
+
+
+def crab_config_from_json(d: Mapping[str, Any]) -> CrabConfig:
+    sections = sections_from_json(d)
+    missing = [n for n in SECTIONS if n not in sections or (sections[n] is None and n not in OPTIONAL_SECTIONS)]
+    if "crab" not in d:
+        missing.append("crab")
+    if missing:
+        raise ValueError(f"config is not a whole Crab: missing section(s) {missing} "
+                         f"(it has {sorted(k for k in d if k != 'format')})")
+    crab = dict(d["crab"])
+    crab["seg_taps"] = tuple(crab.get("seg_taps", (0, 1)))
+    crab["dtype"] = jnp.dtype(crab.get("dtype", "float32"))
+    return CrabConfig(**sections, **crab)
+
+
+def save_json(d: Mapping[str, Any], path: str | os.PathLike) -> None:
+    with open(path, "w") as f:
+        json.dump(d, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """``path`` (local or ``gs://``): the JSON file or a checkpoint directory holding ``crab_config.json``."""
+    from crab_jax.io.paths import as_path
+
+    path = as_path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no crab_jax config file (write one with: python -m tools.convert_weights "
+                                "to-jax ...)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def load_crab_config(path: str | os.PathLike) -> CrabConfig:
+    """``path`` (a ``crab_config.json`` or the checkpoint directory) -> the whole CrabConfig."""
+    try:
+        return crab_config_from_json(read_json(path))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def save_crab_config(cfg: CrabConfig, path: str | os.PathLike) -> None:
+    save_json(crab_config_to_json(cfg), path)

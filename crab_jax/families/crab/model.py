@@ -1,0 +1,215 @@
+"""Crab: CLIP + BEATs encoders, Q-Former projectors, LLaMA with I-LoRA, and the seg module.
+
+Data flow (shapes for a batch of ``b`` samples, ``T`` frame slots, ``A`` audio slots)::
+
+    frames [b, T, 3, H, W] --CLIP taps--> [taps, b, T*P, W] --vl_projector(last tap)--> [b, T*Qv, d]
+    fbank  [b, A, F, mel]  --BEATs--> [b, A, N, C] --al_projector--> [b, A*Qa, d]
+    media rows = concat(visual rows, audio rows)                                  [b, M, d]
+    inputs_embeds = where(media_index >= 0, media_rows[media_index], embed(input_ids))
+    LLaMA(+I-LoRA) -> logits [b, S, V], hidden [b, S, d]
+    hidden[mask_positions] [b, 6, d] + CLIP taps (first frame) -> seg module -> masks
+
+Placeholder expansion happens on the host (``crab_jax.data.text.sequence``): the model only
+gathers, so which tasks are in a batch and how many frames each sample really has never
+change a shape. :func:`media_layout` is the contract between the two sides.
+
+Reproduced quirks of the original (defaults; see the fixture README): the visual projector
+output of the *last* tap feeds the LLM and the first two raw taps feed the seg module; only
+the first frame's features are segmented; mask positions are read one token early
+(``mask_position_offset=-1``); samples without segmentation still run the mask decoder on
+fixed positions, with zero image features, and are excluded from the loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from crab_jax.models.beats import Beats, BeatsConfig
+from crab_jax.models.clip import ClipEncoderConfig, ClipVisualEncoder
+from crab_jax.models.ilora import ILoRAConfig
+from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
+from crab_jax.models.seg import SegConfig, SegModule, mask_loss
+
+IGNORE_INDEX = -100
+SEG_TASKS = ("s4", "ms3", "avss", "ref-avs")
+MULTICLASS_SEG_TASKS = ("avss",)
+MEDIA_TOKENS = ("<image>", "<video>", "<audio>")
+
+
+@dataclasses.dataclass(frozen=True)
+class CrabConfig:
+    llama: LlamaConfig
+    clip: ClipEncoderConfig
+    beats: BeatsConfig
+    visual_qformer: QFormerConfig
+    audio_qformer: QFormerConfig
+    lora: ILoRAConfig | None
+    seg: SegConfig | None
+    special_token_ids: Mapping[str, int]
+    pad_token_id: int = 2
+    # Which CLIP taps (indices into clip.select_layer_list) go where.
+    llm_tap: int = -1
+    seg_taps: tuple[int, ...] = (0, 1)
+    # -1 reproduces the original (hidden state before each <mask_k>); 0 reads the token itself.
+    mask_position_offset: int = -1
+    # Compute dtype of the LLM and the encoders (weights keep their param dtype). The seg
+    # module and every loss stay float32: masks are compared against 0/1 targets at 224 px.
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        dtype = jnp.dtype(self.dtype)
+        object.__setattr__(self, "dtype", dtype)
+        # One source of truth: the sub-configs inherit the compute dtype.
+        object.__setattr__(self, "llama", dataclasses.replace(self.llama, dtype=dtype))
+        vision = dataclasses.replace(self.clip.vision, dtype=dtype)
+        object.__setattr__(self, "clip", dataclasses.replace(self.clip, vision=vision))
+
+    @property
+    def mask_token_ids(self) -> tuple[int, ...]:
+        n = self.seg.tokens_per_object if self.seg is not None else 0
+        return tuple(self.special_token_ids[f"<mask_{i}>"] for i in range(n))
+
+    @property
+    def nonseg_mask_positions(self) -> tuple[int, ...]:
+        """Raw positions the original reads for samples without mask tokens (2, 3, ...)."""
+        return tuple(range(2, 2 + len(self.mask_token_ids)))
+
+
+class MediaLayout(NamedTuple):
+    """Row offsets of each placeholder's block in the media buffer of one sample."""
+
+    visual_offset: int
+    audio_offset: int
+    rows: int
+
+
+def media_layout(cfg: CrabConfig, frame_slots: int, audio_slots: int) -> MediaLayout:
+    """Visual rows first (``frame_slots * Qv``), then audio rows (``audio_slots * Qa``)."""
+    visual = frame_slots * cfg.visual_qformer.num_query_tokens
+    audio = audio_slots * cfg.audio_qformer.num_query_tokens
+    return MediaLayout(0, visual, visual + audio)
+
+
+class CrabOutput(NamedTuple):
+    logits: jax.Array             # [b, S, V] float32
+    hidden: jax.Array             # [b, S, d] after the final norm
+    inputs_embeds: jax.Array      # [b, S, d]
+    lm_loss: jax.Array            # scalar
+    mask_loss: jax.Array | None   # scalar (None without the seg branch)
+    mask_terms: jax.Array | None  # [b, 3] (BCE, dice, CE)
+    binary_logits: jax.Array | None  # [b, 1, H, W]
+    avss_logits: jax.Array | None    # [b, K, H, W]
+    pred_embeddings: jax.Array | None  # [b, n_mask, d]
+
+
+def lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy over labels != -100 (position t predicts label t+1)."""
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets = labels[:, 1:]
+    valid = targets != IGNORE_INDEX
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum(), 1)
+
+
+class Crab(nnx.Module):
+    """The whole model; attribute names follow the original (``base_model.model.model.*``)."""
+
+    def __init__(self, cfg: CrabConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.llm = LlamaForCausalLM(cfg.llama, cfg.lora, rngs=rngs)
+        self.visual_encoder = ClipVisualEncoder(cfg.clip, rngs=rngs)
+        self.vl_projector = VisualProjector(cfg.visual_qformer, dtype=cfg.dtype, rngs=rngs)
+        self.audio_encoder = Beats(cfg.beats, dtype=cfg.dtype, rngs=rngs)
+        self.al_projector = AudioProjector(cfg.audio_qformer, dtype=cfg.dtype, rngs=rngs)
+        self.seg_module = SegModule(cfg.seg, rngs=rngs) if cfg.seg is not None else None
+
+    # -- encoders ------------------------------------------------------------------------
+    def encode_visual(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``[b, T, 3, H, W]`` -> (LLM rows ``[b, T*Qv, d]``, CLIP taps ``[taps, b, T*P, W]``)."""
+        taps = self.visual_encoder(frames)
+        return self.vl_projector(taps[self.cfg.llm_tap]), taps
+
+    def encode_audio(self, fbank: jax.Array) -> jax.Array:
+        """``[b, A, F, mel]`` normalised fbank -> LLM rows ``[b, A*Qa, d]`` (segment by segment)."""
+        return self.al_projector(jax.lax.stop_gradient(self.audio_encoder(fbank)))
+
+    # -- assembly --------------------------------------------------------------------------
+    def embed(self, input_ids: jax.Array, media_rows: jax.Array, media_index: jax.Array) -> jax.Array:
+        """Splices media rows into the token embeddings with one gather.
+
+        Args:
+          input_ids: ``[b, S]``; media slots hold their placeholder id (embedded, then replaced).
+          media_rows: ``[b, M, d]``.
+          media_index: ``[b, S]`` row of ``media_rows`` for media slots, -1 for text.
+        """
+        text = self.llm.model.embed_tokens(input_ids)
+        rows = jnp.take_along_axis(media_rows.astype(text.dtype), jnp.maximum(media_index, 0)[..., None], axis=1)
+        return jnp.where((media_index >= 0)[..., None], rows, text)
+
+    def seg_image_features(self, taps: jax.Array, is_seg: jax.Array) -> list[jax.Array]:
+        """First-frame raw CLIP tokens of the seg taps, zeroed for samples without segmentation."""
+        patches = self.cfg.seg.image_embedding_size ** 2
+        keep = is_seg[:, None, None].astype(taps.dtype)
+        return [taps[k][:, :patches] * keep for k in self.cfg.seg_taps]
+
+    def forward_from_media(
+        self,
+        *,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        position_ids: jax.Array,
+        labels: jax.Array,
+        media_rows: jax.Array,
+        media_index: jax.Array,
+        seg_features: list[jax.Array] | None = None,
+        mask_positions: jax.Array | None = None,
+        gt_mask: jax.Array | None = None,
+        is_seg: jax.Array | None = None,
+        is_avss: jax.Array | None = None,
+    ) -> CrabOutput:
+        """LLM (+ seg branch when ``seg_features`` is given) on already-encoded media."""
+        embeds = self.embed(input_ids, media_rows, media_index)
+        logits, hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, return_hidden=True)
+        loss = lm_loss(logits, labels)
+        if seg_features is None or self.seg_module is None:
+            return CrabOutput(logits, hidden, embeds, loss, None, None, None, None, None)
+        pred = jnp.take_along_axis(hidden, mask_positions[..., None].astype(jnp.int32), axis=1)
+        pred = pred.astype(jnp.float32)
+        seg = self.seg_module(pred, [f.astype(jnp.float32) for f in seg_features], is_avss)
+        m_loss, terms = mask_loss(seg.binary_logits, seg.avss_logits, gt_mask, is_avss, is_seg)
+        return CrabOutput(logits, hidden, embeds, loss, m_loss, terms, seg.binary_logits, seg.avss_logits, pred)
+
+    def __call__(self, batch: Mapping[str, jax.Array], *, with_seg: bool = True) -> CrabOutput:
+        """One static-shape batch (see :func:`media_layout` and ``crab_jax.data.text.sequence``).
+
+        ``batch`` keys: ``input_ids, attention_mask, position_ids, labels, media_index``
+        ``[b, S]``; ``frames [b, T, 3, H, W]``; ``fbank [b, A, F, mel]``; with the seg branch
+        also ``mask_positions [b, n_mask]``, ``gt_mask [b, 1, H, W]``, ``is_seg, is_avss [b]``.
+        """
+        visual_rows, taps = self.encode_visual(batch["frames"])
+        audio_rows = self.encode_audio(batch["fbank"])
+        media_rows = jnp.concatenate([visual_rows, audio_rows], axis=1)
+        seg_inputs: dict[str, Any] = {}
+        if with_seg and self.seg_module is not None:
+            seg_inputs = dict(
+                seg_features=self.seg_image_features(taps, batch["is_seg"]),
+                mask_positions=batch["mask_positions"], gt_mask=batch["gt_mask"],
+                is_seg=batch["is_seg"], is_avss=batch["is_avss"],
+            )
+        return self.forward_from_media(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"], labels=batch["labels"],
+            media_rows=media_rows, media_index=batch["media_index"], **seg_inputs,
+        )
+
+    def total_loss(self, out: CrabOutput) -> jax.Array:
+        """``lm_loss + mask_loss`` as the original sums them (mask loss weight 1)."""
+        return out.lm_loss if out.mask_loss is None else out.lm_loss + out.mask_loss

@@ -1,0 +1,140 @@
+"""The pure train step: ``(TrainState, batch) -> (TrainState, metrics)``.
+
+One optimizer update from one global batch, split into ``micro_batches`` gradient
+accumulation steps (``lax.scan``). Gradients only for the trainable weights; frozen
+weights enter as constants. The loss is ``Crab.total_loss`` (LM cross-entropy + mask
+loss) averaged over micro-batches, as the HF Trainer averages its GA steps. Metrics are
+sums (see :mod:`crab_jax.training.metrics`), plus one finiteness flag per trainable tensor so the
+host can name the first non-finite one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from crab_jax.parallel.mesh import BATCH_AXES, batch_sharding, replicated
+from crab_jax.training.metrics import per_sample_lm_sums, per_task_sums, router_usage_sums
+from crab_jax.models.state_dict import flat_leaves
+from crab_jax.training.state import TrainSetup, TrainState, fresh_rng_vars
+
+
+def split_micro_batches(batch: dict, n: int, mesh) -> dict:
+    """``[B, ...] -> [n, B/n, ...]``; micro-batch j takes rows j, j+n, ... so every device keeps
+    its own rows (no data movement when B is sharded in contiguous blocks)."""
+    if n == 1:
+        return jax.tree.map(lambda x: x[None], batch)
+
+    def one(x):
+        y = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+        spec = PartitionSpec(None, BATCH_AXES, *([None] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+
+    return jax.tree.map(one, batch)
+
+
+def tree_all_finite(tree) -> jax.Array:
+    """``[n_leaves]`` bool, in ``jax.tree_util.tree_flatten`` order."""
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
+
+
+def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, num_tasks: int,
+                    router_groups: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The un-jitted step (see :func:`jit_train_step`)."""
+    num_layers = setup.crab_cfg.llama.num_hidden_layers
+
+    def loss_fn(params, frozen, rng_vars, batch):
+        model = setup.merge(params, frozen, rng_vars)
+        out, inter = nnx.capture(lambda m: m(batch, with_seg=with_seg), nnx.Intermediate)(model)
+        loss = model.total_loss(out)
+        nll, tok = per_sample_lm_sums(out.logits, batch["labels"])
+        task_id = batch["task_id"]
+        aux = {
+            "loss": loss,
+            "lm_loss": out.lm_loss,
+            "mask_loss": jnp.zeros(()) if out.mask_loss is None else out.mask_loss,
+            "task_nll": per_task_sums(nll, task_id, num_tasks),
+            "task_tokens": per_task_sums(tok, task_id, num_tasks),
+            "task_samples": per_task_sums(jnp.ones_like(nll), task_id, num_tasks),
+        }
+        if out.mask_terms is not None:
+            per_sample_mask = out.mask_terms[:, 0] + 0.5 * out.mask_terms[:, 1] + out.mask_terms[:, 2]
+            aux["task_mask_loss"] = per_task_sums(per_sample_mask, task_id, num_tasks)
+        usage = router_usage_sums(inter, batch["attention_mask"], task_id, num_tasks=num_tasks,
+                                  num_layers=num_layers, groups=router_groups)
+        if usage is not None:
+            aux["router_sum"], aux["router_count"] = usage
+        return loss, aux
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        micro = split_micro_batches(batch, micro_batches, setup.mesh)
+
+        def accumulate(carry, xs):
+            grads_acc, aux_acc = carry
+            index, mb = xs
+            rng_vars = fresh_rng_vars(state.rng_vars, state.rng, state.step, index)
+            (_, aux), grads = grad_fn(state.params, state.frozen, rng_vars, mb)
+            grads = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
+            aux = jax.tree.map(jnp.add, aux_acc, aux) if aux_acc is not None else aux
+            return (grads, aux), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        first = jax.tree.map(lambda x: x[0], micro)
+        (grads, aux), _ = accumulate((zeros, None), (jnp.int32(0), first))
+        if micro_batches > 1:
+            rest = jax.tree.map(lambda x: x[1:], micro)
+            (grads, aux), _ = jax.lax.scan(accumulate, (grads, aux),
+                                           (jnp.arange(1, micro_batches, dtype=jnp.int32), rest))
+        scale = 1.0 / micro_batches
+        grads = jax.tree.map(lambda g: g * scale, grads)
+        for k in ("loss", "lm_loss", "mask_loss"):
+            aux[k] = aux[k] * scale
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        aux["grad_norm"] = optax.tree.norm(grads)
+        aux["lr"] = jnp.asarray(setup.schedule(state.step), jnp.float32)
+        aux["finite_grads"] = tree_all_finite(grads)
+        aux["finite_params"] = tree_all_finite(params)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, aux
+
+    return train_step
+
+
+def batch_shardings(batch_shapes: dict, mesh) -> dict:
+    return {k: batch_sharding(mesh, len(shape)) for k, shape in batch_shapes.items()}
+
+
+def jit_train_step(setup: TrainSetup, step_fn, batch_shapes: dict):
+    """``jit`` with explicit state/batch placements and the state donated (updated in place)."""
+    return jax.jit(step_fn, in_shardings=(setup.shardings, batch_shardings(batch_shapes, setup.mesh)),
+                   out_shardings=(setup.shardings, replicated(setup.mesh)), donate_argnums=0)
+
+
+def trainable_names(setup: TrainSetup) -> list[str]:
+    """Names of the trainable tensors in the order of the ``finite_*`` flags."""
+    return list(flat_leaves(setup.abstract.params))
+
+
+def first_non_finite(aux: dict, names: Sequence[str]) -> str | None:
+    """The first trainable tensor (gradient, then updated value) that is not finite, or the loss."""
+    import numpy as np
+
+    if not np.isfinite(float(aux["loss"])):
+        bad_g = np.flatnonzero(~np.asarray(aux["finite_grads"]))
+        where = f"; first non-finite gradient: {names[bad_g[0]]}" if len(bad_g) else ""
+        return f"loss = {float(aux['loss'])}{where}"
+    for kind in ("finite_grads", "finite_params"):
+        bad = np.flatnonzero(~np.asarray(aux[kind]))
+        if len(bad):
+            what = "gradient" if kind == "finite_grads" else "updated parameter"
+            return f"{what} {names[bad[0]]}"
+    return None
