@@ -29,11 +29,12 @@ import pathlib
 import tempfile
 from typing import Any, Sequence
 
+from crab_jax.families.crab.tokens import base_vocab_of
+
 log = logging.getLogger("crab_jax.train")
 
 SOURCES = ("random", "synthetic", "avuie", "grain")
 RECORD_SOURCES = ("synthetic", "avuie", "grain")
-NUM_CRAB_TOKENS = 17  # 11 placeholders / wrappers + <mask_0..5> (crab_jax.families.crab.prompts)
 
 
 @dataclasses.dataclass
@@ -159,15 +160,6 @@ def synthetic_tokenizer_dir(root: pathlib.Path, tasks: Sequence[str], cache: pat
     return cache / "tokenizers" / f"synthetic-{digest}", texts
 
 
-def base_vocab_of(tokenizer) -> int:
-    """Ids before Crab's added tokens (they come last, in order: ``<image>`` is the first)."""
-    first = int(tokenizer.convert_tokens_to_ids("<image>"))
-    if len(tokenizer) != first + NUM_CRAB_TOKENS:
-        raise ValueError(f"tokenizer: {len(tokenizer)} ids but Crab's tokens start at {first}; expected them "
-                         f"to be the last {NUM_CRAB_TOKENS}")
-    return first
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -228,7 +220,7 @@ def prepare_data(config, *, progress: bool = True) -> DataSetup:
 
 def with_base_vocab(crab_cfg, base_vocab: int | None):
     """``crab_cfg`` with ``base_vocab`` text ids before Crab's added tokens (None: unchanged)."""
-    from crab_jax.families.crab.presets import special_token_ids
+    from crab_jax.families.crab.tokens import special_token_ids
 
     if base_vocab is None:
         return crab_cfg

@@ -28,7 +28,8 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from crab_jax.families.crab.model import IGNORE_INDEX, CrabConfig
+from crab_jax.families.crab.model import CrabConfig
+from crab_jax.models.losses import per_sample_lm_sums
 from crab_jax.models.ilora import GATES_INTERMEDIATE
 
 # Dense bf16 peak FLOP/s per device by ``device_kind`` substring (lower-case).
@@ -37,16 +38,6 @@ PEAK_FLOPS = {"tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v
 
 
 # -- on device ----------------------------------------------------------------------------------
-
-
-def per_sample_lm_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Next-token NLL summed per sample ``[b]`` and the number of predicted tokens ``[b]``."""
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = labels[:, 1:]
-    valid = targets != IGNORE_INDEX
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0), axis=1), valid.sum(1).astype(jnp.float32)
 
 
 def per_task_sums(values: jax.Array, task_id: jax.Array, num_tasks: int) -> jax.Array:

@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from crab_jax.models.losses import IGNORE_INDEX
+
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,10 +25,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from crab_jax.data.text.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
+from crab_jax.families.crab.tokens import BOS_TOKEN_ID, EOS_TOKEN_ID
+from crab_jax.models.losses import IGNORE_INDEX
 from crab_jax.families.crab.model import MULTICLASS_SEG_TASKS, SEG_TASKS, CrabConfig, media_layout
 
 MEL_BINS = 128
-BOS_ID, EOS_ID = 1, 2
 DEFAULT_TASKS = ("ave", "avqa", "s4", "avss")
 BATCH_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "media_index", "frames", "fbank",
               "mask_positions", "gt_mask", "is_seg", "is_avss", "task_id")
@@ -104,14 +105,14 @@ def _random_sample(rng: np.random.Generator, cfg: CrabConfig, spec: BatchSpec, t
     text = lambda n: [int(t) for t in rng.integers(3, base_vocab, size=n)]
     visual = "<image>" if image else "<video>"
     kind = visual.strip("<>")
-    prompt = ([BOS_ID] + text(prompt_len) + [ids[f"<{kind}_start>"], ids[visual], ids[f"<{kind}_end>"],
+    prompt = ([BOS_TOKEN_ID] + text(prompt_len) + [ids[f"<{kind}_start>"], ids[visual], ids[f"<{kind}_end>"],
               ids["<audio_start>"], ids["<audio>"], ids["<audio_end>"]])
     answer = text(answer_len)
     if is_seg:
         answer += [ids["<mask_start>"], *cfg.mask_token_ids, ids["<mask_end>"]]
-    answer += [EOS_ID]
+    answer += [EOS_TOKEN_ID]
     raw = prompt + answer
-    labels = [-100] * len(prompt) + answer
+    labels = [IGNORE_INDEX] * len(prompt) + answer
     blocks = {ids[visual]: MediaBlock(layout.visual_offset, frames * qv),
               ids["<audio>"]: MediaBlock(layout.audio_offset, segments * qa)}
     return raw, labels, blocks, frames, segments, is_seg

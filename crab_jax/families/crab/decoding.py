@@ -40,8 +40,8 @@ from flax import nnx
 from crab_jax.families.crab.model import Crab
 from crab_jax.models.ilora import record_router_gates
 from crab_jax.models.llama import KVCache
+from crab_jax.families.crab.tokens import EOS_TOKEN_ID, PAD_TOKEN_ID
 
-LLAMA_EOS_ID = 2  # ``</s>`` of the LLaMA tokenizer (also Crab's pad id)
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "media_index", "frames", "fbank")
 
 # Trace count of the jitted generator per (batch, bucket, max_new_tokens); tests and logs read it.
@@ -63,8 +63,8 @@ class DecodeConfig:
     """
 
     max_new_tokens: int
-    eos_token_id: int = LLAMA_EOS_ID
-    pad_token_id: int = LLAMA_EOS_ID
+    eos_token_id: int = EOS_TOKEN_ID
+    pad_token_id: int = PAD_TOKEN_ID
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0

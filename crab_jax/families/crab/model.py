@@ -32,11 +32,11 @@ from flax import nnx
 from crab_jax.models.beats import Beats, BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisualEncoder
 from crab_jax.models.ilora import ILoRAConfig
+from crab_jax.models.losses import lm_loss
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
 from crab_jax.models.seg import SegConfig, SegModule, mask_loss
 
-IGNORE_INDEX = -100
 SEG_TASKS = ("s4", "ms3", "avss", "ref-avs")
 MULTICLASS_SEG_TASKS = ("avss",)
 MEDIA_TOKENS = ("<image>", "<video>", "<audio>")
@@ -106,16 +106,6 @@ class CrabOutput(NamedTuple):
     binary_logits: jax.Array | None  # [b, 1, H, W]
     avss_logits: jax.Array | None    # [b, K, H, W]
     pred_embeddings: jax.Array | None  # [b, n_mask, d]
-
-
-def lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean next-token cross-entropy over labels != -100 (position t predicts label t+1)."""
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = labels[:, 1:]
-    valid = targets != IGNORE_INDEX
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum(), 1)
 
 
 class Crab(nnx.Module):

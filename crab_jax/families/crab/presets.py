@@ -9,21 +9,12 @@ from crab_jax.models.ilora import ILoRAConfig
 from crab_jax.models.llama import LlamaConfig
 from crab_jax.models.qformer import QFormerConfig
 from crab_jax.models.seg import SegConfig
-
-ADDED_TOKENS = ("<image>", "<image_start>", "<image_end>", "<video>", "<video_start>", "<video_end>",
-                "<audio>", "<audio_start>", "<audio_end>", "<mask_start>", "<mask_end>")
-
-
-def special_token_ids(base_vocab: int, num_mask_tokens: int) -> dict[str, int]:
-    """Crab's added tokens in the original order, after ``base_vocab`` ids."""
-    names = list(ADDED_TOKENS) + [f"<mask_{i}>" for i in range(num_mask_tokens)]
-    return {name: base_vocab + i for i, name in enumerate(names)}
-
+from crab_jax.families.crab.tokens import PAD_TOKEN_ID, special_token_ids
 
 def tiny_crab_config(*, base_vocab: int = 64, hidden: int = 32, image_size: int = 56, patch: int = 14,
                      lora_heads: int = 3, seg_queries: int = 16) -> CrabConfig:
     """A Crab small enough for CPU tests: every component present, widths of a few dozen."""
-    tokens = special_token_ids(base_vocab, 6)
+    tokens = special_token_ids(base_vocab)
     vision = ClipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
                               patch_size=patch, image_size=image_size)
     beats = BeatsConfig(embed_dim=16, encoder_layers=1, encoder_embed_dim=16, encoder_ffn_embed_dim=32,
@@ -51,5 +42,5 @@ def tiny_crab_config(*, base_vocab: int = 64, hidden: int = 32, image_size: int 
                       image_size=image_size, patch_size=patch, two_way_mlp_dim=32, two_way_heads=2,
                       query_generator_heads=2, query_generator_ffn=32),
         special_token_ids=tokens,
-        pad_token_id=2,
+        pad_token_id=PAD_TOKEN_ID,
     )

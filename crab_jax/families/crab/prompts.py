@@ -23,15 +23,11 @@ import numpy as np
 
 from crab_jax.data.errors import BadRecordError
 from crab_jax.data.records.readers import ORDINALS, Record, mask_tokens
+from crab_jax.families.crab.tokens import MASK_TOKENS, SPECIAL_TOKENS
+from crab_jax.models.losses import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 SYSTEM_MESSAGE = "You are a helpful assistant."
 
-# Placeholders and wrappers, in the order the original adds them to the vocabulary.
-SPECIAL_TOKENS = ("<image>", "<image_start>", "<image_end>", "<video>", "<video_start>", "<video_end>",
-                  "<audio>", "<audio_start>", "<audio_end>", "<mask_start>", "<mask_end>")
-NUM_MASK_TOKENS = 6  # image_scale_nums (2) x token_nums_per_scale (3)
-MASK_TOKENS = tuple(f"<mask_{i}>" for i in range(NUM_MASK_TOKENS))  # added as non-special tokens
 
 VIDEO = "This is a video:\n<video_start><video><video_end>\n"
 IMAGE = "This is an image:\n<image_start><image><image_end>\n"

@@ -10,7 +10,8 @@ from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig
 from crab_jax.families.crab.model import CrabConfig
 from crab_jax.models.ilora import ILoRAConfig
 from crab_jax.models.llama import LlamaConfig
-from crab_jax.families.crab.presets import special_token_ids, tiny_crab_config
+from crab_jax.families.crab.presets import tiny_crab_config
+from crab_jax.families.crab.tokens import LLAMA_VOCAB, PAD_TOKEN_ID, special_token_ids
 from crab_jax.models.qformer import QFormerConfig
 from crab_jax.models.seg import SegConfig
 
@@ -20,8 +21,8 @@ PRESETS = ("tiny", "crab_7b", "checkpoint")
 def paper_crab_config() -> CrabConfig:
     """Crab as released: LLaMA-2-7B-chat (+17 tokens), CLIP ViT-L/14 taps (14, 22, 23), BEATs iter3+,
     2-layer BERT-base Q-Formers with 32 queries, I-LoRA k=3 r=8, the F2 seg module."""
-    tokens = special_token_ids(32000, 6)
-    llama = LlamaConfig(vocab_size=32000 + len(tokens), hidden_size=4096, intermediate_size=11008,
+    tokens = special_token_ids(LLAMA_VOCAB)
+    llama = LlamaConfig(vocab_size=LLAMA_VOCAB + len(tokens), hidden_size=4096, intermediate_size=11008,
                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                         rms_norm_eps=1e-5, max_position_embeddings=4096)
     vision = ClipVisionConfig()  # ViT-L/14 at 224 px
@@ -39,7 +40,7 @@ def paper_crab_config() -> CrabConfig:
     return CrabConfig(llama=llama, clip=ClipEncoderConfig(vision, select_layer_list=(14, 22, 23)), beats=beats,
                       visual_qformer=qformer(vision.hidden_size), audio_qformer=qformer(beats.encoder_embed_dim),
                       lora=ILoRAConfig(r=8, alpha=16.0, num_heads=3, dropout=0.05),
-                      seg=SegConfig(), special_token_ids=tokens, pad_token_id=2)
+                      seg=SegConfig(), special_token_ids=tokens, pad_token_id=PAD_TOKEN_ID)
 
 
 def load_checkpoint_crab_config(ckpt_dir: str) -> CrabConfig:

@@ -33,7 +33,7 @@ from crab_jax.models.beats import Beats, BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig, ClipVisualEncoder
 from crab_jax.models.ilora import DEFAULT_TARGETS, ILoRAConfig
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM
-from crab_jax.families.crab.presets import ADDED_TOKENS, special_token_ids
+from crab_jax.families.crab.tokens import NUM_ADDED_TOKENS, NUM_MASK_TOKENS, special_token_ids
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
 from crab_jax.models.seg import SegConfig, SegModule
 from crab_jax.families.crab.convert.clip_table import split_clip_vision_keys
@@ -50,7 +50,6 @@ COMPONENT_SECTIONS = {
 }
 SEG_BUFFERS = ("seg_module.pe_layer.positional_encoding_gaussian_matrix",
                "seg_module.mask_decoder.pe1.positional_encoding_gaussian_matrix")
-NUM_MASK_TOKENS = 6
 
 
 @dataclasses.dataclass
@@ -226,7 +225,7 @@ def seg_options(shapes: Mapping[str, Sequence[int]], opts: ConfigOptions) -> dic
 
 def default_special_tokens(vocab: int, base_vocab: int | None) -> dict[str, int]:
     """Crab's added tokens after the base vocabulary (inferred as ``vocab - 17`` if not known)."""
-    added = len(ADDED_TOKENS) + NUM_MASK_TOKENS
+    added = NUM_ADDED_TOKENS
     base = vocab - added if base_vocab is None or base_vocab == vocab else base_vocab
     if base + added != vocab:
         raise ValueError(f"embed_tokens has {vocab} rows but the base vocabulary {base} + {added} added tokens "

@@ -1,0 +1,38 @@
+"""Next-token cross-entropy with the label convention every family shares.
+
+Labels are the input ids shifted by the data pipeline's convention: position ``t``'s logits
+predict label ``t + 1``, and :data:`IGNORE_INDEX` marks slots that are not predicted (prompt,
+media, padding), as in the HF / original code.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IGNORE_INDEX = -100
+
+
+def token_nll(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-position NLL ``[b, S-1]`` (0 where not predicted) and the predicted-slot mask ``[b, S-1]``.
+
+    ``logits [b, S, V]`` (any float dtype, reduced in float32), ``labels [b, S]`` int.
+    """
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets = labels[:, 1:]
+    valid = targets != IGNORE_INDEX
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    return jnp.where(valid, nll, 0.0), valid
+
+
+def lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy over the predicted slots (scalar)."""
+    nll, valid = token_nll(logits, labels)
+    return jnp.sum(nll) / jnp.maximum(valid.sum(), 1)
+
+
+def per_sample_lm_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Next-token NLL summed per sample ``[b]`` and the number of predicted tokens ``[b]``."""
+    nll, valid = token_nll(logits, labels)
+    return jnp.sum(nll, axis=1), valid.sum(1).astype(jnp.float32)
