@@ -80,7 +80,8 @@ class Runner:
 
     def __init__(self, config, args, variant: str):
         from crab_jax.training.metrics import llm_flops_per_token
-        from crab_jax.training.loop import build_setup, make_data_iterator, to_global
+        from crab_jax.data.sources import make_data_iterator
+        from crab_jax.training.loop import build_setup, to_global
         from crab_jax.training.step import batch_shardings, jit_train_step, make_train_step
 
         self.variant = variant

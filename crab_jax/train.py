@@ -25,7 +25,7 @@ import pathlib
 import time
 
 # Before numpy loads (here and in Grain's worker processes): the data pipeline's small matmuls
-# are ~100x slower with a multi-threaded BLAS on a busy CPU (crab_jax.data.setup.
+# are ~100x slower with a multi-threaded BLAS on a busy CPU (crab_jax.data.sources.
 # single_threaded_blas); XLA's thread pool is separate. An explicit setting wins.
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")

@@ -46,7 +46,8 @@ sys.path.insert(0, {repo!r})
 import jax, numpy as np
 from tests.train_helpers import small_config
 from crab_jax.families.crab.batch_spec import make_random_batches
-from crab_jax.training.loop import batch_spec, build_setup, to_global
+from crab_jax.data.sources import batch_spec
+from crab_jax.training.loop import build_setup, to_global
 from crab_jax.training.step import batch_shardings, jit_train_step, make_train_step
 assert jax.device_count() == 8, jax.device_count()
 

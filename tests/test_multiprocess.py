@@ -36,7 +36,8 @@ assert jax.process_count() == nproc and jax.local_device_count() == 1
 from tests.test_checkpointing import FAST, declared
 from tests.train_helpers import small_config
 from crab_jax.families.crab.batch_spec import make_random_batches
-from crab_jax.training.loop import batch_spec, train
+from crab_jax.data.sources import batch_spec
+from crab_jax.training.loop import train
 from crab_jax.families.crab.run_config import crab_config_from
 
 c = small_config(**declared(FAST), **{{"train.stop_after_steps": stop_after}})

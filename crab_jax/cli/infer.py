@@ -55,16 +55,16 @@ def _eval_batches(config, crab_cfg, data, split: str):
     training iterator itself (what the run saw; with ``random`` + ``num_distinct`` it memorises).
     """
     from crab_jax.evaluation import heldout as evaluation
-    from crab_jax.training.loop import batch_spec, make_data_iterator
+    from crab_jax.data.sources import batch_spec, eval_batch_size, heldout_iterator, make_data_iterator
 
     if split == "train":
         return make_data_iterator(config, crab_cfg, data)
     if config.data.source == "random":
         from crab_jax.families.crab.batch_spec import make_random_batches
 
-        spec = batch_spec(config, crab_cfg, evaluation.eval_batch_size(config))
+        spec = batch_spec(config, crab_cfg, eval_batch_size(config))
         return make_random_batches(spec, crab_cfg, config.seed * 1000 + 999_983, tasks=tuple(config.data.tasks))
-    batches = evaluation.heldout_iterator(config, crab_cfg, data)
+    batches = heldout_iterator(config, crab_cfg, data)
     if batches is None:
         raise ValueError(f"config data.source={config.data.source!r}: no held-out records for tasks "
                          f"{tuple(config.data.tasks)} under {data.root}")
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
     from crab_jax.io.paths import as_path
-    from crab_jax.data.setup import prepare_data
+    from crab_jax.data.sources import prepare_data
 
     config = load_config(args.config, args.set)
     workdir = as_path(args.workdir)

@@ -2,7 +2,7 @@
 
 The trainer calls :func:`evaluate_state` every ``eval.every_steps`` and at the end. Batches come
 from the same Grain pipeline as training (same buckets, so the generator compiles once per
-bucket), over the held-out records of :func:`crab_jax.data.setup.heldout_records`
+bucket), over the held-out records of :func:`crab_jax.data.synthetic.setup.heldout_records`
 (synthetic data: test clips asked the training questions) or the test split as the original
 evaluates it (AV-UIE). Generation and scoring are :func:`crab_jax.evaluation.generation.evaluate`.
 """
@@ -18,7 +18,8 @@ from typing import Mapping
 import jax
 
 from crab_jax.io.paths import as_path
-from crab_jax.data.setup import DataSetup, heldout_records
+from crab_jax.data.sources import DataSetup, heldout_iterator
+from crab_jax.data.synthetic.setup import heldout_records
 from crab_jax.io.jsonl import append_line
 
 log = logging.getLogger("crab_jax.train")
@@ -26,42 +27,6 @@ log = logging.getLogger("crab_jax.train")
 # The metric of each task the run summary reports (the first one found).
 HEADLINE = {"avqa": ("avqa",), "ave": ("ave",), "arig": ("arig",), "s4": ("s4_category", "s4"),
             "ms3": ("s4_category", "s4"), "ref-avs": ("s4",)}
-
-
-def eval_batch_size(config) -> int:
-    n = int(config.eval.batch_size) or int(config.train.global_batch)
-    if n % jax.process_count():
-        raise ValueError(f"config eval.batch_size={n} is not divisible by the {jax.process_count()} processes")
-    return n
-
-
-def heldout_iterator(config, crab_cfg, data: DataSetup):
-    """One pass over the held-out split as training-format batches (None when there is none)."""
-    from crab_jax.families.crab import examples as E
-    from crab_jax.data.pipeline import grain as G
-    from crab_jax.data.pipeline.buckets import CollateConfig
-
-    if data.source == "random" or data.root is None:
-        return None
-    tasks = tuple(config.data.tasks)
-    if data.source == "synthetic":
-        records, errors = heldout_records(data.root, tasks, seed=int(config.data.seed)), []
-    else:  # AV-UIE: the test prompts, the stored ground truth as the reference answer
-        records, errors = G.read_records(data.root, tasks, "test", seed=int(config.data.seed))
-        records = [r if r.answer is not None or r.answer_file is not None or r.gt is None
-                   else dataclasses.replace(r, answer=r.gt) for r in records]
-    if not records:
-        log.warning("no held-out records under %s for tasks %s: evaluation skipped", data.root, tasks)
-        return None
-    settings = E.settings_from(crab_cfg, data.root, tasks, frame_slots=int(config.data.frame_slots),
-                               audio_slots=int(config.data.audio_slots))
-    buckets = tuple(config.data.buckets) or (int(config.data.seq_len),)
-    return G.make_iterator(G.RawRecordSource(records, data.tokenizer, settings), settings,
-                           CollateConfig.from_crab(crab_cfg), global_batch=eval_batch_size(config),
-                           seq_buckets=buckets, seed=0, shuffle=False, num_epochs=1,
-                           read_threads=int(config.data.read_threads) or None,
-                           fallback_fbank_frames=int(config.data.fbank_frames), initial_bad=errors,
-                           max_bad_fraction=1.0, cache_dir=str(data.cache_dir), progress=False)
 
 
 def evaluate_state(setup, state, config, data: DataSetup, *, progress: bool = False) -> dict[str, dict]:

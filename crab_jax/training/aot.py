@@ -144,7 +144,7 @@ def slice_devices(tpu: TpuSlice) -> list:
 def aot_crab_config(config):
     """The run's CrabConfig from the ``model`` section alone: an AOT check reads no dataset, so
     ``model.base_vocab = -1`` keeps the preset's vocabulary (the paper's: LLaMA-2's 32000 + 17)."""
-    from crab_jax.data.setup import with_base_vocab
+    from crab_jax.data.sources import with_base_vocab
     from crab_jax.families.crab.run_config import crab_config_from
 
     base = int(config.model.base_vocab)
@@ -155,7 +155,7 @@ def abstract_batch(config, setup) -> dict:
     """The global batch as ``ShapeDtypeStruct`` s placed as the trainer places real batches."""
     import jax
 
-    from crab_jax.training.loop import batch_spec
+    from crab_jax.data.sources import batch_spec
     from crab_jax.training.step import batch_shardings
 
     spec = batch_spec(config, setup.crab_cfg, int(config.train.global_batch))

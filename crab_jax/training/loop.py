@@ -1,7 +1,7 @@
 """The training loop: the side-effect edge around the pure train step.
 
 Resolves the data (for ``synthetic``: generates the dataset and builds its tokenizer on first
-use, :mod:`crab_jax.data.setup`), builds the run from the config (mesh, model with the
+use, :mod:`crab_jax.data.sources`), builds the run from the config (mesh, model with the
 tokenizer's vocabulary, sharded state), resumes from the latest committed checkpoint of
 ``<workdir>/checkpoints`` (weights and the data iterator's position), feeds batches (one
 compiled step per bucket of the Grain pipeline), logs metrics and pipeline counters from
@@ -31,7 +31,7 @@ from crab_jax.families.crab.batch_spec import BatchSpec, check_batch, make_rando
 from crab_jax.parallel.mesh import check_global_batch, make_mesh, rules_from_config
 from crab_jax.training.metrics import llm_flops_per_token, mfu, peak_flops_per_device, summarize
 from crab_jax.io.paths import as_path
-from crab_jax.data.setup import (RECORD_SOURCES, DataSetup, prepare_data, single_threaded_blas,
+from crab_jax.data.sources import (RECORD_SOURCES, DataSetup, data_specs, make_data_iterator, prepare_data, single_threaded_blas,
                                          with_base_vocab)
 from crab_jax.evaluation.heldout import append_eval_jsonl, evaluate_state, format_results
 from crab_jax.training.metric_writer import MetricWriter
@@ -57,13 +57,6 @@ def total_steps(config, data_iter=None) -> int:
     return int(config.train.epochs) * int(per_epoch)
 
 
-def batch_spec(config, crab_cfg, per_process_batch: int) -> BatchSpec:
-    """The one BatchSpec of the ``random`` source (records sources have one per bucket)."""
-    return BatchSpec(batch=per_process_batch, seq_len=int(config.data.seq_len),
-                     frame_slots=int(config.data.frame_slots), audio_slots=int(config.data.audio_slots),
-                     fbank_frames=int(config.data.fbank_frames), image_size=crab_cfg.clip.vision.image_size)
-
-
 def run_crab_config(config, data: DataSetup | None = None):
     """The run's CrabConfig: the ``model`` section, with the tokenizer's base vocabulary when
     ``model.base_vocab = -1`` (an explicit ``model.base_vocab`` wins). Without ``data``, a records
@@ -74,35 +67,6 @@ def run_crab_config(config, data: DataSetup | None = None):
         data = data if data is not None else prepare_data(config, progress=False)
         base = data.base_vocab if data.base_vocab is not None else -1
     return with_base_vocab(crab_cfg, base if base > 0 else None)
-
-
-def make_data_iterator(config, crab_cfg, data: DataSetup, spec: BatchSpec | None = None) -> Iterator[dict]:
-    """This process's training batches: ``random`` batches, or the Grain pipeline over the records."""
-    if config.data.source == "random":
-        spec = spec or batch_spec(config, crab_cfg, int(config.train.global_batch) // jax.process_count())
-        seed = config.seed * 1000 + jax.process_index()
-        return make_random_batches(spec, crab_cfg, seed, num_distinct=int(config.data.num_distinct),
-                                   tasks=tuple(config.data.tasks))
-    if config.data.source in RECORD_SOURCES:
-        from crab_jax.data.pipeline.grain import make_train_iterator
-
-        data_cfg = config.data.to_dict()
-        if data.root is not None:
-            data_cfg["path"] = str(data.root)
-        data_cfg["cache_dir"] = str(data.cache_dir)
-        return make_train_iterator(data_cfg, crab_cfg, global_batch=int(config.train.global_batch),
-                                   seed=int(config.data.seed), tokenizer=data.tokenizer,
-                                   progress=bool(config.metrics.progress_bar) and jax.process_index() == 0)
-    raise ValueError(f"config data.source={config.data.source!r}; known: random, {', '.join(RECORD_SOURCES)}")
-
-
-def data_specs(config, crab_cfg, data_iter) -> dict[tuple[int, int], BatchSpec]:
-    """``(seq_len, fbank_frames) -> BatchSpec`` of every shape the iterator yields (one compile each)."""
-    if hasattr(data_iter, "bucket_specs"):
-        specs = list(data_iter.bucket_specs())
-    else:
-        specs = [batch_spec(config, crab_cfg, int(config.train.global_batch) // jax.process_count())]
-    return {(s.seq_len, s.fbank_frames): s for s in specs}
 
 
 def to_global(batch: dict, shardings: dict) -> dict:

@@ -16,6 +16,7 @@ import pathlib
 import sys
 from typing import Sequence
 
+from crab_jax.config.loader import load_config
 from crab_jax.families.crab import examples as E
 from crab_jax.data.prepared.array_record import META_FILE, make_builder, write_meta
 from crab_jax.data.errors import BadRecordError

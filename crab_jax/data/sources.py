@@ -27,8 +27,13 @@ import logging
 import os
 import pathlib
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import jax
+
+from crab_jax.data.synthetic.setup import (cache_dir, heldout_records, synthetic_root, synthetic_tasks,
+                                           synthetic_tokenizer_dir, write_tokenizer_once)
+from crab_jax.families.crab.batch_spec import BatchSpec, make_random_batches
 from crab_jax.families.crab.tokens import base_vocab_of
 
 log = logging.getLogger("crab_jax.train")
@@ -56,108 +61,6 @@ class DataSetup:
     tokenizer: Any
     base_vocab: int | None
     cache_dir: pathlib.Path
-
-
-def cache_dir(data_cfg) -> pathlib.Path:
-    return pathlib.Path(os.path.expanduser(str(data_cfg.cache_dir or "~/.cache/crab_jax")))
-
-
-def synthetic_tasks(data_cfg) -> tuple[str, ...]:
-    """``data.tasks`` checked against the synthetic generator's tasks."""
-    from crab_jax.data.synthetic import generate as S
-
-    tasks = tuple(data_cfg.tasks)
-    bad = [t for t in tasks if t not in S.TASKS]
-    if bad or not tasks:
-        raise ValueError(f"config data.tasks={list(tasks)}: data.source='synthetic' generates only {list(S.TASKS)}")
-    return tasks
-
-
-def synthetic_root(data_cfg) -> pathlib.Path:
-    """``data.path``, or the default folder named after the generation parameters."""
-    if data_cfg.path:
-        return pathlib.Path(os.path.expanduser(str(data_cfg.path)))
-    s = data_cfg.synthetic
-    name = f"seed{int(s.seed)}-train{int(s.num_train)}-test{int(s.num_test)}-{'_'.join(synthetic_tasks(data_cfg))}"
-    return cache_dir(data_cfg) / "synthetic" / name
-
-
-# ----------------------------------------------------------------------------- held-out records
-
-
-def as_training_record(record):
-    """A test-split record in training form: the training prompt and the training target text.
-
-    The tiny model learns the training prompts; held-out scoring asks the same questions about
-    unseen clips. Targets: AVQA / AVE get their ``converted_label`` text (what training reads),
-    S4 / ARIG keep the test ground truth (its text parses to the same fields).
-    """
-    from crab_jax.data.synthetic import generate as S
-
-    f = record.fields
-    if record.task == "avqa":
-        answer = S.avqa_label_text(record.gt)
-    elif record.task == "ave":
-        answer = S.ave_label_text(f["event"], f["start_time"], f["end_time"])
-    else:
-        answer = record.gt
-    return dataclasses.replace(record, mode="train", answer=answer, answer_file=None, gt=None)
-
-
-def heldout_records(root: str | os.PathLike, tasks: Sequence[str], *, seed: int = 0) -> list:
-    """The test split's records in training form (:func:`as_training_record`); S4 / MS3 keep
-    frame 0 only, the frame their training records show."""
-    from crab_jax.data.pipeline.grain import read_records
-
-    records, errors = read_records(root, tasks, "test", seed=seed)
-    if errors:
-        log.warning("held-out split: %d bad annotation entries skipped (first: %s)", len(errors), errors[0])
-    keep = [r for r in records if r.task not in ("s4", "ms3") or r.frame_idx == 0]
-    return [as_training_record(r) for r in keep]
-
-
-def corpus_texts(root: str | os.PathLike, tasks: Sequence[str], *, seed: int = 0) -> list[str]:
-    """Every chat-templated instruction and target text of the train and held-out records."""
-    from crab_jax.data.pipeline.grain import read_records
-    from crab_jax.families.crab.prompts import build_crab_text
-    from crab_jax.data.records.readers import load_answer
-
-    records, errors = read_records(root, tasks, "train", seed=seed)
-    if errors:
-        raise ValueError(f"{root}: {len(errors)} bad training annotation entries (first: {errors[0]})")
-    texts = []
-    for r in list(records) + heldout_records(root, tasks, seed=seed):
-        instruction, target = build_crab_text(r, load_answer(r, root))
-        texts += [instruction, target]
-    return texts
-
-
-# ----------------------------------------------------------------------------- tokenizer
-
-
-def _write_tokenizer_once(texts: Sequence[str], folder: pathlib.Path) -> pathlib.Path:
-    """Builds the word tokenizer into ``folder`` unless it is there (atomic: temp folder + rename)."""
-    from crab_jax.data.text.word_tokenizer import build_word_tokenizer
-
-    if (folder / "tokenizer.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    build_word_tokenizer(texts, tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process won the race: its folder is identical
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-def synthetic_tokenizer_dir(root: pathlib.Path, tasks: Sequence[str], cache: pathlib.Path) -> tuple[pathlib.Path, list[str]]:
-    """Folder of the word tokenizer of this dataset's texts (named by their hash) and the texts."""
-    texts = corpus_texts(root, tasks)
-    digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
-    return cache / "tokenizers" / f"synthetic-{digest}", texts
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -206,7 +109,7 @@ def prepare_data(config, *, progress: bool = True) -> DataSetup:
             tok_dir = pathlib.Path(os.path.expanduser(str(d.tokenizer)))
         else:
             tok_dir, texts = synthetic_tokenizer_dir(root, tasks, cache)
-            _write_tokenizer_once(texts, tok_dir)
+            write_tokenizer_once(texts, tok_dir)
     else:
         if not d.path and not d.prepared:
             raise ValueError(f"config data.source={d.source!r} needs data.path (the AV-UIE root) or data.prepared")
@@ -230,3 +133,78 @@ def with_base_vocab(crab_cfg, base_vocab: int | None):
         return crab_cfg
     llama = dataclasses.replace(crab_cfg.llama, vocab_size=int(base_vocab) + len(tokens))
     return dataclasses.replace(crab_cfg, llama=llama, special_token_ids=tokens)
+
+
+# ----------------------------------------------------------------------------- iterators
+
+
+def batch_spec(config, crab_cfg, per_process_batch: int) -> BatchSpec:
+    """The one BatchSpec of the ``random`` source (records sources have one per bucket)."""
+    return BatchSpec(batch=per_process_batch, seq_len=int(config.data.seq_len),
+                     frame_slots=int(config.data.frame_slots), audio_slots=int(config.data.audio_slots),
+                     fbank_frames=int(config.data.fbank_frames), image_size=crab_cfg.clip.vision.image_size)
+
+
+def make_data_iterator(config, crab_cfg, data: DataSetup, spec: BatchSpec | None = None) -> Iterator[dict]:
+    """This process's training batches: ``random`` batches, or the Grain pipeline over the records."""
+    if config.data.source == "random":
+        spec = spec or batch_spec(config, crab_cfg, int(config.train.global_batch) // jax.process_count())
+        seed = config.seed * 1000 + jax.process_index()
+        return make_random_batches(spec, crab_cfg, seed, num_distinct=int(config.data.num_distinct),
+                                   tasks=tuple(config.data.tasks))
+    if config.data.source in RECORD_SOURCES:
+        from crab_jax.data.pipeline.grain import make_train_iterator
+
+        data_cfg = config.data.to_dict()
+        if data.root is not None:
+            data_cfg["path"] = str(data.root)
+        data_cfg["cache_dir"] = str(data.cache_dir)
+        return make_train_iterator(data_cfg, crab_cfg, global_batch=int(config.train.global_batch),
+                                   seed=int(config.data.seed), tokenizer=data.tokenizer,
+                                   progress=bool(config.metrics.progress_bar) and jax.process_index() == 0)
+    raise ValueError(f"config data.source={config.data.source!r}; known: random, {', '.join(RECORD_SOURCES)}")
+
+
+def data_specs(config, crab_cfg, data_iter) -> dict[tuple[int, int], BatchSpec]:
+    """``(seq_len, fbank_frames) -> BatchSpec`` of every shape the iterator yields (one compile each)."""
+    if hasattr(data_iter, "bucket_specs"):
+        specs = list(data_iter.bucket_specs())
+    else:
+        specs = [batch_spec(config, crab_cfg, int(config.train.global_batch) // jax.process_count())]
+    return {(s.seq_len, s.fbank_frames): s for s in specs}
+
+
+def eval_batch_size(config) -> int:
+    n = int(config.eval.batch_size) or int(config.train.global_batch)
+    if n % jax.process_count():
+        raise ValueError(f"config eval.batch_size={n} is not divisible by the {jax.process_count()} processes")
+    return n
+
+
+def heldout_iterator(config, crab_cfg, data: DataSetup):
+    """One pass over the held-out split as training-format batches (None when there is none)."""
+    from crab_jax.families.crab import examples as E
+    from crab_jax.data.pipeline import grain as G
+    from crab_jax.data.pipeline.buckets import CollateConfig
+
+    if data.source == "random" or data.root is None:
+        return None
+    tasks = tuple(config.data.tasks)
+    if data.source == "synthetic":
+        records, errors = heldout_records(data.root, tasks, seed=int(config.data.seed)), []
+    else:  # AV-UIE: the test prompts, the stored ground truth as the reference answer
+        records, errors = G.read_records(data.root, tasks, "test", seed=int(config.data.seed))
+        records = [r if r.answer is not None or r.answer_file is not None or r.gt is None
+                   else dataclasses.replace(r, answer=r.gt) for r in records]
+    if not records:
+        log.warning("no held-out records under %s for tasks %s: evaluation skipped", data.root, tasks)
+        return None
+    settings = E.settings_from(crab_cfg, data.root, tasks, frame_slots=int(config.data.frame_slots),
+                               audio_slots=int(config.data.audio_slots))
+    buckets = tuple(config.data.buckets) or (int(config.data.seq_len),)
+    return G.make_iterator(G.RawRecordSource(records, data.tokenizer, settings), settings,
+                           CollateConfig.from_crab(crab_cfg), global_batch=eval_batch_size(config),
+                           seq_buckets=buckets, seed=0, shuffle=False, num_epochs=1,
+                           read_threads=int(config.data.read_threads) or None,
+                           fallback_fbank_frames=int(config.data.fbank_frames), initial_bad=errors,
+                           max_bad_fraction=1.0, cache_dir=str(data.cache_dir), progress=False)

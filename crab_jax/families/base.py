@@ -1,0 +1,117 @@
+"""The model-family seam: what shared code (training, evaluation, AOT, checkpoints, converters)
+may ask of a family, and nothing else.
+
+A family (``crab_jax/families/<name>/``) builds one :class:`Family` in its ``family.py``;
+:func:`crab_jax.families.get` returns it for the config's ``model.family``. Shared code
+holds the family's model config (``model_cfg``, e.g. a ``CrabConfig``) and model objects
+opaquely: it only passes them back to these hooks, or reads the attributes named here.
+
+Batches are dicts of numpy / jax arrays with static shapes; which keys they hold is the
+family's business (its :class:`BatchFormat`), except three that shared code reads:
+``labels [b, S]`` (for the per-task token counts), ``attention_mask [b, S]`` (real tokens,
+router usage, throughput) and ``task_id [b]`` (per-task metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol, Sequence
+
+import jax
+
+from crab_jax.config.sections import DataConfig, ModelConfig
+
+
+class LossOutput(NamedTuple):
+    """What one training forward pass returns to the train step.
+
+    loss: scalar, what is differentiated.
+    logits: ``[b, S, V]`` (per-sample / per-task LM losses are computed from them).
+    terms: scalar parts of ``loss`` to log (``{"lm_loss": .., "mask_loss": ..}``).
+    per_sample: ``{name: [b]}`` per-sample values summed per task (e.g. ``mask_loss``).
+    """
+
+    loss: jax.Array
+    logits: jax.Array
+    terms: Mapping[str, jax.Array]
+    per_sample: Mapping[str, jax.Array]
+
+
+class BatchSpec(Protocol):
+    """Static shapes of one batch (a family's own dataclass; these attributes are read)."""
+
+    batch: int
+    seq_len: int
+
+    def shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """Key -> (shape, dtype) of every array of a batch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchFormat:
+    """A family's batch contract.
+
+    spec: ``(data, model_cfg, batch_size) -> BatchSpec`` of the ``random`` source (one shape).
+    bucket_key: ``batch -> hashable``: which compiled step (bucket) a batch belongs to.
+    random_batches: ``(spec, model_cfg, seed, num_distinct, tasks) -> iterator`` of well-formed
+      random batches (with ``get_state`` / ``set_state``).
+    check: ``(batch, spec, source)``: raises naming the first key whose shape differs.
+    prompt_batch: ``(batch, model_cfg) -> (prompt batch, answers [list of id arrays], has_answer [b])``:
+      a training-format batch cut to its prompts (same shapes) for generation.
+    """
+
+    spec: Callable[[DataConfig, Any, int], BatchSpec]
+    bucket_key: Callable[[Mapping[str, Any]], tuple]
+    random_batches: Callable[..., Iterator[dict]]
+    check: Callable[..., None]
+    prompt_batch: Callable[[Mapping[str, Any], Any], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """Everything family-specific that shared code uses (see the module docstring).
+
+    Model:
+      model_config: ``(model section, base_vocab or None) -> model_cfg`` (presets, run options,
+        ``model.preset='checkpoint'`` reads the config file next to ``init_checkpoint``;
+        ``base_vocab``: the tokenizer's text ids, None keeps the preset's).
+      build_model: ``(model_cfg, nnx.Rngs) -> nnx.Module`` in training mode.
+      forward_loss: ``(model, batch, with_seg) -> LossOutput``.
+      num_llm_layers: ``model_cfg -> int`` (router usage per group of decoder layers).
+      vocab_sizes: ``model_cfg -> (vocab_size, padded_vocab_size)`` of the LLM's embeddings /
+        head (converted checkpoints are zero-padded between the two).
+      flops_per_token: ``(model_cfg, seq_len, trainable_paths) -> float`` training FLOPs per token.
+      load_model_config: ``checkpoint dir -> model_cfg`` (its config file).
+    Data:
+      load_tokenizer: ``folder -> tokenizer`` with the family's added tokens.
+      base_vocab_of: ``tokenizer -> int`` text ids before the added tokens.
+      added_tokens: the family's added token strings, in vocabulary order.
+      batch: :class:`BatchFormat`.
+      read_records: ``(root, tasks, split, seed) -> (records, bad-record errors)``.
+      example_builder: ``(model_cfg, data, root, tokenizer) -> builder`` for the data pipeline
+        (:mod:`crab_jax.data.pipeline`).
+    Evaluation:
+      generate: ``(model, prompt batch, DecodeConfig, rng) -> generation`` (jit-compiled).
+      score_batch: ``(generation, prompt, batch, tokenizer, tasks, dcfg) -> list of per-sample
+        dicts {task, scores, ...}``.
+    Conversion:
+      converter: the family's torch <-> JAX converter (:mod:`crab_jax.checkpoints.convert`).
+    """
+
+    name: str
+    model_config: Callable[[ModelConfig, int | None], Any]
+    build_model: Callable[..., Any]
+    forward_loss: Callable[..., LossOutput]
+    num_llm_layers: Callable[[Any], int]
+    vocab_sizes: Callable[[Any], tuple[int, int]]
+    flops_per_token: Callable[[Any, int, Sequence[str]], float]
+    load_model_config: Callable[[str], Any]
+    load_tokenizer: Callable[[str], Any]
+    base_vocab_of: Callable[[Any], int]
+    added_tokens: tuple[str, ...]
+    batch: BatchFormat
+    read_records: Callable[..., tuple[list, list]]
+    example_builder: Callable[..., Any]
+    generate: Callable[..., Any]
+    score_batch: Callable[..., list[dict]]
+    converter: Any = None
