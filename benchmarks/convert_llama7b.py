@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from crab_jax.checkpoints.convert.writers import write_hf_shards
+
 HIDDEN, MLP, HEADS, VOCAB = 4096, 11008, 32, 32000
 
 # Peak RSS from VmHWM: ru_maxrss would carry the parent's high-water mark across fork/exec.
@@ -33,8 +35,8 @@ if len(sys.argv) > 1:
     code = main(sys.argv[1:])
 else:  # baseline: import what a conversion imports, convert nothing
     import jax, flax, orbax.checkpoint, torch
-    from crab_jax.cli.convert_weights import to_jax
-    from crab_jax.cli.convert_weights import to_torch
+    from crab_jax.cli.convert_weights.cli import family_converter
+    family_converter([])  # the default family's converter and everything it imports
     code = 0
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
 print("RESULT", code, time.time() - t, hwm * 1024)
@@ -61,8 +63,6 @@ def llama_specs(layers: int, dtype, seed: int):
 
 
 def write_source(folder: str, layers: int) -> int:
-    from crab_jax.checkpoints.convert.tensor_files import write_hf_shards
-
     os.makedirs(folder, exist_ok=True)
     specs = llama_specs(layers, np.float16, 0)
     write_hf_shards(folder, specs, max_shard_bytes=2 * 2**30)

@@ -28,9 +28,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 sys.path.insert(0, str(REPO))
 
+from crab_jax.data.pipeline.buckets import Bucket  # noqa: E402
+from crab_jax.data.records.crab import mask_tokens  # noqa: E402
+from crab_jax.data.records.record import AudioSpec, Record  # noqa: E402
 from crab_jax.families.crab import examples as E  # noqa: E402
-from crab_jax.data.pipeline.buckets import Bucket, CollateConfig, collate  # noqa: E402
-from crab_jax.data.records.readers import AudioSpec, Record, mask_tokens  # noqa: E402
+from crab_jax.families.crab.collate import CollateConfig, collate  # noqa: E402
+from crab_jax.families.crab.prompts import load_tokenizer  # noqa: E402
 
 PEAK_BF16 = {"one H100 (SXM)": 989e12, "one TPU v4 host (4 chips)": 4 * 275e12}
 MFU = 0.40
@@ -93,8 +96,6 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=20, help="samples decoded per kind (default 20)")
     p.add_argument("--batch", type=int, default=8, help="collation batch size (default 8)")
     args = p.parse_args(argv)
-    from crab_jax.families.crab.prompts import load_tokenizer
-
     tok = load_tokenizer(args.tokenizer)
     settings = settings_for(tok, pathlib.Path(args.media))
     results = {}

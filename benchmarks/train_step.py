@@ -62,32 +62,33 @@ def variant_config(base, variant: str):
 
 def crab_config(config, args):
     """The run's CrabConfig; on the CPU the tiny preset with ``--hidden`` / ``--layers`` for the LLM."""
-    from crab_jax.families.crab.presets import tiny_crab_config
-    from crab_jax.training.loop import run_crab_config
-    from crab_jax.families.crab.run_config import apply_run_options
+    from crab_jax.config.sections import RunConfig
+    from crab_jax.families.crab.presets import apply_run_options, tiny_crab_config
+    from crab_jax.training.setup import resolve, run_model_config
 
     if config.model.preset != "tiny":
-        return run_crab_config(config)
+        return run_model_config(*resolve(config))
     cfg = tiny_crab_config(hidden=args.hidden, lora_heads=int(config.model.lora.num_heads))
     llama = dataclasses.replace(cfg.llama, intermediate_size=int(args.hidden * 11008 / 4096) // 8 * 8,
                                 num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
                                 num_key_value_heads=args.hidden // 64)
-    return apply_run_options(dataclasses.replace(cfg, llama=llama), config.model)
+    return apply_run_options(dataclasses.replace(cfg, llama=llama), RunConfig.from_config(config).model)
 
 
 class Runner:
     """One variant: sharded state, compiled step, the global batch."""
 
     def __init__(self, config, args, variant: str):
-        from crab_jax.training.metrics import llm_flops_per_token
-        from crab_jax.data.sources import make_data_iterator
-        from crab_jax.training.loop import build_setup, to_global
+        from crab_jax.data.sources import train_iterator
+        from crab_jax.parallel.mesh import to_global
+        from crab_jax.training.setup import build_setup, resolve
         from crab_jax.training.step import batch_shardings, jit_train_step, make_train_step
 
         self.variant = variant
         crab_cfg = crab_config(config, args)
-        setup, _, _ = build_setup(config, crab_cfg=crab_cfg, steps=1000)
-        local = next(make_data_iterator(config, crab_cfg, None))
+        run, family = resolve(config)
+        setup, _, _ = build_setup(run, model_cfg=crab_cfg, steps=1000)
+        local = next(train_iterator(run, family, crab_cfg, None, progress=False))
         shapes = {k: np.shape(v) for k, v in local.items()}
         self.batch = to_global(local, batch_shardings(shapes, setup.mesh))
         self.tokens = float(np.asarray(local["attention_mask"]).sum())
@@ -99,7 +100,7 @@ class Runner:
         t0 = time.perf_counter()
         self.step_fn = self.step_fn.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - t0
-        self.flops_per_token = llm_flops_per_token(crab_cfg, shapes["input_ids"][1], setup.trainable_paths)
+        self.flops_per_token = family.flops(crab_cfg, shapes["input_ids"][1], setup.trainable_paths).per_token
         self.trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract.params))
         self.times: list[float] = []
         self.run_once()  # warm-up (allocation, first transfer)

@@ -30,8 +30,14 @@ import time
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+import jax
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from crab_jax.config.check import check_against_schema
+from crab_jax.evaluation.heldout import format_results
+from crab_jax.training.loop import run_training
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,8 +55,6 @@ def maybe_initialize_distributed(dist_cfg) -> None:
         raise ValueError(f"config distributed.initialize={mode!r}; known: auto, always, never")
     if mode == "never":
         return
-    import jax
-
     address = dist_cfg.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     num = dist_cfg.num_processes if dist_cfg.num_processes > 0 else int(os.environ.get("JAX_NUM_PROCESSES", "-1"))
     pid = dist_cfg.process_id if dist_cfg.process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1"))
@@ -67,20 +71,12 @@ def main(argv):
     workdir = _WORKDIR.value
     if not workdir:
         raise app.UsageError("--workdir is required (checkpoints and metrics go there)")
-    from crab_jax.config.check import check_against_schema
-
     check_against_schema(config)
     maybe_initialize_distributed(config.distributed)
-    import jax
-
-    from absl import logging as absl_logging
-
     # Orbax logs every save step at INFO through absl; keep the console to our own messages.
     absl_logging.set_verbosity(absl_logging.WARNING)
     ours = logging.getLogger("crab_jax")
     ours.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-    from crab_jax.training.loop import run_training
-
     t0 = time.perf_counter()
     result = run_training(config, workdir)
     if jax.process_index() == 0:
@@ -95,8 +91,6 @@ def mean_loss(history: list[dict], first: bool, k: int) -> tuple[float, int, int
 
 def summary_lines(result, seconds: float) -> list[str]:
     """The end-of-run report: loss first vs last, held-out metric vs chance per task, log folders."""
-    from crab_jax.evaluation.heldout import format_results
-
     lines = [f"run finished in {seconds:.0f} s ({len(result.history)} step(s) this run)"]
     h = result.history
     if h:
@@ -107,7 +101,7 @@ def summary_lines(result, seconds: float) -> list[str]:
     if result.evals:
         step, results = result.evals[-1]
         lines.append(f"held-out metrics at step {step} (chance = best media-blind answer):")
-        lines += format_results(results)
+        lines += format_results(results, result.headline)
     lines.append(f"metrics: {result.workdir / 'metrics.jsonl'}"
                  + (f", held-out: {result.workdir / 'eval.jsonl'}" if result.evals else ""))
     if result.tensorboard_dir is not None:

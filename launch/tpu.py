@@ -34,11 +34,13 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from crab_jax.parallel.accelerators import tpu_generations
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ACCELERATOR_RE = re.compile(r"^(v2|v3|v4|v5p|v5litepod|v6e)-(\d+)$")
-# Software images per TPU generation (https://cloud.google.com/tpu/docs/runtimes).
-RUNTIME_VERSIONS = {"v2": "tpu-ubuntu2204-base", "v3": "tpu-ubuntu2204-base", "v4": "tpu-ubuntu2204-base",
-                    "v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite", "v6e": "v2-alpha-tpuv6e"}
+# Accelerator types gcloud takes, and the TPU VM software image of each generation
+# (https://cloud.google.com/tpu/docs/runtimes), from the one accelerator table.
+RUNTIME_VERSIONS = {gen: acc.runtime_version for gen, acc in tpu_generations().items() if gen != "v5e"}
+ACCELERATOR_RE = re.compile(rf"^({'|'.join(RUNTIME_VERSIONS)})-(\d+)$")
 PREEMPTED_STATES = ("SUSPENDING", "SUSPENDED", "FAILED", "DELETING")
 WAITING_STATES = ("CREATING", "ACCEPTED", "PROVISIONING", "WAITING_FOR_RESOURCES")
 REMOTE_DIR = "crab_jax"          # under the worker's home directory

@@ -171,15 +171,15 @@ def load_converted_weights(ckpt_dir, wanted: Mapping[str, Any], *, vocab: tuple[
 
 
 def load_run_weights(ckpt_dir, params: dict, frozen: dict, abstract_params: dict, abstract_frozen: dict,
-                     llama_cfg) -> tuple[dict, dict, list[str]]:
+                     vocab: tuple[int, int]) -> tuple[dict, dict, list[str]]:
     """``(params, frozen, fresh)``: a run's initial trainable / frozen weights from a converted
     checkpoint. Every frozen weight must be in it; a trainable one it lacks (Q-Formers and
     LoRA when pretraining from the base LLaMA / CLIP / BEATs) keeps its value in ``params``
-    (the fresh initialisation) and is listed in ``fresh``. ``llama_cfg`` gives the vocabulary padding.
+    (the fresh initialisation) and is listed in ``fresh``. ``vocab`` = ``(vocab_size, padded_vocab_size)`` of the LLM (zero padding between them).
     """
     wanted_params, wanted_frozen = flat_leaves(abstract_params), flat_leaves(abstract_frozen)
     loaded = load_converted_weights(ckpt_dir, {**wanted_frozen, **wanted_params},
-                                    vocab=(llama_cfg.vocab_size, llama_cfg.padded_vocab_size),
+                                    vocab=vocab,
                                     optional=frozenset(wanted_params))
     return _fill(params, loaded), _fill(frozen, loaded), sorted(set(wanted_params) - set(loaded))
 
@@ -201,7 +201,7 @@ def latest_run_step_dir(workdir):
 
 
 def overlay_run_weights(workdirs, params: dict, frozen: dict, abstract_params: dict, abstract_frozen: dict,
-                        llama_cfg) -> tuple[dict, dict, dict[str, list[str]]]:
+                        vocab: tuple[int, int]) -> tuple[dict, dict, dict[str, list[str]]]:
     """``(params, frozen, loaded names per workdir)``: the weights earlier training runs (stages)
     saved, read over ``params`` / ``frozen`` wherever they belong in this run (a stage's
     trainable weight may be frozen in the next). Later workdirs win. A saved weight this model
@@ -210,18 +210,23 @@ def overlay_run_weights(workdirs, params: dict, frozen: dict, abstract_params: d
     report = {}
     for workdir in workdirs:
         loaded = load_converted_weights(latest_run_step_dir(workdir), wanted, optional=frozenset(wanted),
-                                        vocab=(llama_cfg.vocab_size, llama_cfg.padded_vocab_size))
+                                        vocab=vocab)
         params, frozen = _fill(params, loaded), _fill(frozen, loaded)
         report[str(workdir)] = sorted(loaded)
     return params, frozen, report
 
 
-def initial_weights(model_cfg, setup, params: dict, frozen: dict) -> tuple[dict, dict, list[str]]:
+def initial_weights(model_cfg, abstract_state, vocab: tuple[int, int], params: dict,
+                    frozen: dict) -> tuple[dict, dict, list[str]]:
     """A run's starting weights: ``params`` / ``frozen`` (the seed's), then ``model.init_checkpoint``
     (a converted folder), then each of ``model.init_from_runs`` (earlier stages' workdirs), in
-    that order; returns log lines saying what came from where."""
+    that order; returns log lines saying what came from where.
+
+    ``model_cfg``: the run config's ``model`` section; ``abstract_state``: the run's abstract
+    train state (``.params`` / ``.frozen`` with shardings); ``vocab``: the LLM's
+    ``(vocab_size, padded_vocab_size)``."""
     notes = []
-    abstract = (setup.abstract.params, setup.abstract.frozen, setup.crab_cfg.llama)
+    abstract = (abstract_state.params, abstract_state.frozen, vocab)
     if model_cfg.init_checkpoint:
         params, frozen, fresh = load_run_weights(model_cfg.init_checkpoint, params, frozen, *abstract)
         notes.append(f"weights from the converted checkpoint {model_cfg.init_checkpoint}" + (

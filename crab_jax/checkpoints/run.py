@@ -15,7 +15,6 @@ files are being written, nothing is committed), as a preemption without notice w
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import signal
@@ -128,8 +127,3 @@ def restore_params(directory: str | pathlib.Path, abstract_params, step: int | N
     out = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
     manager.close()
     return out["params"]
-
-
-def config_to_dict(config) -> dict:
-    """A JSON-able copy of an ml_collections config (tuples become lists)."""
-    return json.loads(config.to_json_best_effort())

@@ -6,74 +6,75 @@ the command around it (config file + overrides, weights of a run's workdir, outp
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import pathlib
 import time
 from typing import Sequence
 
+from absl import logging as absl_logging
+
+from crab_jax.checkpoints.run import Checkpointer, restore_params
 from crab_jax.config.loader import load_config
+from crab_jax.config.sections import RunConfig
+from crab_jax.data.sources import DataSetup, heldout_iterator, prepare_data, train_iterator
 from crab_jax.evaluation.generation import evaluate
-from crab_jax.families.crab.decoding import DecodeConfig
+from crab_jax.families.base import Family
+from crab_jax.io.paths import as_path
+from crab_jax.models.decoding import DecodeConfig
+from crab_jax.training.setup import build_setup, initial_state, resolve, run_model_config
 
 log = logging.getLogger("crab_jax.infer")
 
 
-
-def _load_model(config, workdir, data):
-    """The run's model with the latest committed trainable weights of ``workdir/checkpoints``.
-
-    Frozen weights are rebuilt as the trainer builds them (from ``seed``, or from
-    ``model.init_checkpoint``): checkpoints hold the trainable ones only.
+def load_model(run: RunConfig, family: Family, workdir, data: DataSetup):
+    """``(setup, model)``: the run's model with the latest committed trainable weights of
+    ``workdir/checkpoints``. Frozen weights are rebuilt as the trainer builds them (from
+    ``seed``, or from ``model.init_checkpoint``): checkpoints hold the trainable ones only.
     """
-    from crab_jax.checkpoints.run import Checkpointer, config_to_dict, restore_params
-    from crab_jax.training.loop import build_setup, initial_state, run_crab_config
-
     ckpt_dir = workdir / "checkpoints"
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"--workdir {workdir}: no checkpoints/ folder (train first: python -m crab_jax.train "
                                 f"--config ... --workdir {workdir})")
-    setup, _, _ = build_setup(config, crab_cfg=run_crab_config(config, data), steps=1)
+    setup, _, _ = build_setup(run, model_cfg=run_model_config(run, family, data), steps=1)
     ckpt = Checkpointer(ckpt_dir, async_save=False)
     latest = ckpt.latest_step()
     if latest is None:
         raise FileNotFoundError(f"--workdir {workdir}: no committed checkpoint in {ckpt_dir}")
     # Same config as the training run? (names what differs before Orbax's long tree diff)
-    ckpt.check_compatible(latest, setup.abstract.params, config_to_dict(config)["model"])
+    ckpt.check_compatible(latest, setup.abstract.params, run.as_dict()["model"])
     ckpt.close()
     log.info("weights of step %d from %s", latest, ckpt_dir)
-    state = initial_state(config, setup)
+    state = initial_state(run, setup)
     params = restore_params(ckpt_dir, setup.abstract.params, latest)
     return setup, setup.merge(params, state.frozen, state.rng_vars)
 
 
-def _eval_batches(config, crab_cfg, data, split: str):
+# Seed offset of the random held-out batches: a stream the trainer (seed * 1000 + process) never uses.
+RANDOM_HELDOUT_SEED = 999_983
+
+
+def eval_batches(run: RunConfig, family: Family, model_cfg, data: DataSetup, split: str):
     """Training-format batches to generate for.
 
-    ``test``: the trainer's held-out split (:func:`crab_jax.evaluation.heldout.heldout_iterator`;
+    ``test``: the trainer's held-out split (:func:`crab_jax.data.sources.heldout_iterator`;
     for ``random`` data, random batches of a seed the trainer never uses). ``train``: the
     training iterator itself (what the run saw; with ``random`` + ``num_distinct`` it memorises).
     """
-    from crab_jax.evaluation import heldout as evaluation
-    from crab_jax.data.sources import batch_spec, eval_batch_size, heldout_iterator, make_data_iterator
-
     if split == "train":
-        return make_data_iterator(config, crab_cfg, data)
-    if config.data.source == "random":
-        from crab_jax.families.crab.batch_spec import make_random_batches
-
-        spec = batch_spec(config, crab_cfg, eval_batch_size(config))
-        return make_random_batches(spec, crab_cfg, config.seed * 1000 + 999_983, tasks=tuple(config.data.tasks))
-    batches = heldout_iterator(config, crab_cfg, data)
+        return train_iterator(run, family, model_cfg, data, progress=False)
+    if run.data.source == "random":
+        spec = family.batch.spec(run.data, model_cfg, run.eval_batch_size)
+        return family.batch.random_batches(spec, model_cfg, run.seed * 1000 + RANDOM_HELDOUT_SEED,
+                                           tasks=tuple(run.data.tasks))
+    batches = heldout_iterator(run, family, model_cfg, data)
     if batches is None:
-        raise ValueError(f"config data.source={config.data.source!r}: no held-out records for tasks "
-                         f"{tuple(config.data.tasks)} under {data.root}")
+        raise ValueError(f"config data.source={run.data.source!r}: no held-out records for tasks "
+                         f"{tuple(run.data.tasks)} under {data.root}")
     return batches
 
 
-def build_parser():
-    import argparse
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m crab_jax.infer",
         description="Generate answers (and masks) with a trained Crab on held-out batches and score them "
@@ -96,7 +97,7 @@ def build_parser():
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass (1 = all)")
-    p.add_argument("--eos-id", type=int, default=-1, help="end-of-sequence id (-1: the tokenizer's, else 2 = </s>)")
+    p.add_argument("--eos-id", type=int, default=-1, help="end-of-sequence id (-1: the tokenizer's, else the model's pad id)")
     p.add_argument("--tokenizer", default="",
                    help="HF tokenizer folder for detokenisation (default: the run's data.tokenizer / the "
                         "synthetic word tokenizer; random data has none)")
@@ -123,34 +124,27 @@ def parse_args(argv: Sequence[str] | None = None):
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from absl import logging as absl_logging
-
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
-    from crab_jax.io.paths import as_path
-    from crab_jax.data.sources import prepare_data
-
     config = load_config(args.config, args.set)
-    workdir = as_path(args.workdir)
-    data = prepare_data(config, progress=not args.no_progress)
-    tokenizer = data.tokenizer
-    if args.tokenizer:
-        from crab_jax.families.crab.prompts import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer)
-    setup, model = _load_model(config, workdir, data)
-    crab_cfg = setup.crab_cfg
-    eos = args.eos_id if args.eos_id >= 0 else (tokenizer.eos_token_id if tokenizer is not None else 2)
-    dcfg = DecodeConfig(max_new_tokens=args.max_new_tokens, eos_token_id=int(eos), pad_token_id=crab_cfg.pad_token_id,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.batch_size:
         config.eval.batch_size = args.batch_size
         config.train.global_batch = args.batch_size
-    batches = _eval_batches(config, crab_cfg, data, args.split)
+    run, family = resolve(config)
+    workdir = as_path(args.workdir)
+    data = prepare_data(run.data, family, progress=not args.no_progress)
+    tokenizer = family.load_tokenizer(args.tokenizer) if args.tokenizer else data.tokenizer
+    setup, model = load_model(run, family, workdir, data)
+    model_cfg = setup.model_cfg
+    pad = family.pad_token_id(model_cfg)
+    eos = args.eos_id if args.eos_id >= 0 else (tokenizer.eos_token_id if tokenizer is not None else pad)
+    dcfg = DecodeConfig(max_new_tokens=args.max_new_tokens, eos_token_id=int(eos), pad_token_id=int(pad),
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    batches = eval_batches(run, family, model_cfg, data, args.split)
     samples: list = []
     t0 = time.perf_counter()
-    with_chance = not args.no_chance and config.data.source == "synthetic"
-    results = evaluate(model, batches, tokenizer, tuple(config.data.tasks), dcfg=dcfg, rng_seed=args.seed,
-                       with_chance=with_chance, max_batches=args.max_batches or None,
+    with_chance = not args.no_chance and run.data.source == "synthetic"
+    results = evaluate(family, model, model_cfg, batches, tokenizer, tuple(run.data.tasks), dcfg=dcfg,
+                       rng_seed=args.seed, with_chance=with_chance, max_batches=args.max_batches or None,
                        progress=not args.no_progress, records_out=samples)
     dt = time.perf_counter() - t0
     if args.output:
@@ -162,4 +156,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         chance = f"  chance {entry['chance']:.3f}" if "chance" in entry else ""
         print(f"{key:32s} {entry['mean']:.3f}  (n={entry['n']}){chance}")
     return 0
-

@@ -10,6 +10,7 @@ instead of the raw ``ConfigDict``; ``RunConfig.from_config(config)`` builds them
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import typing
@@ -214,6 +215,10 @@ class RunConfig:
 
     def replace(self, **sections) -> "RunConfig":
         return dataclasses.replace(self, **sections)
+
+    def as_dict(self) -> dict:
+        """JSON-ready (tuples become lists), as checkpoints store the config."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @property
     def eval_batch_size(self) -> int:

@@ -1,8 +1,8 @@
-"""``python -m crab_jax.data.check``: what a data root holds (:mod:`crab_jax.data.prepared.check`)."""
+"""``python -m crab_jax.data.check`` (see :mod:`crab_jax.cli.check`)."""
 
 import sys
 
-from crab_jax.data.prepared.check import main
+from crab_jax.cli.check import main
 
 if __name__ == "__main__":
     sys.exit(main())

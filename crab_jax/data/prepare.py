@@ -1,8 +1,8 @@
-"""``python -m crab_jax.data.prepare``: AV-UIE -> ArrayRecord (:mod:`crab_jax.data.prepared.prepare`)."""
+"""``python -m crab_jax.data.prepare`` (see :mod:`crab_jax.cli.prepare`)."""
 
 import sys
 
-from crab_jax.data.prepared.prepare import main
+from crab_jax.cli.prepare import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,40 +1,47 @@
-"""What a run's ``data`` section resolves to before anything is built: dataset root, tokenizer, vocabulary.
+"""What a run's ``data`` section resolves to (dataset root, tokenizer, vocabulary) and the
+iterators built from it, for any model family (passed in, never named).
 
 Sources (``data.source``):
 
-* ``random``: random well-formed batches (:mod:`crab_jax.families.crab.batch_spec`); no files, no tokenizer.
-* ``synthetic``: the built-in synthetic audio-visual dataset (:mod:`crab_jax.data.synthetic.generate`).
+* ``random``: the family's random well-formed batches (``family.batch.random_batches``); no
+  files, no tokenizer.
+* ``synthetic``: the built-in synthetic audio-visual dataset (:mod:`crab_jax.data.synthetic`).
   On first use it is generated into ``data.path`` (default
   ``<cache>/synthetic/seed<S>-train<N>-test<M>-<tasks>``, ``<cache>`` = ``data.cache_dir`` or
   ``~/.cache/crab_jax``; later runs with the same parameters reuse it), and a word-level
-  tokenizer is built from every prompt + target text of its records (both splits, so no
-  held-out answer word is ``<unk>``) into ``<cache>/tokenizers/synthetic-<hash>``, unless
-  ``data.tokenizer`` names a folder.
-* ``avuie`` (alias ``grain``): AV-UIE records under ``data.path`` with the tokenizer folder
-  ``data.tokenizer`` (LLaMA-2's for the real model).
+  tokenizer is built from every instruction + target text of its records
+  (``family.record_texts``; both splits, so no held-out answer word is ``<unk>``) into
+  ``<cache>/tokenizers/synthetic-<hash>``, unless ``data.tokenizer`` names a folder.
+* ``avuie`` (alias ``grain``): AV-UIE records under ``data.path`` (or the ArrayRecord folder
+  ``data.prepared``) with the tokenizer folder ``data.tokenizer`` (LLaMA-2's for the real model).
 
-The model's base vocabulary follows the tokenizer (``len(tokenizer) - 17`` Crab tokens) when
-``model.base_vocab = -1``, so a tiny Crab always matches the corpus it trains on.
+Records sources go through the Grain pipeline (:mod:`crab_jax.data.pipeline.grain`) with the
+family's example builder. Every training iterator has ``bucket_specs()`` (the family's
+BatchSpec of each shape it yields: one compile each); the pipeline's also has
+``batches_per_epoch``, ``stats()`` and ``get_state()`` / ``set_state()``, the random one the last two.
+The model's base vocabulary follows the tokenizer (``DataSetup.base_vocab``) when
+``model.base_vocab = -1`` (the family's ``model_config`` applies it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import pathlib
-import tempfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import jax
 
-from crab_jax.data.synthetic.setup import (cache_dir, heldout_records, synthetic_root, synthetic_tasks,
-                                           synthetic_tokenizer_dir, write_tokenizer_once)
-from crab_jax.families.crab.batch_spec import BatchSpec, make_random_batches
-from crab_jax.families.crab.tokens import base_vocab_of
+from crab_jax.config.sections import DataConfig, RunConfig
+from crab_jax.data.pipeline.grain import make_iterator, make_train_iterator
+from crab_jax.data.pipeline.iterator import BatchIterator
+from crab_jax.data.pipeline.record_source import RawRecordSource
+from crab_jax.data.prepared.array_record import PreparedSource
+from crab_jax.data.synthetic.generate import ensure_dataset
+from crab_jax.data.synthetic.setup import (heldout_records, synthetic_root, synthetic_tasks, synthetic_tokenizer_dir,
+                                           write_tokenizer_once)
 
 log = logging.getLogger("crab_jax.train")
 
@@ -48,10 +55,11 @@ class DataSetup:
 
     Attributes:
       source: ``data.source``.
-      root: dataset root (records are read from it), None for ``random``.
+      root: dataset root (records are read from it), None for ``random`` (and prepared data
+        without ``data.path``).
       tokenizer_dir: tokenizer folder, None when there is none.
-      tokenizer: the loaded tokenizer (Crab's tokens added), or None.
-      base_vocab: ids below Crab's added tokens (None: keep the preset's).
+      tokenizer: the loaded tokenizer (the family's tokens added), or None.
+      base_vocab: ids below the family's added tokens (None: keep the preset's).
       cache_dir: where plan indices (and default datasets / tokenizers) are cached.
     """
 
@@ -61,9 +69,6 @@ class DataSetup:
     tokenizer: Any
     base_vocab: int | None
     cache_dir: pathlib.Path
-
-
-# ----------------------------------------------------------------------------- entry point
 
 
 @contextlib.contextmanager
@@ -76,7 +81,7 @@ def single_threaded_blas():
     thread pool is not affected.
     """
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # optional: only limits BLAS threads where installed
     except ImportError:
         yield
         return
@@ -84,127 +89,98 @@ def single_threaded_blas():
         yield
 
 
+def _folder(path: str) -> pathlib.Path:
+    return pathlib.Path(os.path.expanduser(str(path)))
 
-def prepare_data(config, *, progress: bool = True) -> DataSetup:
-    """Resolves (and for ``synthetic`` creates) the dataset and tokenizer of ``config.data``."""
-    from crab_jax.families.crab.prompts import load_tokenizer
 
-    d = config.data
-    if d.source not in SOURCES:
-        raise ValueError(f"config data.source={d.source!r}; known: {SOURCES}")
-    cache = cache_dir(d)
-    if d.source == "random":
+def prepare_data(data: DataConfig, family, *, progress: bool) -> DataSetup:
+    """Resolves (and for ``synthetic`` creates) the dataset and tokenizer of ``data``."""
+    if data.source not in SOURCES:
+        raise ValueError(f"config data.source={data.source!r}; known: {SOURCES}")
+    cache = data.cache_root
+    if data.source == "random":
         return DataSetup("random", None, None, None, None, cache)
-    if d.source == "synthetic":
-        from crab_jax.data.synthetic import generate as S
-
-        tasks = synthetic_tasks(d)
-        root = synthetic_root(d)
-        s = d.synthetic
+    if data.source == "synthetic":
+        tasks = synthetic_tasks(data)
+        root = synthetic_root(data)
+        s = data.synthetic
         fresh = not (root / "manifest.json").is_file()
-        S.ensure_dataset(root, int(s.seed), int(s.num_train), int(s.num_test), tasks, progress=progress)
+        ensure_dataset(root, int(s.seed), int(s.num_train), int(s.num_test), tasks, progress=progress)
         if fresh:
             log.info("synthetic dataset written to %s", root)
-        if d.tokenizer:
-            tok_dir = pathlib.Path(os.path.expanduser(str(d.tokenizer)))
+        if data.tokenizer:
+            tok_dir = _folder(data.tokenizer)
         else:
-            tok_dir, texts = synthetic_tokenizer_dir(root, tasks, cache)
-            write_tokenizer_once(texts, tok_dir)
+            tok_dir, texts = synthetic_tokenizer_dir(root, tasks, cache, family.record_texts)
+            write_tokenizer_once(texts, tok_dir, family.added_tokens)
     else:
-        if not d.path and not d.prepared:
-            raise ValueError(f"config data.source={d.source!r} needs data.path (the AV-UIE root) or data.prepared")
-        root = pathlib.Path(os.path.expanduser(str(d.path))) if d.path else None
-        if not d.tokenizer:
-            raise ValueError(f"config data.source={d.source!r} needs data.tokenizer (the tokenizer folder)")
-        tok_dir = pathlib.Path(os.path.expanduser(str(d.tokenizer)))
-    tokenizer = load_tokenizer(tok_dir)
-    return DataSetup(d.source, root, tok_dir, tokenizer, base_vocab_of(tokenizer), cache)
-
-
-def with_base_vocab(crab_cfg, base_vocab: int | None):
-    """``crab_cfg`` with ``base_vocab`` text ids before Crab's added tokens (None: unchanged)."""
-    from crab_jax.families.crab.tokens import special_token_ids
-
-    if base_vocab is None:
-        return crab_cfg
-    n_mask = len(crab_cfg.mask_token_ids)
-    tokens = special_token_ids(int(base_vocab), n_mask)
-    if tokens == dict(crab_cfg.special_token_ids):
-        return crab_cfg
-    llama = dataclasses.replace(crab_cfg.llama, vocab_size=int(base_vocab) + len(tokens))
-    return dataclasses.replace(crab_cfg, llama=llama, special_token_ids=tokens)
+        if not data.path and not data.prepared:
+            raise ValueError(f"config data.source={data.source!r} needs data.path (the AV-UIE root) or data.prepared")
+        root = _folder(data.path) if data.path else None
+        if not data.tokenizer:
+            raise ValueError(f"config data.source={data.source!r} needs data.tokenizer (the tokenizer folder)")
+        tok_dir = _folder(data.tokenizer)
+    tokenizer = family.load_tokenizer(tok_dir)
+    return DataSetup(data.source, root, tok_dir, tokenizer, family.base_vocab_of(tokenizer), cache)
 
 
 # ----------------------------------------------------------------------------- iterators
 
 
-def batch_spec(config, crab_cfg, per_process_batch: int) -> BatchSpec:
+def per_process_batch(batch: int, key: str) -> int:
+    """``batch`` split over ``jax.process_count()`` processes (an error naming ``key`` if it does not divide)."""
+    n = jax.process_count()
+    if int(batch) % n:
+        raise ValueError(f"config {key}={batch} is not divisible by the {n} processes (hosts)")
+    return int(batch) // n
+
+
+def random_spec(run: RunConfig, family, model_cfg, batch: int):
     """The one BatchSpec of the ``random`` source (records sources have one per bucket)."""
-    return BatchSpec(batch=per_process_batch, seq_len=int(config.data.seq_len),
-                     frame_slots=int(config.data.frame_slots), audio_slots=int(config.data.audio_slots),
-                     fbank_frames=int(config.data.fbank_frames), image_size=crab_cfg.clip.vision.image_size)
+    return family.batch.spec(run.data, model_cfg, int(batch))
 
 
-def make_data_iterator(config, crab_cfg, data: DataSetup, spec: BatchSpec | None = None) -> Iterator[dict]:
+def train_iterator(run: RunConfig, family, model_cfg, setup: DataSetup, *, progress: bool) -> Iterator[dict]:
     """This process's training batches: ``random`` batches, or the Grain pipeline over the records."""
-    if config.data.source == "random":
-        spec = spec or batch_spec(config, crab_cfg, int(config.train.global_batch) // jax.process_count())
-        seed = config.seed * 1000 + jax.process_index()
-        return make_random_batches(spec, crab_cfg, seed, num_distinct=int(config.data.num_distinct),
-                                   tasks=tuple(config.data.tasks))
-    if config.data.source in RECORD_SOURCES:
-        from crab_jax.data.pipeline.grain import make_train_iterator
-
-        data_cfg = config.data.to_dict()
-        if data.root is not None:
-            data_cfg["path"] = str(data.root)
-        data_cfg["cache_dir"] = str(data.cache_dir)
-        return make_train_iterator(data_cfg, crab_cfg, global_batch=int(config.train.global_batch),
-                                   seed=int(config.data.seed), tokenizer=data.tokenizer,
-                                   progress=bool(config.metrics.progress_bar) and jax.process_index() == 0)
-    raise ValueError(f"config data.source={config.data.source!r}; known: random, {', '.join(RECORD_SOURCES)}")
-
-
-def data_specs(config, crab_cfg, data_iter) -> dict[tuple[int, int], BatchSpec]:
-    """``(seq_len, fbank_frames) -> BatchSpec`` of every shape the iterator yields (one compile each)."""
-    if hasattr(data_iter, "bucket_specs"):
-        specs = list(data_iter.bucket_specs())
+    data = run.data
+    if data.source == "random":
+        spec = random_spec(run, family, model_cfg, per_process_batch(run.train.global_batch, "train.global_batch"))
+        seed = run.seed * 1000 + jax.process_index()
+        return family.batch.random_batches(spec, model_cfg, seed, num_distinct=int(data.num_distinct),
+                                           tasks=tuple(data.tasks))
+    if data.source not in RECORD_SOURCES:
+        raise ValueError(f"config data.source={data.source!r}; known: {SOURCES}")
+    builder = family.example_builder(model_cfg, data, setup.root, setup.tokenizer)
+    if data.prepared:
+        source, errors = PreparedSource(_folder(data.prepared), builder), []
     else:
-        specs = [batch_spec(config, crab_cfg, int(config.train.global_batch) // jax.process_count())]
-    return {(s.seq_len, s.fbank_frames): s for s in specs}
+        if setup.root is None:
+            raise ValueError("config data.path: the data root is empty (or set data.prepared)")
+        records, errors = family.read_records(setup.root, data.tasks, "train", seed=int(data.seed))
+        source = RawRecordSource(records, builder)
+    return make_train_iterator(data, source, global_batch=int(run.train.global_batch), initial_bad=errors,
+                               progress=progress)
 
 
-def eval_batch_size(config) -> int:
-    n = int(config.eval.batch_size) or int(config.train.global_batch)
-    if n % jax.process_count():
-        raise ValueError(f"config eval.batch_size={n} is not divisible by the {jax.process_count()} processes")
-    return n
-
-
-def heldout_iterator(config, crab_cfg, data: DataSetup):
-    """One pass over the held-out split as training-format batches (None when there is none)."""
-    from crab_jax.families.crab import examples as E
-    from crab_jax.data.pipeline import grain as G
-    from crab_jax.data.pipeline.buckets import CollateConfig
-
-    if data.source == "random" or data.root is None:
+def heldout_iterator(run: RunConfig, family, model_cfg, setup: DataSetup) -> BatchIterator | None:
+    """One pass over the held-out split as training-format batches of ``run.eval_batch_size``
+    (None when there is none: ``random`` data, or no test records)."""
+    if setup.source == "random" or setup.root is None:
         return None
-    tasks = tuple(config.data.tasks)
-    if data.source == "synthetic":
-        records, errors = heldout_records(data.root, tasks, seed=int(config.data.seed)), []
+    batch = run.eval_batch_size
+    per_process_batch(batch, "eval.batch_size")
+    tasks = tuple(run.data.tasks)
+    if setup.source == "synthetic":
+        records, errors = heldout_records(setup.root, tasks, seed=int(run.data.seed)), []
     else:  # AV-UIE: the test prompts, the stored ground truth as the reference answer
-        records, errors = G.read_records(data.root, tasks, "test", seed=int(config.data.seed))
+        records, errors = family.read_records(setup.root, tasks, "test", seed=int(run.data.seed))
         records = [r if r.answer is not None or r.answer_file is not None or r.gt is None
                    else dataclasses.replace(r, answer=r.gt) for r in records]
     if not records:
-        log.warning("no held-out records under %s for tasks %s: evaluation skipped", data.root, tasks)
+        log.warning("no held-out records under %s for tasks %s: evaluation skipped", setup.root, tasks)
         return None
-    settings = E.settings_from(crab_cfg, data.root, tasks, frame_slots=int(config.data.frame_slots),
-                               audio_slots=int(config.data.audio_slots))
-    buckets = tuple(config.data.buckets) or (int(config.data.seq_len),)
-    return G.make_iterator(G.RawRecordSource(records, data.tokenizer, settings), settings,
-                           CollateConfig.from_crab(crab_cfg), global_batch=eval_batch_size(config),
-                           seq_buckets=buckets, seed=0, shuffle=False, num_epochs=1,
-                           read_threads=int(config.data.read_threads) or None,
-                           fallback_fbank_frames=int(config.data.fbank_frames), initial_bad=errors,
-                           max_bad_fraction=1.0, cache_dir=str(data.cache_dir), progress=False)
+    builder = family.example_builder(model_cfg, run.data, setup.root, setup.tokenizer)
+    return make_iterator(RawRecordSource(records, builder), global_batch=batch, seq_buckets=run.data.seq_buckets,
+                         seed=0, shuffle=False, num_epochs=1, read_threads=int(run.data.read_threads) or None,
+                         fallback_fbank_frames=int(run.data.fbank_frames), initial_bad=errors,
+                         max_bad_fraction=1.0, cache_dir=str(setup.cache_dir), progress=False)

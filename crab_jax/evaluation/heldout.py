@@ -1,61 +1,51 @@
 """Held-out evaluation during training: generate on the test split, score each task vs chance.
 
 The trainer calls :func:`evaluate_state` every ``eval.every_steps`` and at the end. Batches come
-from the same Grain pipeline as training (same buckets, so the generator compiles once per
-bucket), over the held-out records of :func:`crab_jax.data.synthetic.setup.heldout_records`
-(synthetic data: test clips asked the training questions) or the test split as the original
-evaluates it (AV-UIE). Generation and scoring are :func:`crab_jax.evaluation.generation.evaluate`.
+from the same pipeline as training (same buckets, so the generator compiles once per bucket),
+over the held-out records (synthetic data: test clips asked the training questions,
+:func:`crab_jax.data.synthetic.setup.heldout_records`; AV-UIE: the test split as the original
+evaluates it), via :func:`crab_jax.data.sources.heldout_iterator`. Generation and scoring
+are :func:`crab_jax.evaluation.generation.evaluate`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
 import os
 from typing import Mapping
 
-import jax
-
-from crab_jax.io.paths import as_path
+from crab_jax.config.sections import RunConfig
 from crab_jax.data.sources import DataSetup, heldout_iterator
-from crab_jax.data.synthetic.setup import heldout_records
+from crab_jax.evaluation.generation import evaluate
+from crab_jax.families.base import Family
 from crab_jax.io.jsonl import append_line
-
-log = logging.getLogger("crab_jax.train")
-
-# The metric of each task the run summary reports (the first one found).
-HEADLINE = {"avqa": ("avqa",), "ave": ("ave",), "arig": ("arig",), "s4": ("s4_category", "s4"),
-            "ms3": ("s4_category", "s4"), "ref-avs": ("s4",)}
+from crab_jax.io.paths import as_path
+from crab_jax.models.decoding import DecodeConfig
 
 
-def evaluate_state(setup, state, config, data: DataSetup, *, progress: bool = False) -> dict[str, dict]:
+def evaluate_state(run: RunConfig, family: Family, setup, state, data: DataSetup, *,
+                   progress: bool = False) -> dict[str, dict]:
     """Generates with the current weights on the held-out split; ``{"task/metric": {mean, n, chance?}}``."""
-    from crab_jax.evaluation import generation as infer
-    from crab_jax.families.crab.decoding import DecodeConfig
-
-    batches = heldout_iterator(config, setup.crab_cfg, data)
+    batches = heldout_iterator(run, family, setup.model_cfg, data)
     if batches is None:
         return {}
     tok = data.tokenizer
-    dcfg = DecodeConfig(max_new_tokens=int(config.eval.max_new_tokens), eos_token_id=int(tok.eos_token_id),
-                        pad_token_id=int(setup.crab_cfg.pad_token_id),
-                        with_masks=bool(config.model.seg_branch))  # masks only from a trained seg branch
+    dcfg = DecodeConfig(max_new_tokens=int(run.eval.max_new_tokens), eos_token_id=int(tok.eos_token_id),
+                        pad_token_id=int(family.pad_token_id(setup.model_cfg)),
+                        with_masks=bool(run.model.seg_branch))  # masks only from a trained seg branch
     model = setup.merge(state.params, state.frozen, state.rng_vars)
-    max_batches = int(config.eval.max_batches) or batches.batches_per_epoch
-    results = infer.evaluate(model, batches, tok, tuple(config.data.tasks), dcfg=dcfg,
-                             with_chance=data.source == "synthetic", max_batches=max_batches, progress=progress)
-    if not config.model.seg_branch:  # no mask was generated: a mask IoU of 0 would only mislead
-        results = {k: v for k, v in results.items() if not k.endswith("/s4")}
-    return results
+    max_batches = int(run.eval.max_batches) or batches.batches_per_epoch
+    return evaluate(family, model, setup.model_cfg, batches, tok, tuple(run.data.tasks), dcfg=dcfg,
+                    with_chance=data.source == "synthetic", max_batches=max_batches, progress=progress)
 
 
-def headline(results: Mapping[str, Mapping]) -> dict[str, dict]:
-    """Per task, its main metric: ``{task: {metric, mean, n, chance}}``."""
+def headline(results: Mapping[str, Mapping], table: Mapping[str, tuple[str, ...]]) -> dict[str, dict]:
+    """Per task, its main metric: ``{task: {metric, mean, n, chance}}``; ``table`` is the family's
+    task -> metric names (the first one present wins; ``exact_match`` otherwise)."""
     out = {}
     tasks = sorted({k.split("/", 1)[0] for k in results})
     for task in tasks:
-        for metric in HEADLINE.get(task, ()) + ("exact_match",):
+        for metric in tuple(table.get(task, ())) + ("exact_match",):
             entry = results.get(f"{task}/{metric}")
             if entry is not None and entry.get("n", 0) > 0:
                 out[task] = {"metric": metric, **entry}
@@ -63,10 +53,10 @@ def headline(results: Mapping[str, Mapping]) -> dict[str, dict]:
     return out
 
 
-def format_results(results: Mapping[str, Mapping]) -> list[str]:
+def format_results(results: Mapping[str, Mapping], table: Mapping[str, tuple[str, ...]]) -> list[str]:
     """Lines ``task  metric  value  (chance c, n=..)`` for the console."""
     lines = []
-    for task, e in headline(results).items():
+    for task, e in headline(results, table).items():
         chance = e.get("chance")
         vs = "" if chance is None or math.isnan(chance) else (
             f"  chance {chance:.3f}  ({'above' if e['mean'] > chance else 'NOT above'} chance)")

@@ -15,10 +15,11 @@ router usage, throughput) and ``task_id [b]`` (per-task metrics).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol
 
 import jax
 
+from crab_jax.checkpoints.convert.family_converter import FamilyConverter
 from crab_jax.config.sections import DataConfig, ModelConfig
 
 
@@ -38,13 +39,10 @@ class LossOutput(NamedTuple):
 
 
 class BatchSpec(Protocol):
-    """Static shapes of one batch (a family's own dataclass; these attributes are read)."""
+    """Static shapes of one batch (a family's own frozen dataclass; these attributes are read)."""
 
     batch: int
     seq_len: int
-
-    def shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
-        """Key -> (shape, dtype) of every array of a batch."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +50,16 @@ class BatchFormat:
     """A family's batch contract.
 
     spec: ``(data, model_cfg, batch_size) -> BatchSpec`` of the ``random`` source (one shape).
-    bucket_key: ``batch -> hashable``: which compiled step (bucket) a batch belongs to.
-    random_batches: ``(spec, model_cfg, seed, num_distinct, tasks) -> iterator`` of well-formed
+    shapes: ``(spec, model_cfg) -> {key: (shape, dtype)}`` of every array of such a batch.
+    random_batches: ``(spec, model_cfg, seed, *, num_distinct, tasks) -> iterator`` of well-formed
       random batches (with ``get_state`` / ``set_state``).
-    check: ``(batch, spec, source)``: raises naming the first key whose shape differs.
+    check: ``(batch, spec, model_cfg, source)``: raises naming the first key whose shape differs.
     prompt_batch: ``(batch, model_cfg) -> (prompt batch, answers [list of id arrays], has_answer [b])``:
       a training-format batch cut to its prompts (same shapes) for generation.
     """
 
     spec: Callable[[DataConfig, Any, int], BatchSpec]
-    bucket_key: Callable[[Mapping[str, Any]], tuple]
+    shapes: Callable[[BatchSpec, Any], dict]
     random_batches: Callable[..., Iterator[dict]]
     check: Callable[..., None]
     prompt_batch: Callable[[Mapping[str, Any], Any], Any]
@@ -80,22 +78,28 @@ class Family:
       num_llm_layers: ``model_cfg -> int`` (router usage per group of decoder layers).
       vocab_sizes: ``model_cfg -> (vocab_size, padded_vocab_size)`` of the LLM's embeddings /
         head (converted checkpoints are zero-padded between the two).
-      flops_per_token: ``(model_cfg, seq_len, trainable_paths) -> float`` training FLOPs per token.
+      flops: ``(model_cfg, seq_len, trainable_paths, *, remat) -> flops`` with ``per_token`` (training
+        model FLOPs per token, the MFU numerator), ``recompute_per_token`` (remat's extra forward) and
+        ``layer_per_token`` (one decoder layer's share; the AOT check multiplies scanned loops out).
       load_model_config: ``checkpoint dir -> model_cfg`` (its config file).
     Data:
       load_tokenizer: ``folder -> tokenizer`` with the family's added tokens.
       base_vocab_of: ``tokenizer -> int`` text ids before the added tokens.
       added_tokens: the family's added token strings, in vocabulary order.
+      record_texts: ``(record, answer) -> (instruction, target)`` texts a record trains on (a
+        word tokenizer for the synthetic data is built from them).
       batch: :class:`BatchFormat`.
       read_records: ``(root, tasks, split, seed) -> (records, bad-record errors)``.
       example_builder: ``(model_cfg, data, root, tokenizer) -> builder`` for the data pipeline
         (:mod:`crab_jax.data.pipeline`).
     Evaluation:
+      pad_token_id: ``model_cfg -> int`` written after EOS.
       generate: ``(model, prompt batch, DecodeConfig, rng) -> generation`` (jit-compiled).
       score_batch: ``(generation, prompt, batch, tokenizer, tasks, dcfg) -> list of per-sample
         dicts {task, scores, ...}``.
+      headline: task -> metric names, the first one present is a run summary's number for the task.
     Conversion:
-      converter: the family's torch <-> JAX converter (:mod:`crab_jax.checkpoints.convert`).
+      converter: the family's torch <-> JAX converter (:class:`~crab_jax.checkpoints.convert.family_converter.FamilyConverter`).
     """
 
     name: str
@@ -104,14 +108,17 @@ class Family:
     forward_loss: Callable[..., LossOutput]
     num_llm_layers: Callable[[Any], int]
     vocab_sizes: Callable[[Any], tuple[int, int]]
-    flops_per_token: Callable[[Any, int, Sequence[str]], float]
+    flops: Callable[..., Any]
     load_model_config: Callable[[str], Any]
     load_tokenizer: Callable[[str], Any]
     base_vocab_of: Callable[[Any], int]
     added_tokens: tuple[str, ...]
+    record_texts: Callable[[Any, str | None], tuple[str, str | None]]
     batch: BatchFormat
     read_records: Callable[..., tuple[list, list]]
     example_builder: Callable[..., Any]
+    pad_token_id: Callable[[Any], int]
     generate: Callable[..., Any]
     score_batch: Callable[..., list[dict]]
-    converter: Any = None
+    headline: Mapping[str, tuple[str, ...]]
+    converter: FamilyConverter | None = None

@@ -31,25 +31,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from crab_jax.models.layers import (
-    LayerNorm,
-    Linear,
-    fan_in_init,
-    gelu_exact,
-    merge_heads,
-    normal_init,
-    ones_init,
-    split_heads,
-    zeros_init,
-    attention,
-)
+from crab_jax.models.attention import ProjectedAttention
+from crab_jax.models.layers import (Conv2d, LayerNorm, Linear, gelu_exact, gelu_tanh, normal_init, ones_init,
+                                     zeros_init)
 from crab_jax.parallel.sharding import param
 
+# BEATs' (fairseq) activation names.
 _ACTIVATIONS = {
     "gelu": gelu_exact,
     "relu": jax.nn.relu,
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_accurate": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": gelu_tanh,
+    "gelu_accurate": gelu_tanh,
     "tanh": jnp.tanh,
     "linear": lambda x: x,
 }
@@ -150,27 +142,6 @@ def relative_position_buckets(q_len: int, k_len: int, num_buckets: int, max_dist
     return (direction + jnp.where(dist < max_exact, dist, large)).astype(jnp.int32)
 
 
-class PatchEmbedding(nnx.Module):
-    """One-channel square conv, stride = kernel: ``weight`` HWIO ``[p, p, 1, E]``."""
-
-    def __init__(self, patch: int, dim: int, *, use_bias: bool, param_dtype, rngs: nnx.Rngs):
-        self.patch = patch
-        self.weight = param(fan_in_init, rngs.params(), (patch, patch, 1, dim),
-                            ("conv", "conv", None, "channels"), param_dtype)
-        self.bias = param(zeros_init, rngs.params(), (dim,), ("channels",), param_dtype) if use_bias else None
-
-    def __call__(self, fbank: jax.Array) -> jax.Array:
-        """``[n, frames, mel] -> [n, (frames//p) * (mel//p), E]`` (time-major)."""
-        x = fbank[..., None]  # NHWC with H = time, W = mel
-        y = jax.lax.conv_general_dilated(
-            x, self.weight[...].astype(x.dtype), window_strides=(self.patch, self.patch),
-            padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        if self.bias is not None:
-            y = y + self.bias[...].astype(y.dtype)
-        n, t, f, e = y.shape
-        return y.reshape(n, t * f, e)
-
-
 class WeightNormConv1d(nnx.Module):
     """Grouped Conv1d with torch ``weight_norm(dim=2)`` parameters, JAX ``[k, in/g, out]``.
 
@@ -221,10 +192,12 @@ class RelativePositionTable(nnx.Module):
         return jnp.take(self.weight[...].astype(jnp.float32), buckets, axis=0).transpose(2, 0, 1)
 
 
-class BeatsSelfAttention(nnx.Module):
+class BeatsSelfAttention(ProjectedAttention):
     """Multi-head self-attention with BEATs' gated relative position bias.
 
-    Gate of head ``h``, query ``i`` from that head's unscaled query ``q`` (size d)::
+    The q/k/v/out projections and the attention are :class:`ProjectedAttention`'s; the gated
+    bias enters as its additive ``bias``. Gate of head ``h``, query ``i`` from that head's
+    unscaled query ``q`` (size d)::
 
         u = grep_linear(q)                        # [8]
         a, b = sigmoid(sum(u[:4])), sigmoid(sum(u[4:]))
@@ -233,15 +206,11 @@ class BeatsSelfAttention(nnx.Module):
 
     def __init__(self, cfg: BeatsConfig, *, owns_position_table: bool, dtype, param_dtype, rngs: nnx.Rngs):
         c, h = cfg.encoder_embed_dim, cfg.encoder_attention_heads
-        self.num_heads = h
+        super().__init__(c, h, kv_axis="heads", dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.gru_rel_pos = cfg.gru_rel_pos and cfg.relative_position_embedding
-        lin = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.q_proj = Linear(c, c, axes=("embed", "heads"), **lin)
-        self.k_proj = Linear(c, c, axes=("embed", "heads"), **lin)
-        self.v_proj = Linear(c, c, axes=("embed", "heads"), **lin)
-        self.out_proj = Linear(c, c, axes=("heads", "embed"), **lin)
         if cfg.gru_rel_pos:
-            self.grep_linear = Linear(cfg.head_dim, 8, axes=(None, None), **lin)
+            self.grep_linear = Linear(cfg.head_dim, 8, axes=(None, None), dtype=dtype, param_dtype=param_dtype,
+                                      rngs=rngs)
             self.grep_a = param(ones_init, rngs.params(), (1, h, 1, 1), (None, None, None, None), param_dtype)
         if cfg.relative_position_embedding and owns_position_table:
             self.relative_attention_bias = RelativePositionTable(cfg.num_buckets, h, param_dtype=param_dtype, rngs=rngs)
@@ -257,16 +226,13 @@ class BeatsSelfAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, position_bias: jax.Array | None) -> jax.Array:
         """``x`` ``[n, T, C]``, ``position_bias`` ``[H, T, T]`` or None -> ``[n, T, C]``."""
-        q = split_heads(self.q_proj(x), self.num_heads)
-        k = split_heads(self.k_proj(x), self.num_heads)
-        v = split_heads(self.v_proj(x), self.num_heads)
+        q, k, v = self.heads(x, x, x)
         bias = None
         if position_bias is not None:
             bias = position_bias[None]
             if self.gru_rel_pos:
                 bias = self.gate(q) * bias  # [n, H, T, T]
-        out = attention(q, k, v, bias=bias)
-        return self.out_proj(merge_heads(out))
+        return self.attend(q, k, v, bias=bias)
 
 
 class BeatsEncoderLayer(nnx.Module):
@@ -344,8 +310,10 @@ class Beats(nnx.Module):
         self.cfg = cfg
         self.dtype = dtype
         e, c = cfg.embed_dim, cfg.encoder_embed_dim
-        self.patch_embedding = PatchEmbedding(cfg.input_patch_size, e, use_bias=cfg.conv_bias,
-                                              param_dtype=param_dtype, rngs=rngs)
+        # One-channel square conv, stride = kernel (the fbank is a one-channel image, H = time, W = mel).
+        p = cfg.input_patch_size
+        self.patch_embedding = Conv2d(1, e, p, stride=p, use_bias=cfg.conv_bias,
+                                      axes=("conv", "conv", None, "channels"), param_dtype=param_dtype, rngs=rngs)
         self.layer_norm = LayerNorm(e, eps=cfg.layer_norm_eps, param_dtype=param_dtype, rngs=rngs)
         # The original only builds the projection when the two widths differ.
         self.post_extract_proj = (
@@ -371,7 +339,9 @@ class Beats(nnx.Module):
             raise ValueError(f"BEATs expects [n, frames, mel] or [b, t, frames, mel], got shape {fbank.shape}")
         lead = fbank.shape[:-2]
         x = fbank.reshape(-1, *fbank.shape[-2:]).astype(self.dtype)
-        x = self.layer_norm(self.patch_embedding(x))
+        patches = self.patch_embedding(x[..., None])  # [n, frames//p, mel//p, E]
+        n, t, f, e = patches.shape
+        x = self.layer_norm(patches.reshape(n, t * f, e))  # time-major tokens
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
         x, outputs = self.encoder(x, return_layer_outputs=True)

@@ -31,18 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from crab_jax.models.layers import (
-    Embed,
-    LayerNorm,
-    Linear,
-    activation,
-    attention,
-    conv2d,
-    fan_in_init,
-    merge_heads,
-    normal_init,
-    split_heads,
-)
+from crab_jax.models.attention import ProjectedAttention
+from crab_jax.models.layers import Conv2d, Embed, LayerNorm, Linear, activation, normal_init
 from crab_jax.parallel.sharding import param
 
 SELECT_FEATURES = ("patch", "cls_patch")
@@ -117,22 +107,6 @@ class ClipVisionConfig:
         return cls(**fields)
 
 
-class PatchEmbedding(nnx.Module):
-    """``Conv2d(num_channels, width, kernel=stride=patch, bias=False)``; ``weight`` is HWIO."""
-
-    def __init__(self, cfg: ClipVisionConfig, *, rngs: nnx.Rngs):
-        self.patch_size = cfg.patch_size
-        self.dtype = cfg.dtype
-        self.weight = param(fan_in_init, rngs.params(),
-                            (cfg.patch_size, cfg.patch_size, cfg.num_channels, cfg.hidden_size),
-                            ("conv", "conv", "channels", "embed"), cfg.param_dtype)
-
-    def __call__(self, pixels_nhwc: jax.Array) -> jax.Array:
-        """``[n, H, W, C] -> [n, H/p, W/p, width]``."""
-        p = self.patch_size
-        return conv2d(pixels_nhwc.astype(self.dtype), self.weight[...], stride=(p, p))
-
-
 class ClipVisionEmbeddings(nnx.Module):
     """Class token + patch tokens, plus learned absolute positions (no interpolation)."""
 
@@ -140,7 +114,10 @@ class ClipVisionEmbeddings(nnx.Module):
         self.cfg = cfg
         self.class_embedding = param(normal_init(1.0), rngs.params(), (cfg.hidden_size,), ("embed",),
                                      cfg.param_dtype)
-        self.patch_embedding = PatchEmbedding(cfg, rngs=rngs)
+        # Conv2d(num_channels, width, kernel=stride=patch, bias=False)
+        self.patch_embedding = Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, stride=cfg.patch_size,
+                                      use_bias=False, axes=("conv", "conv", "channels", "embed"),
+                                      dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         self.position_embedding = Embed(cfg.num_positions, cfg.hidden_size, axes=("positions", "embed"),
                                         param_dtype=cfg.param_dtype, rngs=rngs)
 
@@ -157,26 +134,6 @@ class ClipVisionEmbeddings(nnx.Module):
         cls = jnp.broadcast_to(self.class_embedding[...].astype(patches.dtype), (n, 1, self.cfg.hidden_size))
         tokens = jnp.concatenate([cls, patches], axis=1)
         return tokens + self.position_embedding.weight[...].astype(tokens.dtype)
-
-
-class ClipAttention(nnx.Module):
-    """Bidirectional multi-head self-attention, q/k/v/out projections with bias."""
-
-    def __init__(self, cfg: ClipVisionConfig, *, rngs: nnx.Rngs):
-        self.num_heads = cfg.num_attention_heads
-        w = cfg.hidden_size
-        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
-        self.q_proj = Linear(w, w, axes=("embed", "heads"), **kw)
-        self.k_proj = Linear(w, w, axes=("embed", "kv"), **kw)
-        self.v_proj = Linear(w, w, axes=("embed", "kv"), **kw)
-        self.out_proj = Linear(w, w, axes=("heads", "embed"), **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``[n, seq, width] -> [n, seq, width]`` (scale 1/sqrt(head_dim), no mask)."""
-        q = split_heads(self.q_proj(x), self.num_heads)
-        k = split_heads(self.k_proj(x), self.num_heads)
-        v = split_heads(self.v_proj(x), self.num_heads)
-        return self.out_proj(merge_heads(attention(q, k, v)))
 
 
 class ClipMLP(nnx.Module):
@@ -196,7 +153,9 @@ class ClipEncoderLayer(nnx.Module):
 
     def __init__(self, cfg: ClipVisionConfig, *, rngs: nnx.Rngs):
         ln = dict(eps=cfg.layer_norm_eps, param_dtype=cfg.param_dtype, rngs=rngs)
-        self.self_attn = ClipAttention(cfg, rngs=rngs)
+        # Bidirectional, no mask, scale 1/sqrt(head_dim).
+        self.self_attn = ProjectedAttention(cfg.hidden_size, cfg.num_attention_heads, dtype=cfg.dtype,
+                                            param_dtype=cfg.param_dtype, rngs=rngs)
         self.layer_norm1 = LayerNorm(cfg.hidden_size, **ln)
         self.mlp = ClipMLP(cfg, rngs=rngs)
         self.layer_norm2 = LayerNorm(cfg.hidden_size, **ln)

@@ -14,8 +14,6 @@ activations are scaled by the gates (``[.., k, r]``) and contracted with ``lora_
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,16 +42,9 @@ class ILoRAConfig:
         return self.alpha / self.r
 
 
-def kaiming_uniform_a_sqrt5(key, shape, dtype):
-    """torch ``nn.Linear`` default init, for a JAX ``[in, out]`` kernel."""
-    fan_in = shape[0]
-    bound = 1.0 / math.sqrt(fan_in)
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-class ILoRALinear(nnx.Module):
-    """Frozen ``weight`` [in, out] (+ ``bias``), shared ``lora_A`` [in, r], stacked
-    ``lora_B`` [k, r, out] and router ``lora_route`` [in, k]."""
+class ILoRALinear(Linear):
+    """Frozen ``weight`` [in, out] (+ ``bias``) of a :class:`Linear`, shared ``lora_A`` [in, r],
+    stacked ``lora_B`` [k, r, out] and router ``lora_route`` [in, k]."""
 
     # When True, each call sows its gates as ``nnx.Intermediate`` GATES_INTERMEDIATE (collect
     # them with ``nnx.capture(fn, nnx.Intermediate)``). Off by default so inference keeps no
@@ -72,17 +63,17 @@ class ILoRALinear(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        super().__init__(in_features, out_features, use_bias=use_bias, axes=axes, dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
         in_axis, out_axis = axes
         self.cfg = cfg
-        self.dtype = dtype
         self.scaling = cfg.scaling
-        self.weight = param(fan_in_init, rngs.params(), (in_features, out_features), axes, param_dtype)
-        self.bias = param(zeros_init, rngs.params(), (out_features,), (out_axis,), param_dtype) if use_bias else None
-        self.lora_A = param(kaiming_uniform_a_sqrt5, rngs.params(), (in_features, cfg.r), (in_axis, "lora_rank"), param_dtype)
+        # fan_in_init on an [in, out] kernel is torch nn.Linear's default (kaiming_uniform, a=sqrt(5)).
+        self.lora_A = param(fan_in_init, rngs.params(), (in_features, cfg.r), (in_axis, "lora_rank"), param_dtype)
         # B starts at zero so a fresh adapter leaves the frozen model unchanged (peft).
         self.lora_B = param(zeros_init, rngs.params(), (cfg.num_heads, cfg.r, out_features),
                             ("lora_heads", "lora_rank", out_axis), param_dtype)
-        self.lora_route = param(kaiming_uniform_a_sqrt5, rngs.params(), (in_features, cfg.num_heads),
+        self.lora_route = param(fan_in_init, rngs.params(), (in_features, cfg.num_heads),
                                 (in_axis, "lora_heads"), param_dtype)
         self.lora_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
@@ -93,10 +84,8 @@ class ILoRALinear(nnx.Module):
 
     def __call__(self, x: jax.Array, *, return_gates: bool = False):
         """``[..., in] -> [..., out]`` (and the gates ``[..., k]`` if asked)."""
+        y = super().__call__(x)
         x = x.astype(self.dtype)
-        y = jnp.dot(x, self.weight[...].astype(self.dtype))
-        if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
         gates = self.router_gates(x)
         rank_act = jnp.dot(self.lora_dropout(x), self.lora_A[...].astype(self.dtype))  # [..., r]
         mixed = gates[..., :, None] * rank_act[..., None, :]  # [..., k, r]

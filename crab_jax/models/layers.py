@@ -8,8 +8,6 @@ ones (``Linear.weight`` is ``[in, out]``); the converter tables transpose.
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -137,6 +135,10 @@ def gelu_exact(x):
     return jax.nn.gelu(x, approximate=False)
 
 
+def gelu_tanh(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
 def quick_gelu(x):
     return x * jax.nn.sigmoid(1.702 * x)
 
@@ -147,7 +149,7 @@ ACTIVATIONS = {
     "quick_gelu": quick_gelu,
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_tanh": gelu_tanh,
 }
 
 
@@ -158,58 +160,27 @@ def activation(name: str):
         raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from e
 
 
-def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
-    """``[batch, seq, heads*dim] -> [batch, seq, heads, dim]``."""
-    return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
+class Conv2d(nnx.Module):
+    """torch ``Conv2d`` on channels-last ``[n, h, w, in]``; ``weight`` is HWIO ``[k, k, in, out]``.
 
-
-def merge_heads(x: jax.Array) -> jax.Array:
-    """``[batch, seq, heads, dim] -> [batch, seq, heads*dim]``."""
-    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
-
-
-def attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    mask: jax.Array | None = None,
-    bias: jax.Array | None = None,
-    scale: float | None = None,
-) -> jax.Array:
-    """Multi-head scaled dot-product attention, softmax in float32; supports GQA.
-
-    Args:
-      q: ``[batch, q_len, heads, dim]``.
-      k, v: ``[batch, kv_len, kv_heads, dim]`` with ``heads % kv_heads == 0``.
-      mask: boolean, broadcastable to ``[batch, heads, q_len, kv_len]``; False = blocked.
-      bias: additive, broadcastable to ``[batch, heads, q_len, kv_len]``.
-    Returns:
-      ``[batch, q_len, heads, dim]``.
+    ``dtype`` None computes in the input's dtype (the weight is cast to it), else the input
+    is cast to ``dtype`` first. ``axes`` are the logical axes of ``weight`` (HWIO order).
     """
-    b, tq, h, d = q.shape
-    kvh = k.shape[2]
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    groups = h // kvh
-    qg = q.reshape(b, tq, kvh, groups, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32) * scale
-    scores = scores.reshape(b, h, tq, k.shape[1])
-    if bias is not None:
-        scores = scores + bias.astype(jnp.float32)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    probs = probs.reshape(b, kvh, groups, tq, k.shape[1])
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-    return out.reshape(b, tq, h, d)
 
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, *, stride: int = 1, padding: int = 0,
+                 use_bias: bool = True, axes: Axes = ("conv", "conv", "channels", "channels"), dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.stride, self.padding, self.dtype = stride, padding, dtype
+        self.weight = param(fan_in_init, rngs.params(), (kernel, kernel, in_ch, out_ch), axes, param_dtype)
+        self.bias = param(zeros_init, rngs.params(), (out_ch,), (axes[-1],), param_dtype) if use_bias else None
 
-def conv2d(x: jax.Array, weight: jax.Array, *, stride: Sequence[int] = (1, 1),
-           padding="VALID", groups: int = 1) -> jax.Array:
-    """NHWC convolution with an HWIO ``weight``."""
-    if isinstance(padding, int):
-        padding = ((padding, padding), (padding, padding))
-    return jax.lax.conv_general_dilated(
-        x, weight.astype(x.dtype), window_strides=tuple(stride), padding=padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
-    )
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[n, h, w, in] -> [n, h', w', out]``."""
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        pad = ((self.padding, self.padding), (self.padding, self.padding))
+        y = jax.lax.conv_general_dilated(x, self.weight[...].astype(x.dtype), window_strides=(self.stride, self.stride),
+                                         padding=pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(y.dtype)
+        return y

@@ -29,11 +29,12 @@ from typing import Any, Mapping
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from crab_jax.models.attention import dot_product_attention, merge_heads, split_heads
 from crab_jax.models.ilora import ILoRAConfig, projection
-from crab_jax.models.layers import (Embed, Linear, RMSNorm, as_dtype, attention, merge_heads, normal_init,
-                                     split_heads)
+from crab_jax.models.layers import Embed, Linear, RMSNorm, as_dtype, normal_init
 
 REMAT_POLICIES = ("none", "full", "dots")
 
@@ -111,9 +112,13 @@ class LlamaConfig:
 # -- positions, masks, rotary ---------------------------------------------------------------
 
 
-def position_ids_from_mask(mask: jax.Array) -> jax.Array:
-    """``[batch, seq]`` 0/1 mask -> position ids ``max(cumsum(mask) - 1, 0)`` (left padding gets 0)."""
-    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+def position_ids_from_mask(mask):
+    """``[batch, seq]`` 0/1 mask -> position ids ``max(cumsum(mask) - 1, 0)`` (left padding gets 0).
+
+    The one home of the convention: numpy in (the host-side data pipeline) gives numpy out,
+    a jax array or tracer gives a jax array."""
+    xp = np if isinstance(mask, np.ndarray) else jnp
+    return xp.maximum(xp.cumsum(xp.asarray(mask).astype(xp.int32), axis=-1) - 1, 0)
 
 
 def rotary_cos_sin(position_ids: jax.Array, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
@@ -209,7 +214,7 @@ class LlamaAttention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             kv_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = attention(q, k, v, mask=mask)
+        out = dot_product_attention(q, k, v, mask=mask)
         return self.o_proj(merge_heads(out)), kv_cache
 
 

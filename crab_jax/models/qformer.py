@@ -28,17 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from crab_jax.models.layers import (
-    Embed,
-    LayerNorm,
-    Linear,
-    activation,
-    attention,
-    merge_heads,
-    normal_init,
-    split_heads,
-    zeros_init,
-)
+from crab_jax.models.attention import multi_head_attention
+from crab_jax.models.layers import Embed, LayerNorm, Linear, activation, normal_init, zeros_init
 from crab_jax.parallel.sharding import buffer, param
 
 # HF ``ACT2FN`` names that crab_jax's activation table spells differently.
@@ -177,10 +168,8 @@ class BertSelfAttention(nnx.Module):
 
     def __call__(self, hidden: jax.Array, context: jax.Array) -> jax.Array:
         """``hidden [batch, q_len, H]``, ``context [batch, kv_len, kv_width]`` -> ``[batch, q_len, H]``."""
-        q = split_heads(self.query(hidden), self.num_heads)
-        k = split_heads(self.key(context), self.num_heads)
-        v = split_heads(self.value(context), self.num_heads)
-        return merge_heads(attention(q, k, v))  # all-ones masks: nothing to block
+        # All-ones masks in the original: nothing to block.
+        return multi_head_attention(self.query(hidden), self.key(context), self.value(context), self.num_heads)
 
 
 class BertSelfOutput(nnx.Module):

@@ -7,10 +7,11 @@ rules; batches are split over ``data`` x ``fsdp`` (FSDP shards weights *and* bat
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -45,8 +46,6 @@ def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(dict(sizes), len(devices))
     try:
-        from jax.experimental import mesh_utils
-
         grid = mesh_utils.create_device_mesh(shape, devices=devices)
     except Exception:  # CPU / odd shapes: any order is fine when there is no topology
         grid = np.asarray(devices).reshape(shape)
@@ -102,3 +101,12 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict[str, jax.Array]:
+    """This process's rows of every key in ``shardings`` -> global arrays split over the mesh
+    (``jax.make_array_from_process_local_data``; the leading dim is this process's batch)."""
+    missing = [k for k in shardings if k not in batch]
+    if missing:
+        raise KeyError(f"to_global: the batch lacks {missing} (it has {sorted(batch)})")
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(batch[k])) for k in shardings}

@@ -102,12 +102,24 @@ def logical_to_mesh_spec(
     return PartitionSpec(*out)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh, rules) -> nnx.State:
-    """A ``NamedSharding`` for every variable of ``state`` from its logical axes."""
+def weight_shardings(state: nnx.State, mesh: Mesh, rules) -> tuple[dict, list[str]]:
+    """Pure dict of ``NamedSharding`` from logical axes; a dim the mesh does not divide stays whole."""
+    uneven = []
 
-    def one(v):
-        if isinstance(v, nnx.Variable):
-            return v.replace(NamedSharding(mesh, logical_to_mesh_spec(logical_axes(v), rules)))
-        return NamedSharding(mesh, PartitionSpec())
+    def one(path, v):
+        spec = logical_to_mesh_spec(logical_axes(v), rules)
+        axes = list(spec) + [None] * (len(v.shape) - len(spec))
+        for i, (dim, a) in enumerate(zip(v.shape, axes)):
+            if a is None:
+                continue
+            names = (a,) if isinstance(a, str) else tuple(a)
+            n = 1
+            for name in names:
+                n *= mesh.shape[name]
+            if dim % n:
+                uneven.append(f"{'.'.join(map(str, path))}{tuple(v.shape)} dim {i} over {names}")
+                axes[i] = None
+        return NamedSharding(mesh, PartitionSpec(*axes))
 
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    flat = [(p, one(p, v)) for p, v in nnx.to_flat_state(state)]
+    return nnx.to_pure_dict(nnx.from_flat_state(flat)) if flat else {}, uneven

@@ -36,14 +36,24 @@ Reported numbers, all PER CHIP (the partitioned SPMD program runs once on every 
 from __future__ import annotations
 
 import dataclasses
-import json
+import importlib.util
 import math
 import os
 import pathlib
 import re
 import time
 
-GIB = 1024 ** 3
+import jax
+from jax.experimental import topologies
+
+from crab_jax.config.sections import RunConfig
+from crab_jax.families.base import Family
+from crab_jax.parallel.accelerators import GIB, tpu_generations
+from crab_jax.training.setup import build_setup, resolve
+from crab_jax.training.step import batch_shardings, jit_train_step, make_train_step
+
+# Generations whose topologies the compile check knows (libtpu compile-only devices).
+AOT_GENERATIONS = ("tpu v4", "tpu v5p", "tpu v5e", "tpu v6e")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +81,6 @@ class TpuSlice:
     peak_flops: float
 
 
-# generation -> (libtpu prefix, TensorCores counted per chip in the name, megacore?, HBM GiB, peak bf16 FLOP/s)
-_GENERATIONS = {
-    "v4": ("v4", 2, True, 32, 275e12),
-    "v5p": ("v5p", 2, True, 95, 459e12),
-    "v5e": ("v5e", 1, False, 16, 197e12),
-    "v5litepod": ("v5e", 1, False, 16, 197e12),
-    "v6e": ("v6e", 1, False, 32, 918e12),
-}
 # chips -> physical shape of the slice (3D tori for v4 / v5p, 2D for v5e / v6e)
 _SHAPES_3D = {1: (1, 1, 1), 4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
               128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16)}
@@ -87,12 +89,14 @@ _SHAPES_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8
 
 def parse_slice(name: str) -> TpuSlice:
     """``v4-32`` / ``v5e-4`` / ``v5p-8`` / ``v6e-16`` (Cloud TPU accelerator types) -> :class:`TpuSlice`."""
-    m = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", name.strip().lower())
-    if not m:
+    generations = {g: a for g, a in tpu_generations().items() if a.name in AOT_GENERATIONS}
+    m = re.fullmatch(r"([a-z0-9]+)-(\d+)", name.strip().lower())
+    if not m or m.group(1) not in generations:
         raise ValueError(f"--topology {name!r}: expected a Cloud TPU accelerator type such as v4-8, v4-32, "
-                         f"v5p-8, v5e-4, v6e-8 (generations: {sorted(_GENERATIONS)})")
+                         f"v5p-8, v5e-4, v6e-8 (generations: {sorted(generations)})")
     gen, count = m.group(1), int(m.group(2))
-    prefix, cores_in_name, megacore, hbm_gib, peak = _GENERATIONS[gen]
+    acc = generations[gen]
+    prefix, cores_in_name, megacore = acc.libtpu_name, acc.cores_in_name, acc.megacore
     if count % cores_in_name:
         raise ValueError(f"--topology {name!r}: {gen} sizes count TensorCores ({cores_in_name} per chip); "
                          f"{count} is not a multiple of {cores_in_name}")
@@ -108,12 +112,10 @@ def parse_slice(name: str) -> TpuSlice:
     wrap = (chips >= 64,) * 3 if megacore else (False, False, False)  # full v4/v5p cubes are tori
     return TpuSlice(name=name, topology_name=f"{prefix}:" + "x".join(map(str, shape)),
                     chip_config_name="megacore" if megacore else "default", chips_per_host_bounds=host,
-                    wrap=wrap, num_chips=chips, hbm_bytes=hbm_gib * GIB, peak_flops=peak)
+                    wrap=wrap, num_chips=chips, hbm_bytes=acc.hbm_bytes, peak_flops=acc.peak_flops)
 
 
 def libtpu_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("libtpu") is not None or bool(os.environ.get("TPU_LIBRARY_PATH"))
 
 
@@ -129,8 +131,6 @@ def slice_devices(tpu: TpuSlice) -> list:
         for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
                            ("TPU_WORKER_ID", "0"), ("TPU_ACCELERATOR_TYPE", tpu.name)):
             os.environ.setdefault(key, value)
-    from jax.experimental import topologies
-
     topo = topologies.get_topology_desc(tpu.topology_name, "tpu", chip_config_name=tpu.chip_config_name,
                                         chips_per_host_bounds=tpu.chips_per_host_bounds, num_slices=1,
                                         wrap=tpu.wrap)
@@ -141,25 +141,18 @@ def slice_devices(tpu: TpuSlice) -> list:
     return devices
 
 
-def aot_crab_config(config):
-    """The run's CrabConfig from the ``model`` section alone: an AOT check reads no dataset, so
+def aot_model_config(run: RunConfig, family: Family):
+    """The run's model config from the ``model`` section alone: an AOT check reads no dataset, so
     ``model.base_vocab = -1`` keeps the preset's vocabulary (the paper's: LLaMA-2's 32000 + 17)."""
-    from crab_jax.data.sources import with_base_vocab
-    from crab_jax.families.crab.run_config import crab_config_from
-
-    base = int(config.model.base_vocab)
-    return with_base_vocab(crab_config_from(config.model), base if base > 0 else None)
+    return family.model_config(run.model, None)
 
 
-def abstract_batch(config, setup) -> dict:
+def abstract_batch(run: RunConfig, setup) -> dict:
     """The global batch as ``ShapeDtypeStruct`` s placed as the trainer places real batches."""
-    import jax
-
-    from crab_jax.data.sources import batch_spec
-    from crab_jax.training.step import batch_shardings
-
-    spec = batch_spec(config, setup.crab_cfg, int(config.train.global_batch))
-    shapes = {k: (s, d) for k, (s, d) in spec.shapes(len(setup.crab_cfg.mask_token_ids)).items()}
+    run = RunConfig.from_config(run)
+    family = setup.family
+    spec = family.batch.spec(run.data, setup.model_cfg, int(run.train.global_batch))
+    shapes = family.batch.shapes(spec, setup.model_cfg)
     shardings = batch_shardings({k: s for k, (s, _) in shapes.items()}, setup.mesh)
     return {k: jax.ShapeDtypeStruct(s, d, sharding=shardings[k]) for k, (s, d) in shapes.items()}
 
@@ -179,15 +172,12 @@ def compile_train_step(config, devices):
     """``(setup, compiled)``: the trainer's jitted train step compiled for ``devices``.
 
     Raises :class:`DoesNotFit` when the compiler reports that the step needs more HBM than a chip has."""
-    from crab_jax.training.step import jit_train_step, make_train_step
-
-    from crab_jax.training.loop import build_setup
-
-    setup, _, _ = build_setup(config, crab_cfg=aot_crab_config(config), devices=devices)
-    batch = abstract_batch(config, setup)
-    step = make_train_step(setup, micro_batches=int(config.train.micro_batches),
-                           with_seg=bool(config.model.seg_branch), num_tasks=len(config.data.tasks),
-                           router_groups=int(config.metrics.router_layer_groups))
+    run, family = resolve(config)
+    setup, _, _ = build_setup(run, model_cfg=aot_model_config(run, family), devices=devices)
+    batch = abstract_batch(run, setup)
+    step = make_train_step(setup, micro_batches=int(run.train.micro_batches),
+                           with_seg=bool(run.model.seg_branch), num_tasks=len(run.data.tasks),
+                           router_groups=int(run.metrics.router_layer_groups))
     jitted = jit_train_step(setup, step, {k: v.shape for k, v in batch.items()})
     lowered = jitted.lower(setup.abstract, batch)
     try:
@@ -220,28 +210,15 @@ def xla_cost(compiled) -> dict:
             "bytes_accessed": float(cost.get("bytes accessed", float("nan")))}
 
 
-def analytic_flops(config, setup, num_chips: int) -> dict:
-    """Model FLOPs per chip per step (:func:`crab_jax.training.metrics.llm_flops_per_token`), the remat
-    recomputation on top of them, and the share of one decoder layer (see the module docstring)."""
-    from crab_jax.training.metrics import llm_flops_per_token
-
-    cfg = setup.crab_cfg
-    seq = int(config.data.seq_len)
-    tokens = int(config.train.global_batch) * seq
-    per_token = llm_flops_per_token(cfg, seq, setup.trainable_paths)
-    ll = cfg.llama
-    d, L = ll.hidden_size, ll.num_hidden_layers
-    q, kv = ll.num_attention_heads * ll.head_dim, ll.num_key_value_heads * ll.head_dim
-    n_layers = L * (d * q + 2 * d * kv + q * d + 3 * d * ll.intermediate_size)
-    fwd_layers = 2.0 * n_layers + 4.0 * L * seq * q  # one forward through the decoder layers (what remat redoes)
-    recompute = fwd_layers if config.model.remat == "full" else 0.0
-    # The LM head's part of ``per_token`` (2 fwd + a weight gradient when it trains); the rest is the layers'.
-    head = 0.0 if ll.tie_word_embeddings else 2.0 * d * ll.vocab_size
-    head_part = 2.0 * head + (head if any(p.startswith("llm.lm_head") for p in setup.trainable_paths) else 0.0)
-    per_layer = (per_token - head_part + recompute) / L
-    return {"tokens_per_step": tokens, "model_flops_per_token": per_token,
-            "model_flops": per_token * tokens / num_chips, "recompute_flops": recompute * tokens / num_chips,
-            "layer_flops": per_layer * tokens / num_chips}
+def analytic_flops(run: RunConfig, setup, num_chips: int) -> dict:
+    """Model FLOPs per chip per step (the family's ``flops``), the remat recomputation on top of
+    them, and the share of one decoder layer (see the module docstring)."""
+    seq = int(run.data.seq_len)
+    tokens = int(run.train.global_batch) * seq
+    f = setup.family.flops(setup.model_cfg, seq, setup.trainable_paths, remat=run.model.remat)
+    return {"tokens_per_step": tokens, "model_flops_per_token": f.per_token,
+            "model_flops": f.per_token * tokens / num_chips, "recompute_flops": f.recompute_per_token * tokens / num_chips,
+            "layer_flops": f.layer_per_token * tokens / num_chips}
 
 
 def executed_flops(xla_flops: float, flops: dict, *, layers: int, scan_layers: bool, micro_batches: int) -> float:
@@ -256,6 +233,7 @@ def executed_flops(xla_flops: float, flops: dict, *, layers: int, scan_layers: b
 
 def aot_report(config, tpu: TpuSlice, devices=None) -> dict:
     """Compiles and returns every figure (the JSON of ``--json``)."""
+    config = RunConfig.from_config(config)
     devices = slice_devices(tpu) if devices is None else devices
     t0 = time.perf_counter()
     try:
@@ -267,7 +245,8 @@ def aot_report(config, tpu: TpuSlice, devices=None) -> dict:
         cost = {"flops": float("nan"), "bytes_accessed": float("nan")}
     seconds = time.perf_counter() - t0
     flops = analytic_flops(config, setup, tpu.num_chips)
-    executed = executed_flops(cost["flops"], flops, layers=setup.crab_cfg.llama.num_hidden_layers, scan_layers=bool(config.model.scan_layers),
+    executed = executed_flops(cost["flops"], flops, layers=setup.family.num_llm_layers(setup.model_cfg),
+                               scan_layers=bool(config.model.scan_layers),
                               micro_batches=int(config.train.micro_batches))
     return {
         "topology": tpu.name, "topology_name": tpu.topology_name, "chips": tpu.num_chips,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from tensorboardX import SummaryWriter
+
 from crab_jax.io.paths import as_path
 from crab_jax.io.jsonl import JsonlFile
 
@@ -23,8 +25,6 @@ class MetricWriter:
         workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = JsonlFile(workdir / "metrics.jsonl")
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
             self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:

@@ -17,13 +17,13 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from crab_jax.parallel.mesh import replicated
-from crab_jax.families.crab.model import Crab, CrabConfig
+from crab_jax.families.base import Family
 from crab_jax.models.ilora import record_router_gates
 from crab_jax.models.layers import as_dtype
-from crab_jax.parallel.sharding import logical_axes, logical_to_mesh_spec
+from crab_jax.parallel.sharding import weight_shardings
 from crab_jax.models.state_dict import path_str
 from crab_jax.training.trainable import check_patterns_match, trainable_filter, weights_filter
 
@@ -41,12 +41,12 @@ class TrainState:
 class TrainSetup:
     """Everything static about a run's state: how to build, place and merge it."""
 
-    crab_cfg: CrabConfig
+    family: Family
+    model_cfg: Any               # the family's model config (e.g. a CrabConfig)
     graphdef: Any
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     mesh: Mesh
-    rules: tuple
     shardings: TrainState        # NamedSharding per leaf
     abstract: TrainState         # ShapeDtypeStruct (with .sharding) per leaf
     trainable_paths: list[str]
@@ -56,19 +56,19 @@ class TrainSetup:
     init_trainable_fn: Callable[[], TrainState]
     uneven: list[str]            # weights whose sharding was dropped on a dim the mesh does not divide
 
-    def merge(self, params, frozen, rng_vars) -> Crab:
+    def merge(self, params, frozen, rng_vars) -> nnx.Module:
         return nnx.merge(self.graphdef, params, frozen, rng_vars)
 
 
-def build_model(crab_cfg: CrabConfig, seed: int) -> Crab:
-    """The model in training mode (dropout on) with router-gate recording on."""
-    model = Crab(crab_cfg, rngs=nnx.Rngs(seed))
+def build_model(family: Family, model_cfg, seed: int) -> nnx.Module:
+    """The family's model in training mode (dropout on) with router-gate recording on."""
+    model = family.build_model(model_cfg, nnx.Rngs(seed))
     model.train()
     record_router_gates(model, True)
     return model
 
 
-def split_model(model: Crab, patterns: Sequence[str]):
+def split_model(model: nnx.Module, patterns: Sequence[str]):
     """``graphdef, trainable, frozen, rng_vars`` (nnx.State each)."""
     return nnx.split(model, trainable_filter(patterns), weights_filter(), ...)
 
@@ -77,42 +77,19 @@ def _cast_floats(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def weight_shardings(state: nnx.State, mesh: Mesh, rules) -> tuple[dict, list[str]]:
-    """Pure dict of ``NamedSharding`` from logical axes; a dim the mesh does not divide stays whole."""
-    uneven = []
-
-    def one(path, v):
-        spec = logical_to_mesh_spec(logical_axes(v), rules)
-        axes = list(spec) + [None] * (len(v.shape) - len(spec))
-        for i, (dim, a) in enumerate(zip(v.shape, axes)):
-            if a is None:
-                continue
-            names = (a,) if isinstance(a, str) else tuple(a)
-            n = 1
-            for name in names:
-                n *= mesh.shape[name]
-            if dim % n:
-                uneven.append(f"{path_str(path)}{tuple(v.shape)} dim {i} over {names}")
-                axes[i] = None
-        return NamedSharding(mesh, PartitionSpec(*axes))
-
-    flat = [(p, one(p, v)) for p, v in nnx.to_flat_state(state)]
-    return nnx.to_pure_dict(nnx.from_flat_state(flat)) if flat else {}, uneven
-
-
-def make_setup(crab_cfg: CrabConfig, *, patterns: Sequence[str], tx: optax.GradientTransformation,
+def make_setup(family: Family, model_cfg, *, patterns: Sequence[str], tx: optax.GradientTransformation,
                schedule: optax.Schedule, mesh: Mesh, rules, seed: int, param_dtype="float32",
                frozen_param_dtype="float32") -> TrainSetup:
     """Shapes, shardings and the jitted sharded initialiser; nothing is allocated here."""
     param_dtype, frozen_dtype = as_dtype(param_dtype), as_dtype(frozen_param_dtype)
-    abstract_model = nnx.eval_shape(lambda: build_model(crab_cfg, seed))
+    abstract_model = nnx.eval_shape(lambda: build_model(family, model_cfg, seed))
     graphdef, params_s, frozen_s, _ = split_model(abstract_model, patterns)
     trainable_paths = [path_str(p) for p, _ in nnx.to_flat_state(params_s)]
     all_paths = trainable_paths + [path_str(p) for p, _ in nnx.to_flat_state(frozen_s)]
     check_patterns_match(patterns, all_paths)
 
     def init_fn() -> TrainState:
-        model = build_model(crab_cfg, seed)
+        model = build_model(family, model_cfg, seed)
         _, params, frozen, rng_vars = split_model(model, patterns)
         params = _cast_floats(nnx.to_pure_dict(params), param_dtype)
         frozen = _cast_floats(nnx.to_pure_dict(frozen), frozen_dtype)
@@ -130,7 +107,7 @@ def make_setup(crab_cfg: CrabConfig, *, patterns: Sequence[str], tx: optax.Gradi
     shardings = TrainState(step=rep, params=p_sh, frozen=f_sh, rng_vars=jax.tree.map(lambda _: rep, abstract.rng_vars),
                            opt_state=opt_sh, rng=rep)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return TrainSetup(crab_cfg=crab_cfg, graphdef=graphdef, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
+    return TrainSetup(family=family, model_cfg=model_cfg, graphdef=graphdef, tx=tx, schedule=schedule, mesh=mesh,
                       shardings=shardings, abstract=abstract, trainable_paths=trainable_paths,
                       init_fn=jax.jit(init_fn, out_shardings=shardings),
                       init_trainable_fn=jax.jit(lambda: init_fn().replace(frozen={}),

@@ -2,10 +2,10 @@
 
 One optimizer update from one global batch, split into ``micro_batches`` gradient
 accumulation steps (``lax.scan``). Gradients only for the trainable weights; frozen
-weights enter as constants. The loss is ``Crab.total_loss`` (LM cross-entropy + mask
-loss) averaged over micro-batches, as the HF Trainer averages its GA steps. Metrics are
-sums (see :mod:`crab_jax.training.metrics`), plus one finiteness flag per trainable tensor so the
-host can name the first non-finite one.
+weights enter as constants. The loss is the family's (``family.forward_loss``: for Crab
+the LM cross-entropy + mask loss) averaged over micro-batches, as the HF Trainer averages
+its GA steps. Metrics are sums (see :mod:`crab_jax.training.metrics`), plus one finiteness
+flag per trainable tensor so the host can name the first non-finite one.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from crab_jax.parallel.mesh import BATCH_AXES, batch_sharding, replicated
-from crab_jax.training.metrics import per_sample_lm_sums, per_task_sums, router_usage_sums
+from crab_jax.models.losses import per_sample_lm_sums
+from crab_jax.training.metrics import TASK_SUM_PREFIX, per_task_sums, router_usage_sums
 from crab_jax.models.state_dict import flat_leaves
 from crab_jax.training.state import TrainSetup, TrainState, fresh_rng_vars
 
@@ -46,30 +48,28 @@ def tree_all_finite(tree) -> jax.Array:
 def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, num_tasks: int,
                     router_groups: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The un-jitted step (see :func:`jit_train_step`)."""
-    num_layers = setup.crab_cfg.llama.num_hidden_layers
+    family = setup.family
+    num_layers = family.num_llm_layers(setup.model_cfg)
 
     def loss_fn(params, frozen, rng_vars, batch):
         model = setup.merge(params, frozen, rng_vars)
-        out, inter = nnx.capture(lambda m: m(batch, with_seg=with_seg), nnx.Intermediate)(model)
-        loss = model.total_loss(out)
+        out, inter = nnx.capture(lambda m: family.forward_loss(m, batch, with_seg), nnx.Intermediate)(model)
         nll, tok = per_sample_lm_sums(out.logits, batch["labels"])
         task_id = batch["task_id"]
         aux = {
-            "loss": loss,
-            "lm_loss": out.lm_loss,
-            "mask_loss": jnp.zeros(()) if out.mask_loss is None else out.mask_loss,
+            "loss": out.loss,
+            **out.terms,
             "task_nll": per_task_sums(nll, task_id, num_tasks),
             "task_tokens": per_task_sums(tok, task_id, num_tasks),
             "task_samples": per_task_sums(jnp.ones_like(nll), task_id, num_tasks),
         }
-        if out.mask_terms is not None:
-            per_sample_mask = out.mask_terms[:, 0] + 0.5 * out.mask_terms[:, 1] + out.mask_terms[:, 2]
-            aux["task_mask_loss"] = per_task_sums(per_sample_mask, task_id, num_tasks)
+        for name, values in out.per_sample.items():
+            aux[f"{TASK_SUM_PREFIX}{name}"] = per_task_sums(values, task_id, num_tasks)
         usage = router_usage_sums(inter, batch["attention_mask"], task_id, num_tasks=num_tasks,
                                   num_layers=num_layers, groups=router_groups)
         if usage is not None:
             aux["router_sum"], aux["router_count"] = usage
-        return loss, aux
+        return out.loss, aux
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -94,8 +94,9 @@ def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, nu
                                            (jnp.arange(1, micro_batches, dtype=jnp.int32), rest))
         scale = 1.0 / micro_batches
         grads = jax.tree.map(lambda g: g * scale, grads)
-        for k in ("loss", "lm_loss", "mask_loss"):
-            aux[k] = aux[k] * scale
+        for k in aux:
+            if jnp.ndim(aux[k]) == 0:  # the loss and its terms are means: average the micro-batches
+                aux[k] = aux[k] * scale
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -126,8 +127,6 @@ def trainable_names(setup: TrainSetup) -> list[str]:
 
 def first_non_finite(aux: dict, names: Sequence[str]) -> str | None:
     """The first trainable tensor (gradient, then updated value) that is not finite, or the loss."""
-    import numpy as np
-
     if not np.isfinite(float(aux["loss"])):
         bad_g = np.flatnonzero(~np.asarray(aux["finite_grads"]))
         where = f"; first non-finite gradient: {names[bad_g[0]]}" if len(bad_g) else ""

@@ -14,7 +14,7 @@ from crab_jax.parallel.sharding import LOGICAL_AXES, logical_axes
 from crab_jax.models.state_dict import abstract_module, expected_shapes, flat_arrays, flat_variables, load_flat
 from tests.conftest import assert_parity
 from crab_jax.families.crab.convert.beats_table import beats_table, load_beats
-from crab_jax.checkpoints.convert.tensor_files import open_tensors
+from crab_jax.checkpoints.convert.readers import open_tensors
 from crab_jax.checkpoints.convert.mapping import MappingError
 
 

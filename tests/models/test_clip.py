@@ -19,7 +19,7 @@ from crab_jax.families.crab.model import SEG_TASKS
 from crab_jax.models.state_dict import abstract_module, expected_shapes, flat_arrays, load_flat
 from tests.conftest import assert_parity
 from crab_jax.families.crab.convert.clip_table import clip_table, clip_vision_to_jax, split_clip_vision_keys
-from crab_jax.checkpoints.convert.tensor_files import open_tensors
+from crab_jax.checkpoints.convert.readers import open_tensors
 from crab_jax.checkpoints.convert.mapping import MappingError
 
 transformers = pytest.importorskip("transformers")

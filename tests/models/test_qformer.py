@@ -11,7 +11,7 @@ from flax import nnx
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
 from crab_jax.models.state_dict import expected_shapes, flat_arrays, load_flat
 from tests.conftest import assert_parity
-from crab_jax.checkpoints.convert.tensor_files import open_tensors
+from crab_jax.checkpoints.convert.readers import open_tensors
 from crab_jax.checkpoints.convert.mapping import MappingError
 from crab_jax.families.crab.convert.qformer_table import al_projector_table, vl_projector_table
 

@@ -126,6 +126,18 @@ def tied(placeholder: str, values: Iterable) -> tuple[str, tuple[str, ...]]:
     return (placeholder, tuple(str(v) for v in values))
 
 
+def linear_rules(torch_name: str, jax_name: str | None = None) -> list[Rule]:
+    """The rows of a torch ``nn.Linear`` ``torch_name`` (weight transposed, bias copied)."""
+    jax_name = torch_name if jax_name is None else jax_name
+    return [Rule(f"{torch_name}.weight", f"{jax_name}.weight", LINEAR),
+            Rule(f"{torch_name}.bias", f"{jax_name}.bias", IDENTITY)]
+
+
+def norm_rules(name: str) -> list[Rule]:
+    """The rows of a layer whose weight and bias are copied as they are (LayerNorm), same name."""
+    return [Rule(f"{name}.weight", f"{name}.weight", IDENTITY), Rule(f"{name}.bias", f"{name}.bias", IDENTITY)]
+
+
 class MappingTable:
     """One model family's torch <-> JAX mapping (see module docstring)."""
 

@@ -23,6 +23,7 @@ import dataclasses
 import os
 from typing import Callable, Sequence
 
+import librosa
 import numpy as np
 
 from crab_jax.data.errors import BadRecordError
@@ -44,8 +45,6 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
       FileNotFoundError: no such file. AudioFileError: 0-byte, undecodable or empty audio.
       Both messages name the file.
     """
-    import librosa  # heavy import, only needed on the data path
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such audio file")

@@ -20,9 +20,12 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import av
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from crab_jax.data.errors import BadRecordError
+from crab_jax.data.media import audio as A
 
 CLIP_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -56,8 +59,6 @@ def uniform_indices(num_frames_in_file: int, num_frames: int) -> np.ndarray:
 
 def _scale_graph(stream, width: int, height: int):
     """ffmpeg graph ``buffer -> scale=W:H:flags=bilinear -> format=rgb24 -> sink`` (decord's)."""
-    import av
-
     graph = av.filter.Graph()
     src = graph.add_buffer(template=stream)
     scale = graph.add("scale", f"{width}:{height}:flags=bilinear")
@@ -90,8 +91,6 @@ def decode_video(path: str | os.PathLike, num_frames: int, size: int = CLIP_SIZE
       BadRecordError: missing / empty / undecodable file, no video stream, fewer than
       ``min_frames`` frames, or a file that ends before the last wanted frame (truncated).
     """
-    import av
-
     path = check_file(path, "video")
     try:
         container = av.open(path)
@@ -137,8 +136,6 @@ def decode_video(path: str | os.PathLike, num_frames: int, size: int = CLIP_SIZE
 
 
 def _open_image(path: str | os.PathLike, what: str):
-    from PIL import Image, UnidentifiedImageError
-
     path = check_file(path, what)
     try:
         img = Image.open(path)
@@ -150,8 +147,6 @@ def _open_image(path: str | os.PathLike, what: str):
 
 def load_image(path: str | os.PathLike, size: int = CLIP_SIZE) -> np.ndarray:
     """PIL ``open().convert('RGB').resize((size, size))`` (bicubic): ``[size, size, 3]`` uint8."""
-    from PIL import Image
-
     img = _open_image(path, "image").convert("RGB")
     return np.asarray(img.resize((size, size), Image.BICUBIC), np.uint8)
 
@@ -179,8 +174,6 @@ def clip_preprocess(images: np.ndarray, size: int = CLIP_SIZE, mean: Sequence[fl
 
 
 def _clip_one(image: np.ndarray, size: int, mean, std) -> np.ndarray:
-    from PIL import Image
-
     h, w = image.shape[:2]
     if (h, w) != (size, size):
         # shortest side -> size (the long side truncated like HF), PIL bicubic, centre crop.
@@ -260,8 +253,6 @@ def load_avss_mask(path: str | os.PathLike, size: int = CLIP_SIZE,
                    num_classes: int = AVSS_NUM_CLASSES) -> np.ndarray:
     """AVSS colour mask -> class ids: PIL RGB, NEAREST resize, exact palette match (unmatched
     colours -> 0). Returns ``[1, size, size]`` int64 in ``[0, num_classes)``."""
-    from PIL import Image
-
     rgb = np.asarray(_open_image(path, "mask").convert("RGB").resize((size, size), Image.NEAREST), np.int64)
     code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     pal = avss_palette(num_classes).astype(np.int64)
@@ -282,21 +273,17 @@ def load_mask(path: str | os.PathLike, task: str, size: int = CLIP_SIZE) -> np.n
 
 def decode_audio(path: str | os.PathLike) -> np.ndarray:
     """:func:`crab_jax.data.media.audio.load_audio` (its errors are already BadRecordError)."""
-    from crab_jax.data.media.audio import load_audio
-
-    return load_audio(check_file(path, "audio"))
+    return A.load_audio(check_file(path, "audio"))
 
 
 def audio_segments(spec, audio: np.ndarray):
-    """Cuts a decoded ``[samples]`` waveform by a record's :class:`~crab_jax.data.records.readers.AudioSpec`
+    """Cuts a decoded ``[samples]`` waveform by a record's :class:`~crab_jax.data.records.record.AudioSpec`
     (Crab family) into :class:`~crab_jax.data.media.audio.AudioSegments`.
 
     ``"seconds"`` (pretraining): pad to >= 1 s, pad the end to whole seconds, 16000-sample
     windows; the original pads with float64 zeros, so a padded clip is float64 throughout.
     ``pad_to_second`` (test-time AVSS) likewise promotes the whole clip when it pads.
     """
-    from crab_jax.data.media import audio as A
-
     audio = np.asarray(audio, np.float32)
     if spec.kind == "clip":
         return A.segment_clip(audio, spec.tot)

@@ -6,25 +6,27 @@ Reports the record count per task and split, then every problem with its path:
 * ``missing``, ``empty`` (0 bytes), ``undecodable`` media files;
 * ``wrong_rate``: audio whose native sample rate is not 16 kHz (Crab resamples it, so it
   still trains, but the data differs from the released AV-UIE files);
-* ``too_short``: audio whose segments are shorter than one BEATs patch (16 fbank frames)
-  under the record's own AudioSpec, or a video with fewer frames than the record samples.
+* ``too_short``: audio whose segments are shorter than the model's audio encoder reads
+  (Crab: one BEATs patch, 16 fbank frames; the family's example builder says) under the
+  record's own AudioSpec, or a video with fewer frames than the record samples.
 
-Each media file is checked once, however many records use it. Exit status 1 when any
-problem is found.
+Records are read by the config's model family (``model.family``). Each media file is checked
+once, however many records use it. Exit status 1 when any problem is found.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
-import json
-import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
-from crab_jax.data.media import decode as M
+import av
+from tqdm import tqdm
+
 from crab_jax.data.errors import BadRecordError
-from crab_jax.data.records.readers import Record, resolve
+from crab_jax.data.media import decode as M
+from crab_jax.data.media.fbank import DEFAULT_FBANK
+from crab_jax.data.records.record import Record, resolve
 
 TARGET_RATE = 16000
 CATEGORIES = ("annotation", "missing", "empty", "undecodable", "wrong_rate", "too_short")
@@ -43,15 +45,13 @@ def _category(e: BadRecordError) -> str:
 
 def native_audio_rate(path: str) -> int:
     """Sample rate of the file's first audio stream (container header, no decoding)."""
-    import av
-
     with av.open(path) as c:
         if not c.streams.audio:
             raise BadRecordError(path, "no audio stream")
         return int(c.streams.audio[0].sample_rate)
 
 
-def check_audio(record: Record, data_root: str, problems: dict, checked: set) -> None:
+def check_audio(record: Record, data_root: str, min_fbank_frames: int, problems: dict, checked: set) -> None:
     path = resolve(data_root, record.audios[0])
     if path not in checked:
         checked.add(path)
@@ -66,11 +66,8 @@ def check_audio(record: Record, data_root: str, problems: dict, checked: set) ->
         except Exception as e:  # av errors
             problems["undecodable"].append((path, f"cannot open audio ({type(e).__name__}: {e})"))
             return
-    if record.audio is None or record.family != "crab":
+    if record.audio is None:
         return
-    from crab_jax.families.crab.examples import BEATS_PATCH
-    from crab_jax.data.media.fbank import DEFAULT_FBANK
-
     key = (path, record.audio)
     if key in checked:
         return
@@ -83,9 +80,10 @@ def check_audio(record: Record, data_root: str, problems: dict, checked: set) ->
         checked.add((path, "decoded"))
         return
     frames = DEFAULT_FBANK.num_frames(int(seg.waveforms.shape[1]))
-    if frames < BEATS_PATCH:
+    if frames < min_fbank_frames:
         problems["too_short"].append((path, f"{seg.waveforms.shape[1]}-sample segments ({frames} fbank frames) "
-                                            f"for {record.task}'s rule {record.audio}; BEATs needs {BEATS_PATCH}"))
+                                            f"for {record.task}'s rule {record.audio}; the model needs "
+                                            f"{min_fbank_frames}"))
 
 
 def check_video(record: Record, data_root: str, problems: dict, checked: set) -> None:
@@ -93,8 +91,6 @@ def check_video(record: Record, data_root: str, problems: dict, checked: set) ->
     if path in checked:
         return
     checked.add(path)
-    import av
-
     try:
         M.check_file(path, "video")
         with av.open(path) as c:
@@ -121,11 +117,12 @@ def check_image(path: str, what: str, problems: dict, checked: set) -> None:
         problems[_category(e)].append((e.path, e.reason))
 
 
-def check_records(records: Sequence[Record], data_root: str, problems: dict, checked: set) -> None:
+def check_records(records: Sequence[Record], data_root: str, min_fbank_frames: int, problems: dict,
+                  checked: set) -> None:
     """Adds the problems of the records' media files (each file once) to ``problems``."""
     for r in records:
         if r.audios:
-            check_audio(r, data_root, problems, checked)
+            check_audio(r, data_root, min_fbank_frames, problems, checked)
         if r.videos:
             check_video(r, data_root, problems, checked)
         for p in r.frame_paths + ((r.image_path,) if r.image_path else ()):
@@ -161,12 +158,14 @@ class CheckReport:
 
 
 def check_dataset(data_root: str, tasks: Sequence[str], splits: Sequence[str] = ("train", "test"), *,
+                  read_records: Callable[..., tuple[list, list]], min_fbank_frames: int,
                   decode_media: bool = True, progress: bool = False) -> CheckReport:
-    """Reads every annotation of ``tasks`` x ``splits`` and checks the media they name."""
-    from tqdm import tqdm
+    """Reads every annotation of ``tasks`` x ``splits`` and checks the media they name.
 
-    from crab_jax.data.pipeline.grain import read_records
-
+    Args:
+      read_records: the family's ``(root, tasks, split) -> (records, bad-record errors)``.
+      min_fbank_frames: fewest fbank frames per audio segment the model reads.
+    """
     counts: dict = {}
     problems = collections.defaultdict(list)
     checked: set = set()
@@ -177,43 +176,5 @@ def check_dataset(data_root: str, tasks: Sequence[str], splits: Sequence[str] = 
             counts[task][split] = len(records)
             problems["annotation"] += [(e.path, e.reason) for e in errors]
             if decode_media:
-                check_records(records, data_root, problems, checked)
+                check_records(records, data_root, min_fbank_frames, problems, checked)
     return CheckReport(counts, {k: problems.get(k, []) for k in CATEGORIES})
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m crab_jax.data.check",
-        description="Count the records of a run config's data.tasks per split and report every missing, "
-                    "0-byte, undecodable, wrong-rate (not 16 kHz) or too-short media file, with its path. "
-                    "Exit status 1 when a problem is found.")
-    p.add_argument("--config", required=True, help="run config file, optionally with a variant: configs/gpu.py:finetune")
-    p.add_argument("--data-root", default="", help="override data.path")
-    p.add_argument("--splits", default="train,test", help="comma list of splits (default train,test)")
-    p.add_argument("--counts-only", action="store_true", help="count records, do not open media files")
-    p.add_argument("--json", default="", help="also write the report as JSON to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from crab_jax.config.loader import load_config
-
-    args = build_parser().parse_args(argv)
-    config = load_config(args.config)
-    root = args.data_root or config.data.get("path", "")
-    if not root:
-        print("error: no data root: set data.path in the config or pass --data-root", file=sys.stderr)
-        return 2
-    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    report = check_dataset(root, tuple(config.data.tasks), splits, decode_media=not args.counts_only,
-                           progress=not args.quiet)
-    print(report.format())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report.to_json(), f, indent=1)
-    return 1 if report.num_problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

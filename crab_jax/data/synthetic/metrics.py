@@ -27,6 +27,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from crab_jax.data.synthetic.records import arig_record, ave_record, avqa_records
+from crab_jax.data.synthetic.render import track_masks
+from crab_jax.data.synthetic.scenes import sample_ave, sample_avqa_clip, sample_avs
+
 TASKS = ("avqa", "ave", "arig", "s4", "s4_category")
 METRIC_NAMES = {"avqa": "accuracy", "ave": "segment accuracy", "arig": "box IoU", "s4": "mask IoU (J)",
                 "s4_category": "category accuracy"}
@@ -132,7 +136,7 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def _field(record: Any, name: str, task: str):
-    """A JSON field of a record: a raw JSON mapping, or a :class:`crab_jax.data.records.readers.Record`
+    """A JSON field of a record: a raw JSON mapping, or a :class:`crab_jax.data.records.record.Record`
     (its ``fields`` mapping, then its attributes; an AVQA test Record keeps ``answer`` as ``gt``)."""
     if isinstance(record, Mapping):
         if name in record:
@@ -150,7 +154,7 @@ def _field(record: Any, name: str, task: str):
         if task == "avqa" and name == "answer" and getattr(record, "gt", None) is not None:
             return record.gt
     raise KeyError(f"score({task!r}): the record has no field {name!r} (expected a {task} test record: "
-                   "its JSON fields or a crab_jax.data.records.readers.Record)")
+                   "its JSON fields or a crab_jax.data.records.record.Record)")
 
 
 def _check_task(task: str) -> None:
@@ -164,7 +168,7 @@ def score(task: str, prediction: Any, record: Any, *, gt_mask: np.ndarray | None
     Args:
       task: one of :data:`TASKS`.
       prediction: the decoded text; for ``s4`` a binary ``[H, W]`` mask (e.g. ``sigmoid(logit) > 0.5``).
-      record: the test record: its JSON fields (a mapping) or a :class:`crab_jax.data.records.readers.Record`
+      record: the test record: its JSON fields (a mapping) or a :class:`crab_jax.data.records.record.Record`
         (read by ``records.read_crab_task(task, "test", root)``). Fields used: ``answer`` (avqa;
         a Record's ``gt``), ``event, start_time, end_time`` (ave), ``top_left, bottom_right``
         (arig), ``a_obj`` (s4_category).
@@ -264,21 +268,19 @@ def _best_constant_category(rows: Sequence[Mapping]) -> float:
 @functools.lru_cache(maxsize=None)
 def _pool_chance(task: str) -> float:
     """Chance measured on a fixed pool drawn from the generator's own distribution (no files)."""
-    from crab_jax.data.synthetic import generate as syn
-
     split = "test"
     if task == "avqa":
-        rows = [r for i in range(CHANCE_POOL) for r in syn.avqa_records(syn.sample_avqa_clip(CHANCE_SEED, split, i))]
+        rows = [r for i in range(CHANCE_POOL) for r in avqa_records(sample_avqa_clip(CHANCE_SEED, split, i))]
         return _best_constant_avqa(rows)
     if task == "ave":
-        return _best_constant_ave([syn.ave_record(syn.sample_ave(CHANCE_SEED, split, i)) for i in range(CHANCE_POOL)])
+        return _best_constant_ave([ave_record(sample_ave(CHANCE_SEED, split, i)) for i in range(CHANCE_POOL)])
     avs_task = "s4" if task.startswith("s4") else "arig"
-    samples = [syn.sample_avs(avs_task, CHANCE_SEED, split, i) for i in range(CHANCE_POOL)]
+    samples = [sample_avs(avs_task, CHANCE_SEED, split, i) for i in range(CHANCE_POOL)]
     if task == "s4_category":
         return _best_constant_category([{"a_obj": s.a_obj} for s in samples])
-    masks = [syn.track_masks(s.clip)[:, s.clip.sounding] for s in samples]
+    masks = [track_masks(s.clip)[:, s.clip.sounding] for s in samples]
     if task == "arig":
-        rows = [syn.arig_record(s, split, m) for s, m in zip(samples, masks)]
+        rows = [arig_record(s, split, m) for s, m in zip(samples, masks)]
         return _best_constant_arig(np.array([[*r["top_left"], *r["bottom_right"]] for r in rows]))
     return _best_constant_s4(np.concatenate(masks))  # S4 test records cover every frame
 

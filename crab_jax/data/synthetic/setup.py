@@ -17,60 +17,61 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
+
+from crab_jax.config.sections import DataConfig
+from crab_jax.data.records.record import Record, load_answer
+from crab_jax.data.records.select import read_records
+from crab_jax.data.synthetic import scenes
+from crab_jax.data.synthetic.records import ave_label_text, avqa_label_text
+from crab_jax.data.text.word_tokenizer import build_word_tokenizer
+
+# A model family's ``(record, answer) -> (instruction, target)``: the texts a record trains on.
+RecordTexts = Callable[[Record, str], tuple[str, str]]
 
 log = logging.getLogger("crab_jax.train")
 
 
-def cache_dir(data_cfg) -> pathlib.Path:
-    return pathlib.Path(os.path.expanduser(str(data_cfg.cache_dir or "~/.cache/crab_jax")))
-
-
-def synthetic_tasks(data_cfg) -> tuple[str, ...]:
+def synthetic_tasks(data_cfg: DataConfig) -> tuple[str, ...]:
     """``data.tasks`` checked against the synthetic generator's tasks."""
-    from crab_jax.data.synthetic import generate as S
-
     tasks = tuple(data_cfg.tasks)
-    bad = [t for t in tasks if t not in S.TASKS]
+    bad = [t for t in tasks if t not in scenes.TASKS]
     if bad or not tasks:
-        raise ValueError(f"config data.tasks={list(tasks)}: data.source='synthetic' generates only {list(S.TASKS)}")
+        raise ValueError(f"config data.tasks={list(tasks)}: data.source='synthetic' generates only {list(scenes.TASKS)}")
     return tasks
 
 
-def synthetic_root(data_cfg) -> pathlib.Path:
+def synthetic_root(data_cfg: DataConfig) -> pathlib.Path:
     """``data.path``, or the default folder named after the generation parameters."""
     if data_cfg.path:
         return pathlib.Path(os.path.expanduser(str(data_cfg.path)))
     s = data_cfg.synthetic
     name = f"seed{int(s.seed)}-train{int(s.num_train)}-test{int(s.num_test)}-{'_'.join(synthetic_tasks(data_cfg))}"
-    return cache_dir(data_cfg) / "synthetic" / name
+    return data_cfg.cache_root / "synthetic" / name
 
 
-def as_training_record(record):
+def as_training_record(record: Record) -> Record:
     """A test-split record in training form: the training prompt and the training target text.
 
     The tiny model learns the training prompts; held-out scoring asks the same questions about
     unseen clips. Targets: AVQA / AVE get their ``converted_label`` text (what training reads),
     S4 / ARIG keep the test ground truth (its text parses to the same fields).
     """
-    from crab_jax.data.synthetic import generate as S
-
     f = record.fields
     if record.task == "avqa":
-        answer = S.avqa_label_text(record.gt)
+        answer = avqa_label_text(record.gt)
     elif record.task == "ave":
-        answer = S.ave_label_text(f["event"], f["start_time"], f["end_time"])
+        answer = ave_label_text(f["event"], f["start_time"], f["end_time"])
     else:
         answer = record.gt
     return dataclasses.replace(record, mode="train", answer=answer, answer_file=None, gt=None)
 
 
-def heldout_records(root: str | os.PathLike, tasks: Sequence[str], *, seed: int = 0) -> list:
+def heldout_records(root: str | os.PathLike, tasks: Sequence[str], *, seed: int = 0) -> list[Record]:
     """The test split's records in training form (:func:`as_training_record`); S4 / MS3 keep
     frame 0 only, the frame their training records show."""
-    from crab_jax.data.pipeline.grain import read_records
-
     records, errors = read_records(root, tasks, "test", seed=seed)
     if errors:
         log.warning("held-out split: %d bad annotation entries skipped (first: %s)", len(errors), errors[0])
@@ -78,42 +79,38 @@ def heldout_records(root: str | os.PathLike, tasks: Sequence[str], *, seed: int 
     return [as_training_record(r) for r in keep]
 
 
-def corpus_texts(root: str | os.PathLike, tasks: Sequence[str], *, seed: int = 0) -> list[str]:
-    """Every chat-templated instruction and target text of the train and held-out records."""
-    from crab_jax.data.pipeline.grain import read_records
-    from crab_jax.families.crab.prompts import build_crab_text
-    from crab_jax.data.records.readers import load_answer
-
+def corpus_texts(root: str | os.PathLike, tasks: Sequence[str], record_texts: RecordTexts, *,
+                 seed: int = 0) -> list[str]:
+    """Every instruction and target text (``record_texts(record, answer)``, the family's
+    chat-templated pair) of the train and held-out records."""
     records, errors = read_records(root, tasks, "train", seed=seed)
     if errors:
         raise ValueError(f"{root}: {len(errors)} bad training annotation entries (first: {errors[0]})")
     texts = []
     for r in list(records) + heldout_records(root, tasks, seed=seed):
-        instruction, target = build_crab_text(r, load_answer(r, root))
+        instruction, target = record_texts(r, load_answer(r, root))
         texts += [instruction, target]
     return texts
 
 
-def write_tokenizer_once(texts: Sequence[str], folder: pathlib.Path) -> pathlib.Path:
-    """Builds the word tokenizer into ``folder`` unless it is there (atomic: temp folder + rename)."""
-    from crab_jax.data.text.word_tokenizer import build_word_tokenizer
-
+def write_tokenizer_once(texts: Sequence[str], folder: pathlib.Path, added_tokens: Sequence[str]) -> pathlib.Path:
+    """Builds the word tokenizer of ``texts`` (``added_tokens``: the family's tokens, never
+    vocabulary words) into ``folder`` unless it is there (atomic: temp folder + rename)."""
     if (folder / "tokenizer.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    build_word_tokenizer(texts, tmp)
+    build_word_tokenizer(texts, tmp, added_tokens)
     try:
         tmp.rename(folder)
     except OSError:  # another process won the race: its folder is identical
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
-def synthetic_tokenizer_dir(root: pathlib.Path, tasks: Sequence[str], cache: pathlib.Path) -> tuple[pathlib.Path, list[str]]:
+def synthetic_tokenizer_dir(root: pathlib.Path, tasks: Sequence[str], cache: pathlib.Path,
+                            record_texts: RecordTexts) -> tuple[pathlib.Path, list[str]]:
     """Folder of the word tokenizer of this dataset's texts (named by their hash) and the texts."""
-    texts = corpus_texts(root, tasks)
+    texts = corpus_texts(root, tasks, record_texts)
     digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
     return cache / "tokenizers" / f"synthetic-{digest}", texts

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from crab_jax.models.llama import position_ids_from_mask
 from crab_jax.models.losses import IGNORE_INDEX
 
 
@@ -60,11 +61,6 @@ def expand_placeholders(
         shift += block.length - 1
     return AssembledSample(np.asarray(ids_out, np.int32), np.asarray(labels_out, np.int32),
                            np.asarray(index_out, np.int32), shift)
-
-
-def position_ids_from_mask(attention_mask: np.ndarray) -> np.ndarray:
-    """``max(cumsum(mask) - 1, 0)``: pads get 0, each sample's first real token is 0."""
-    return np.maximum(np.cumsum(attention_mask, axis=-1) - 1, 0)
 
 
 def left_pad_batch(samples: Sequence[AssembledSample], length: int | None, pad_id: int) -> dict[str, np.ndarray]:

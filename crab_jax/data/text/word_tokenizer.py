@@ -4,7 +4,8 @@ The real model uses LLaMA-2's sentencepiece tokenizer from a local folder; a tin
 trained on the synthetic dataset needs a vocabulary of a few hundred words instead. This
 builds one the way the parity fixtures' tokenizer is built: a Hugging Face fast tokenizer
 with ``<unk>, <s>, </s>`` as ids 0, 1, 2, a word-level model, left padding, pad = eos,
-and the LLaMA-2 chat template; ``load_tokenizer`` then adds Crab's 17 tokens. Words are
+and the LLaMA-2 chat template; the model family's ``load_tokenizer`` then adds its own tokens
+(``added_tokens``, which are therefore kept out of the vocabulary here). Words are
 split on whitespace only, so tagged answers (``<answer> left </answer>.``) decode back to
 the same text and the task parsers read them unchanged.
 """
@@ -12,24 +13,22 @@ the same text and the task parsers read them unchanged.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 
 
-def build_word_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike) -> str:
+def build_word_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, added_tokens: Sequence[str]) -> str:
     """Writes a tokenizer folder whose vocabulary is every whitespace-separated word of
-    ``texts`` (sorted, after the three specials); returns the folder path."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from crab_jax.families.crab.prompts import MASK_TOKENS, SPECIAL_TOKENS
-
-    crab_tokens = set(SPECIAL_TOKENS) | set(MASK_TOKENS) | {UNK, BOS, EOS}
+    ``texts`` (sorted, after the three specials), the family's ``added_tokens`` left out
+    (the family adds them when it loads the tokenizer); returns the folder path."""
+    not_words = set(added_tokens) | {UNK, BOS, EOS}
     words = set()
     for text in texts:
-        for piece in _split_added(text, crab_tokens):
-            words.update(piece.split())
+        words.update(_without(text, not_words).split())
     vocab = {UNK: 0, BOS: 1, EOS: 2}
     for w in sorted(words - set(vocab)):
         vocab[w] = len(vocab)
@@ -43,11 +42,11 @@ def build_word_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike) -> st
     return out_dir
 
 
-def _split_added(text: str, tokens: set[str]) -> list[str]:
-    """``text`` without the special / Crab tokens (they are never vocabulary words)."""
+def _without(text: str, tokens: set[str]) -> str:
+    """``text`` with every one of ``tokens`` replaced by a space (longest first)."""
     for t in sorted(tokens, key=len, reverse=True):
         text = text.replace(t, " ")
-    return [text]
+    return text
 
 
 # LLaMA-2-chat's template (system message folded into the first user turn).

@@ -11,8 +11,9 @@ A *batch* is a dict of numpy arrays in exactly the format :meth:`Crab.__call__` 
     is_seg, is_avss [b]           bool
     task_id       [b]             int32     (index into the config's ``data.tasks``; metrics only)
 
-The trainer accepts any iterator with ``__next__`` yielding such dicts, and optionally
-``get_state() -> JSON-able dict`` / ``set_state(dict)`` for checkpoint/resume.
+The trainer accepts any iterator with ``__next__`` yielding such dicts and ``bucket_specs()``
+(the BatchSpec of every shape it yields), and optionally ``get_state() -> JSON-able dict`` /
+``set_state(dict)`` for checkpoint/resume.
 :func:`make_random_batches` is such an iterator with random but well-formed content:
 placeholders expanded with :mod:`crab_jax.data.text.sequence`, labels on the answer only.
 """
@@ -25,11 +26,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from crab_jax.data.text.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
+from crab_jax.families.crab.examples import MEL_BINS
+from crab_jax.families.crab.model import MULTICLASS_SEG_TASKS, SEG_TASKS, CrabConfig, media_layout
 from crab_jax.families.crab.tokens import BOS_TOKEN_ID, EOS_TOKEN_ID
 from crab_jax.models.losses import IGNORE_INDEX
-from crab_jax.families.crab.model import MULTICLASS_SEG_TASKS, SEG_TASKS, CrabConfig, media_layout
 
-MEL_BINS = 128
 DEFAULT_TASKS = ("ave", "avqa", "s4", "avss")
 BATCH_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "media_index", "frames", "fbank",
               "mask_positions", "gt_mask", "is_seg", "is_avss", "task_id")
@@ -175,6 +176,10 @@ class RandomBatches(Iterator[dict]):
             index %= self.num_distinct
         rng = np.random.default_rng([self.seed, index])
         return random_batch(rng, self.spec, self.cfg, self.tasks)
+
+    def bucket_specs(self) -> list[BatchSpec]:
+        """The one shape of every batch (as the records pipeline lists one per bucket)."""
+        return [self.spec]
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = self._batch_at(self.position)

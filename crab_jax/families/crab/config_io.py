@@ -25,13 +25,14 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from crab_jax.families.crab.model import CrabConfig
+from crab_jax.io.paths import as_path
 from crab_jax.models.beats import BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig
-from crab_jax.families.crab.model import CrabConfig
 from crab_jax.models.ilora import ILoRAConfig
 from crab_jax.models.llama import LlamaConfig
 from crab_jax.models.qformer import QFormerConfig
-from crab_jax.models.seg import SegConfig
+from crab_jax.models.seg.config import SegConfig
 
 FORMAT = "crab_jax.config/1"
 CONFIG_FILE = "crab_config.json"
@@ -107,9 +108,13 @@ def sections_to_json(sections: Mapping[str, Any], crab: Mapping[str, Any] | None
     return out
 
 
+def sections_of(cfg: CrabConfig) -> dict[str, Any]:
+    """A whole CrabConfig's sub-configs by section name."""
+    return {name: getattr(cfg, name) for name in SECTIONS}
+
+
 def crab_config_to_json(cfg: CrabConfig) -> dict:
-    sections = {name: getattr(cfg, name) for name in SECTIONS}
-    return sections_to_json(sections, {k: getattr(cfg, k) for k in _CRAB_FIELDS})
+    return sections_to_json(sections_of(cfg), {k: getattr(cfg, k) for k in _CRAB_FIELDS})
 
 
 def sections_from_json(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,16 +138,8 @@ def crab_config_from_json(d: Mapping[str, Any]) -> CrabConfig:
     return CrabConfig(**sections, **crab)
 
 
-def save_json(d: Mapping[str, Any], path: str | os.PathLike) -> None:
-    with open(path, "w") as f:
-        json.dump(d, f, indent=2, sort_keys=False)
-        f.write("\n")
-
-
 def read_json(path: str | os.PathLike) -> dict:
     """``path`` (local or ``gs://``): the JSON file or a checkpoint directory holding ``crab_config.json``."""
-    from crab_jax.io.paths import as_path
-
     path = as_path(path)
     if path.is_dir():
         path = path / CONFIG_FILE
@@ -162,6 +159,3 @@ def load_crab_config(path: str | os.PathLike) -> CrabConfig:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
 
-
-def save_crab_config(cfg: CrabConfig, path: str | os.PathLike) -> None:
-    save_json(crab_config_to_json(cfg), path)

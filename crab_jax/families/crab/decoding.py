@@ -28,8 +28,6 @@ CLIP taps (never zeroed here: at inference nothing says a sample is "not segment
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import functools
 from typing import Mapping, NamedTuple
 
@@ -38,51 +36,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from crab_jax.families.crab.model import Crab
-from crab_jax.models.ilora import record_router_gates
 from crab_jax.models.llama import KVCache
-from crab_jax.families.crab.tokens import EOS_TOKEN_ID, PAD_TOKEN_ID
+from crab_jax.models.decoding import TRACES, DecodeConfig, prepare_for_inference, push, select_tokens
 
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "media_index", "frames", "fbank")
 
-# Trace count of the jitted generator per (batch, bucket, max_new_tokens); tests and logs read it.
-TRACES: collections.Counter = collections.Counter()
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-    """How to decode (hashable: a static argument of the jitted generator).
-
-    Attributes:
-      max_new_tokens: ``N``, generated slots (500 for Crab's text tasks, 100 for AVS).
-      eos_token_id: stops a sample (``</s>`` = 2 for LLaMA).
-      pad_token_id: written after EOS.
-      temperature: 0 = greedy (argmax); > 0 samples from ``softmax(logits / temperature)``.
-      top_k: with sampling, keep the ``k`` most likely tokens (0 = all).
-      top_p: with sampling, keep the smallest set of tokens whose mass reaches ``top_p`` (1 = all).
-      with_masks: run the seg module on generated mask tokens (ignored without a seg module).
-    """
-
-    max_new_tokens: int
-    eos_token_id: int = EOS_TOKEN_ID
-    pad_token_id: int = PAD_TOKEN_ID
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    with_masks: bool = True
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"DecodeConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"DecodeConfig.temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"DecodeConfig.top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"DecodeConfig.top_p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
 
 
 class Generation(NamedTuple):
@@ -114,28 +72,6 @@ class Generation(NamedTuple):
     pred_masks: jax.Array | None
 
 
-# ----------------------------------------------------------------------------- token choice
-
-
-def select_tokens(logits: jax.Array, rng: jax.Array, dcfg: DecodeConfig) -> jax.Array:
-    """``[b, V]`` float32 logits -> ``[b]`` int32 ids (greedy, or temperature / top-k / top-p sampling)."""
-    if dcfg.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / dcfg.temperature
-    neg = jnp.finfo(jnp.float32).min
-    if 0 < dcfg.top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, dcfg.top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, neg, logits)
-    if dcfg.top_p < 1.0:
-        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(ordered, axis=-1)
-        # A token is kept while the mass strictly before it is < top_p (the first always is).
-        keep = (jnp.cumsum(probs, axis=-1) - probs) < dcfg.top_p
-        threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < threshold, neg, logits)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
-
-
 # ----------------------------------------------------------------------------- the decoder
 
 
@@ -151,14 +87,6 @@ class _Carry(NamedTuple):
     mask_steps: jax.Array   # [b, n]
     mask_count: jax.Array   # [b]
     rng: jax.Array
-
-
-def _push(buf: jax.Array, value: jax.Array, flag: jax.Array) -> jax.Array:
-    """Rolling buffer ``[b, n, ...]``: where ``flag``, drop the oldest entry and append ``value``."""
-    if buf.shape[1] == 0:
-        return buf
-    rolled = jnp.concatenate([buf[:, 1:], value[:, None].astype(buf.dtype)], axis=1)
-    return jnp.where(flag.reshape((-1,) + (1,) * (buf.ndim - 1)), rolled, buf)
 
 
 def encode_prompt(model: Crab, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -227,8 +155,8 @@ def generate(model: Crab, batch: Mapping[str, jax.Array], dcfg: DecodeConfig,
         flag = live & jnp.isin(token, mask_ids) & (n_mask > 0)
         prompt_vec = c.hidden if cfg.mask_position_offset == -1 else hidden[:, 0]
         return _Carry(c.step + 1, logits[:, 0], hidden[:, 0], cache, tokens, done, lengths,
-                      _push(c.mask_buf, prompt_vec.astype(jnp.float32), flag),
-                      _push(c.mask_steps, jnp.full((b,), c.step, jnp.int32), flag),
+                      push(c.mask_buf, prompt_vec.astype(jnp.float32), flag),
+                      push(c.mask_steps, jnp.full((b,), c.step, jnp.int32), flag),
                       c.mask_count + flag.astype(jnp.int32), rng)
 
     init = _Carry(jnp.zeros((), jnp.int32), logits[:, -1], hidden[:, -1], cache,
@@ -252,13 +180,6 @@ def generate(model: Crab, batch: Mapping[str, jax.Array], dcfg: DecodeConfig,
 
 
 # ----------------------------------------------------------------------------- jit edge
-
-
-def prepare_for_inference(model: Crab) -> Crab:
-    """Eval mode (dropout off) and no router-gate sowing (a decode loop must not write state)."""
-    model.eval()
-    record_router_gates(model, False)
-    return model
 
 
 @functools.partial(nnx.jit, static_argnames=("dcfg",))

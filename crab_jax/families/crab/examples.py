@@ -21,26 +21,21 @@ only normalises an image that already has the CLIP size).
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping
 
+import av
 import numpy as np
 
-from crab_jax.data.media import decode as M
 from crab_jax.data.errors import BadRecordError
+from crab_jax.data.media import decode as M
 from crab_jax.data.media.fbank import DEFAULT_FBANK, FbankConfig
+from crab_jax.data.pipeline.buckets import PlanInfo
+from crab_jax.data.records.record import Record, load_answer, resolve
+from crab_jax.families.crab.model import MULTICLASS_SEG_TASKS, SEG_TASKS
 from crab_jax.families.crab.prompts import tokenize_record
-from crab_jax.data.records.readers import Record, load_answer, resolve
 
-if TYPE_CHECKING:
-    from crab_jax.families.crab.model import CrabConfig
-
-MEL_BINS = 128
+MEL_BINS = DEFAULT_FBANK.num_mel_bins   # fbank bins per frame (BEATs' input)
 BEATS_PATCH = 16           # BEATs patch size along time (and mel)
-# crab_jax.families.crab.model's SEG_TASKS / MULTICLASS_SEG_TASKS, repeated so that decoding workers
-# never import jax (a test checks they agree).
-SEG_TASKS = ("s4", "ms3", "avss", "ref-avs")
-MULTICLASS_SEG_TASKS = ("avss",)
 SEG_RECORD_TASKS = SEG_TASKS + ("lvis_seg",)  # records whose target carries <mask_k> tokens
 VISUAL_PLACEHOLDERS = ("<video>", "<image>")
 
@@ -59,7 +54,8 @@ class ExampleSettings:
       mask_token_ids: ``<mask_0..k>`` ids the seg module reads (empty without seg branch).
       seg_enabled: the model has a seg module (else no sample is a segmentation sample).
       visual_offset, audio_offset: first media-buffer row of the visual / audio block
-        (:func:`crab_jax.families.crab.model.media_layout` of the slots, computed once here).
+        (:func:`crab_jax.families.crab.model.media_layout` of the slots, computed once by
+        :func:`crab_jax.families.crab.example_builder.settings_from`).
       fbank: filterbank settings.
     """
 
@@ -79,21 +75,6 @@ class ExampleSettings:
 
     def placeholder_ids(self) -> dict[str, int]:
         return {name: int(self.token_ids[name]) for name in VISUAL_PLACEHOLDERS + ("<audio>",)}
-
-
-def settings_from(cfg: "CrabConfig", data_root: str | os.PathLike, tasks: Sequence[str], *,
-                  frame_slots: int, audio_slots: int, fbank: FbankConfig = DEFAULT_FBANK) -> ExampleSettings:
-    """:class:`ExampleSettings` of a model config and the data section's sizes."""
-    from crab_jax.families.crab.model import media_layout
-
-    layout = media_layout(cfg, frame_slots, audio_slots)
-    return ExampleSettings(
-        data_root=os.fspath(data_root), tasks=tuple(tasks), image_size=int(cfg.clip.vision.image_size),
-        frame_slots=int(frame_slots), audio_slots=int(audio_slots),
-        visual_queries=int(cfg.visual_qformer.num_query_tokens), audio_queries=int(cfg.audio_qformer.num_query_tokens),
-        token_ids=dict(cfg.special_token_ids), mask_token_ids=tuple(cfg.mask_token_ids),
-        seg_enabled=cfg.seg is not None, visual_offset=int(layout.visual_offset),
-        audio_offset=int(layout.audio_offset), fbank=fbank)
 
 
 @dataclasses.dataclass
@@ -130,19 +111,6 @@ class Example:
         return int(self.fbank.shape[1]) if self.fbank.shape[0] else 0
 
 
-@dataclasses.dataclass(frozen=True)
-class PlanInfo:
-    """What bucketing needs to know of a record, computed without decoding frames or fbank.
-
-    Attributes:
-      expanded_len: tokens after placeholder expansion (``n - placeholders + t*Qv + a*Qa``).
-      fbank_frames: trimmed fbank frames per segment (0 without audio).
-    """
-
-    expanded_len: int
-    fbank_frames: int
-
-
 # ------------------------------------------------------------------------- text
 
 
@@ -172,8 +140,6 @@ def video_frame_count(record: Record, data_root: str) -> int:
         return len(record.frame_paths)
     if not record.videos:
         raise BadRecordError(record.source, "prompt has <video> but the record has no video or frames")
-    import av
-
     path = M.check_file(resolve(data_root, record.videos[0]), "video")
     try:
         container = av.open(path)

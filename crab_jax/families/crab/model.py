@@ -29,13 +29,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from crab_jax.families.base import LossOutput
 from crab_jax.models.beats import Beats, BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisualEncoder
 from crab_jax.models.ilora import ILoRAConfig
 from crab_jax.models.losses import lm_loss
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
-from crab_jax.models.seg import SegConfig, SegModule, mask_loss
+from crab_jax.models.seg.config import SegConfig
+from crab_jax.models.seg.losses import mask_loss
+from crab_jax.models.seg.module import SegModule
 
 SEG_TASKS = ("s4", "ms3", "avss", "ref-avs")
 MULTICLASS_SEG_TASKS = ("avss",)
@@ -203,3 +206,18 @@ class Crab(nnx.Module):
     def total_loss(self, out: CrabOutput) -> jax.Array:
         """``lm_loss + mask_loss`` as the original sums them (mask loss weight 1)."""
         return out.lm_loss if out.mask_loss is None else out.lm_loss + out.mask_loss
+
+
+def forward_loss(model: Crab, batch: Mapping[str, jax.Array], with_seg: bool) -> LossOutput:
+    """The family hook of the train step: one forward pass and what the step logs.
+
+    ``terms``: ``lm_loss`` and ``mask_loss`` (0 without the seg branch); ``per_sample``:
+    ``mask_loss [b]`` = BCE + 0.5 dice + CE of each sample (the original's weights), summed
+    per task by the step.
+    """
+    out = model(batch, with_seg=with_seg)
+    terms = {"lm_loss": out.lm_loss, "mask_loss": jnp.zeros(()) if out.mask_loss is None else out.mask_loss}
+    per_sample = {}
+    if out.mask_terms is not None:
+        per_sample["mask_loss"] = out.mask_terms[:, 0] + 0.5 * out.mask_terms[:, 1] + out.mask_terms[:, 2]
+    return LossOutput(model.total_loss(out), out.logits, terms, per_sample)

@@ -20,9 +20,11 @@ import os
 from typing import Any
 
 import numpy as np
+from transformers import AutoTokenizer
 
 from crab_jax.data.errors import BadRecordError
-from crab_jax.data.records.readers import ORDINALS, Record, mask_tokens
+from crab_jax.data.records.crab import ORDINALS, mask_tokens
+from crab_jax.data.records.record import Record
 from crab_jax.families.crab.tokens import MASK_TOKENS, SPECIAL_TOKENS
 from crab_jax.models.losses import IGNORE_INDEX
 
@@ -177,8 +179,6 @@ def add_multimodal_tokens(tokenizer) -> dict[str, int]:
 def load_tokenizer(path: str | os.PathLike, *, use_fast: bool | None = None):
     """Loads the LLaMA tokenizer from a local folder (never downloads), left padding,
     pad = eos when unset, Crab's tokens added (see :func:`add_multimodal_tokens`)."""
-    from transformers import AutoTokenizer
-
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: tokenizer folder not found")

@@ -8,10 +8,12 @@ agree on it.
 
 from __future__ import annotations
 
+from crab_jax.data.records.crab import MASK_TOKENS as RECORD_MASK_TOKENS
+
 SPECIAL_TOKENS = ("<image>", "<image_start>", "<image_end>", "<video>", "<video_start>", "<video_end>",
                   "<audio>", "<audio_start>", "<audio_end>", "<mask_start>", "<mask_end>")
-NUM_MASK_TOKENS = 6
-MASK_TOKENS = tuple(f"<mask_{i}>" for i in range(NUM_MASK_TOKENS))
+MASK_TOKENS = RECORD_MASK_TOKENS   # the AV-UIE targets' MASK6
+NUM_MASK_TOKENS = len(MASK_TOKENS)
 ADDED_TOKENS = SPECIAL_TOKENS + MASK_TOKENS
 NUM_ADDED_TOKENS = len(ADDED_TOKENS)   # 17
 LLAMA_VOCAB = 32000                    # LLaMA-2's own ids, before the added tokens
@@ -22,7 +24,7 @@ BOS_TOKEN_ID = 1
 
 def special_token_ids(base_vocab: int, num_mask_tokens: int = NUM_MASK_TOKENS) -> dict[str, int]:
     """Crab's added tokens in the original order, after ``base_vocab`` ids."""
-    names = list(SPECIAL_TOKENS) + [f"<mask_{i}>" for i in range(num_mask_tokens)]
+    names = list(SPECIAL_TOKENS) + [f"<mask_{i}>" for i in range(num_mask_tokens)]  # n may differ (tiny configs)
     return {name: base_vocab + i for i, name in enumerate(names)}
 
 

@@ -11,18 +11,14 @@ loading checks that all copies agree and saving writes every name back.
 
 from __future__ import annotations
 
-from crab_jax.models.beats import BeatsConfig
-from crab_jax.checkpoints.convert.mapping import CONV1D, CONV2D, IDENTITY, LINEAR, MappingTable, Rule, tied
+import jax.numpy as jnp
+from flax import nnx
 
-
-def _linear(torch_name: str, jax_name: str | None = None) -> list[Rule]:
-    jax_name = torch_name if jax_name is None else jax_name
-    return [Rule(f"{torch_name}.weight", f"{jax_name}.weight", LINEAR),
-            Rule(f"{torch_name}.bias", f"{jax_name}.bias", IDENTITY)]
-
-
-def _norm(name: str) -> list[Rule]:
-    return [Rule(f"{name}.weight", f"{name}.weight", IDENTITY), Rule(f"{name}.bias", f"{name}.bias", IDENTITY)]
+from crab_jax.checkpoints.convert.mapping import (
+    CONV1D, CONV2D, IDENTITY, MappingTable, Rule, linear_rules, norm_rules, tied)
+from crab_jax.checkpoints.convert.readers import open_tensors
+from crab_jax.models.beats import Beats, BeatsConfig
+from crab_jax.models.state_dict import abstract_module, expected_shapes, load_flat
 
 
 def beats_rules(cfg: BeatsConfig) -> list[Rule]:
@@ -30,12 +26,12 @@ def beats_rules(cfg: BeatsConfig) -> list[Rule]:
     rules = [
         Rule("patch_embedding.weight", "patch_embedding.weight", CONV2D),
         Rule("patch_embedding.bias", "patch_embedding.bias", IDENTITY),
-        *_norm("layer_norm"),
-        *_linear("post_extract_proj"),
+        *norm_rules("layer_norm"),
+        *linear_rules("post_extract_proj"),
         Rule("encoder.pos_conv.0.weight_v", "encoder.pos_conv.0.weight_v", CONV1D),
         Rule("encoder.pos_conv.0.weight_g", "encoder.pos_conv.0.weight_g", CONV1D),
         Rule("encoder.pos_conv.0.bias", "encoder.pos_conv.0.bias", IDENTITY),
-        *_norm("encoder.layer_norm"),
+        *norm_rules("encoder.layer_norm"),
         # One tensor under every layer's name; the JAX model keeps it in layer 0.
         Rule(f"{layer}.self_attn.relative_attention_bias.weight",
              "encoder.layers.0.self_attn.relative_attention_bias.weight", IDENTITY,
@@ -43,10 +39,10 @@ def beats_rules(cfg: BeatsConfig) -> list[Rule]:
         Rule(f"{layer}.self_attn.grep_a", f"{layer}.self_attn.grep_a", IDENTITY),
     ]
     for proj in ("q_proj", "k_proj", "v_proj", "out_proj", "grep_linear"):
-        rules += _linear(f"{layer}.self_attn.{proj}")
-    rules += _linear(f"{layer}.fc1") + _linear(f"{layer}.fc2")
-    rules += _norm(f"{layer}.self_attn_layer_norm") + _norm(f"{layer}.final_layer_norm")
-    rules += _linear("predictor")
+        rules += linear_rules(f"{layer}.self_attn.{proj}")
+    rules += linear_rules(f"{layer}.fc1") + linear_rules(f"{layer}.fc2")
+    rules += norm_rules(f"{layer}.self_attn_layer_norm") + norm_rules(f"{layer}.final_layer_norm")
+    rules += linear_rules("predictor")
     return rules
 
 
@@ -62,13 +58,6 @@ def load_beats(path, *, dtype=None):
     model (a missing, unexpected or mis-shaped key raises ``MappingError`` naming it). The
     model is built abstractly (``nnx.eval_shape``), so no random init is computed.
     """
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from crab_jax.models.beats import Beats
-    from crab_jax.models.state_dict import abstract_module, expected_shapes, load_flat
-    from crab_jax.checkpoints.convert.tensor_files import open_tensors
-
     tensors = open_tensors(path, subkey="model")
     if "cfg" not in getattr(tensors, "extra", {}):
         raise ValueError(f"{path}: a BEATs checkpoint must hold a 'cfg' dict next to 'model'")

@@ -18,9 +18,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from crab_jax.checkpoints.convert.mapping import CONV2D, MappingTable, Rule, linear_rules, norm_rules
+from crab_jax.checkpoints.convert.readers import KeySubset
 from crab_jax.models.clip import ClipVisionConfig
-from crab_jax.checkpoints.convert.tensor_files import KeySubset
-from crab_jax.checkpoints.convert.mapping import CONV2D, IDENTITY, LINEAR, MappingTable, Rule
 
 # Keys of a full CLIPModel checkpoint that the vision tower does not use, by prefix / name.
 _IGNORED_PREFIXES = (
@@ -57,13 +57,11 @@ def split_clip_vision_keys(keys: Iterable[str]) -> tuple[list[str], dict[str, st
 def _layer_rules() -> list[Rule]:
     rules = []
     for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-        rules += [Rule(f"self_attn.{proj}.weight", f"self_attn.{proj}.weight", LINEAR),
-                  Rule(f"self_attn.{proj}.bias", f"self_attn.{proj}.bias", IDENTITY)]
+        rules += linear_rules(f"self_attn.{proj}")
     for fc in ("fc1", "fc2"):
-        rules += [Rule(f"mlp.{fc}.weight", f"mlp.{fc}.weight", LINEAR),
-                  Rule(f"mlp.{fc}.bias", f"mlp.{fc}.bias", IDENTITY)]
+        rules += linear_rules(f"mlp.{fc}")
     for norm in ("layer_norm1", "layer_norm2"):
-        rules += [Rule(f"{norm}.weight", f"{norm}.weight"), Rule(f"{norm}.bias", f"{norm}.bias")]
+        rules += norm_rules(norm)
     return rules
 
 
@@ -77,7 +75,7 @@ def clip_table(cfg: ClipVisionConfig) -> MappingTable:
         Rule(vm + "embeddings.position_embedding.weight", vm + "embeddings.position_embedding.weight"),
     ]
     for norm in ("pre_layrnorm", "post_layernorm"):
-        rules += [Rule(f"{vm}{norm}.weight", f"{vm}{norm}.weight"), Rule(f"{vm}{norm}.bias", f"{vm}{norm}.bias")]
+        rules += norm_rules(vm + norm)
     for i in range(cfg.num_hidden_layers):
         prefix = f"{vm}encoder.layers.{i}."
         rules += [r.with_prefix(prefix, prefix) for r in _layer_rules()]

@@ -20,21 +20,13 @@ layer without cross-attention simply has no ``crossattention.*`` keys.
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from crab_jax.checkpoints.convert.mapping import IDENTITY, LINEAR, MappingTable, Rule, Transform, tied
+from crab_jax.checkpoints.convert.mapping import (
+    IDENTITY, LINEAR, MappingTable, Rule, Transform, linear_rules, norm_rules, tied)
 
 # torch int64 index buffer <-> crab_jax int32 buffer (values are small positions)
 INDEX_INT64 = Transform("index_int64", lambda x: x, lambda x: np.asarray(x).astype(np.int64))
-
-
-def _linear(path: str) -> list[Rule]:
-    return [Rule(f"{path}.weight", f"{path}.weight", LINEAR), Rule(f"{path}.bias", f"{path}.bias", IDENTITY)]
-
-
-def _norm(path: str) -> list[Rule]:
-    return [Rule(f"{path}.weight", f"{path}.weight", IDENTITY), Rule(f"{path}.bias", f"{path}.bias", IDENTITY)]
 
 
 def qformer_rules() -> list[Rule]:
@@ -48,19 +40,19 @@ def qformer_rules() -> list[Rule]:
                   tied=(tied("owner", ["cls.predictions", "cls.predictions.decoder"]),)),
         Rule("bert.embeddings.position_embeddings.weight", "bert.embeddings.position_embeddings.weight"),
         Rule("bert.embeddings.position_ids", "bert.embeddings.position_ids", INDEX_INT64),
-        *_norm("bert.embeddings.LayerNorm"),
+        *norm_rules("bert.embeddings.LayerNorm"),
     ]
     for block in ("attention", "crossattention"):
         for proj in ("query", "key", "value"):
-            rules += _linear(f"{layer}.{block}.self.{proj}")
-        rules += _linear(f"{layer}.{block}.output.dense")
-        rules += _norm(f"{layer}.{block}.output.LayerNorm")
+            rules += linear_rules(f"{layer}.{block}.self.{proj}")
+        rules += linear_rules(f"{layer}.{block}.output.dense")
+        rules += norm_rules(f"{layer}.{block}.output.LayerNorm")
     for ffn_in, ffn_out in (("intermediate", "output"), ("intermediate_query", "output_query")):
-        rules += _linear(f"{layer}.{ffn_in}.dense")
-        rules += _linear(f"{layer}.{ffn_out}.dense")
-        rules += _norm(f"{layer}.{ffn_out}.LayerNorm")
-    rules += _linear("cls.predictions.transform.dense")
-    rules += _norm("cls.predictions.transform.LayerNorm")
+        rules += linear_rules(f"{layer}.{ffn_in}.dense")
+        rules += linear_rules(f"{layer}.{ffn_out}.dense")
+        rules += norm_rules(f"{layer}.{ffn_out}.LayerNorm")
+    rules += linear_rules("cls.predictions.transform.dense")
+    rules += norm_rules("cls.predictions.transform.LayerNorm")
     return rules
 
 
@@ -68,7 +60,7 @@ def projector_rules(prefix: str) -> list[Rule]:
     """Rows of one projector; ``prefix`` is ``'visual'`` or ``'audio'`` (torch attribute names)."""
     rules = [
         Rule(f"{prefix}_query_tokens", f"{prefix}_query_tokens"),
-        *_norm(f"{prefix}_ln"),
+        *norm_rules(f"{prefix}_ln"),
         # nn.Sequential indices of the Linear layers (0, 2, 4 ...); odd slots are GELUs
         Rule(f"{prefix}_proj.{{index}}.weight", f"{prefix}_proj.{{index}}.weight", LINEAR),
         Rule(f"{prefix}_proj.{{index}}.bias", f"{prefix}_proj.{{index}}.bias", IDENTITY),

@@ -1,0 +1,28 @@
+"""What the data commands (``python -m crab_jax.data.prepare`` / ``check``) share: the run config
+and the data root they read, with the same flags and the same error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from crab_jax import families
+from crab_jax.config.loader import load_config
+from crab_jax.config.sections import RunConfig
+from crab_jax.families.base import Family
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config FILE[:VARIANT]`` and ``--data-root DIR``."""
+    p.add_argument("--config", required=True, help="run config file, optionally with a variant: configs/gpu.py:finetune")
+    p.add_argument("--data-root", default="", help="override data.path")
+
+
+def run_family_and_root(args: argparse.Namespace) -> tuple[RunConfig, Family, str | None]:
+    """The typed run config, its family, and the data root (``--data-root`` or ``data.path``);
+    None after printing why when there is no root."""
+    run = RunConfig.from_config(load_config(args.config))
+    root = args.data_root or run.data.path
+    if not root:
+        print("error: no data root: set data.path in the config or pass --data-root", file=sys.stderr)
+    return run, families.get(run.model.family), root or None

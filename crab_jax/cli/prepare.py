@@ -1,0 +1,56 @@
+"""``python -m crab_jax.data.prepare``: the command around :mod:`crab_jax.data.prepared.prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from crab_jax.cli.data_args import add_config_arguments, run_family_and_root
+from crab_jax.data.prepared.array_record import META_FILE
+from crab_jax.data.prepared.prepare import prepare
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m crab_jax.data.prepare",
+        description="Decode the records of a run config's data.tasks once, with the model family's example "
+                    "builder (Crab: 10 video frames or the image at the CLIP size, per-segment BEATs fbank, GT "
+                    "masks, token ids), into ArrayRecord shards read back through tfds.data_source "
+                    "(TensorFlow not needed). Train on the result with --config.data.prepared=OUT.",
+        epilog=f"Reads model.family, data.path, data.tasks, data.tokenizer, data.frame_slots, data.audio_slots and "
+               f"the model preset (query counts, image size, token ids). Writes OUT/<dataset>/1.0.0/"
+               f"*.array_record-* and OUT/{META_FILE} (settings, plan index, bad records).")
+    add_config_arguments(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", default="train", choices=("train", "test"), help="annotation split (default train)")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: threads in this process)")
+    p.add_argument("--tokenizer", default="", help="override data.tokenizer (a local tokenizer folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run, family, root = run_family_and_root(args)
+    if root is None:
+        return 2
+    tok_path = args.tokenizer or run.data.tokenizer
+    if not tok_path:
+        print("error: no tokenizer: set data.tokenizer in the config or pass --tokenizer", file=sys.stderr)
+        return 2
+    tokenizer = family.load_tokenizer(os.path.expanduser(tok_path))
+    # The stored token ids must be those of the model that trains on them: its vocabulary
+    # follows the tokenizer as in training (model.base_vocab = -1).
+    model_cfg = family.model_config(run.model, family.base_vocab_of(tokenizer))
+    builder = family.example_builder(model_cfg, run.data, root, tokenizer)
+    records, errors = family.read_records(root, run.data.tasks, args.split, seed=int(run.data.seed))
+    result = prepare(records, builder, args.out, split=args.split, workers=args.workers,
+                     progress=not args.quiet, initial_bad=errors)
+    print(f"wrote {result['written']} examples to {args.out} ({len(result['bad'])} bad records skipped)")
+    for path, reason in result["bad"]:
+        print(f"  bad: {path}: {reason}")
+    return 0
+
+

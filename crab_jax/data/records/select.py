@@ -1,0 +1,35 @@
+"""The records of a run's task list: Crab fine-tuning and pretraining sets read together."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from crab_jax.data.errors import BadRecordError
+from crab_jax.data.records.crab import CRAB_TASKS, read_crab_task
+from crab_jax.data.records.pretrain import PRETRAIN_TASKS, read_pretrain_task
+from crab_jax.data.records.record import CrabLayout, Record
+
+
+def read_records(data_root: str | os.PathLike, tasks: Sequence[str], mode: str = "train", *,
+                 layout: CrabLayout = CrabLayout(), seed: int = 0) -> tuple[list[Record], list[BadRecordError]]:
+    """Every record of ``tasks`` (Crab fine-tuning or pretraining sets), bad entries collected.
+
+    A whole annotation file that is missing or unreadable is one collected error too; an
+    unknown task name raises ValueError.
+    """
+    records, errors = [], []
+    for task in tasks:
+        try:
+            if task in CRAB_TASKS:
+                res = read_crab_task(task, mode, data_root, layout=layout, seed=seed, strict=False)
+            elif task in PRETRAIN_TASKS:
+                res = read_pretrain_task(task, data_root, mode=mode, layout=layout, strict=False)
+            else:
+                raise ValueError(f"data.tasks: unknown task {task!r}; known: {CRAB_TASKS + PRETRAIN_TASKS}")
+        except BadRecordError as e:  # a whole annotation file missing / unreadable
+            errors.append(e)
+            continue
+        records += res.records
+        errors += res.errors
+    return records, errors

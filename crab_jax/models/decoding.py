@@ -1,0 +1,134 @@
+"""Decoding pieces every family's generator shares: settings, token choice, a rolling buffer.
+
+A family's ``generate`` (e.g. :func:`crab_jax.families.crab.decoding.generate`) runs the
+prefill and the ``lax.while_loop`` over its own model; these are the parts that do not
+depend on the model: :class:`DecodeConfig` (hashable, a static argument of the jitted
+generator), :func:`select_tokens` (greedy / temperature / top-k / top-p), :func:`push`
+(a fixed-size buffer that keeps the last ``n`` flagged values),
+:func:`prepare_for_inference` (eval mode, no router-gate sowing), and the host side:
+:class:`PromptBatch` (a training batch cut to its prompts), :func:`generated_ids`, :func:`decode_texts`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from crab_jax.models.ilora import record_router_gates
+
+# Trace count of jitted generators per (batch shape, max_new_tokens); tests and logs read it.
+TRACES: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How to decode (hashable: a static argument of the jitted generator).
+
+    Attributes:
+      max_new_tokens: ``N``, generated slots (500 for Crab's text tasks, 100 for AVS).
+      eos_token_id: stops a sample (``</s>`` = 2 for LLaMA).
+      pad_token_id: written after EOS.
+      temperature: 0 = greedy (argmax); > 0 samples from ``softmax(logits / temperature)``.
+      top_k: with sampling, keep the ``k`` most likely tokens (0 = all).
+      top_p: with sampling, keep the smallest set of tokens whose mass reaches ``top_p`` (1 = all).
+      with_masks: run the seg module on generated mask tokens (ignored without a seg module).
+    """
+
+    max_new_tokens: int
+    eos_token_id: int
+    pad_token_id: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    with_masks: bool = True
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"DecodeConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"DecodeConfig.temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"DecodeConfig.top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"DecodeConfig.top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def select_tokens(logits: jax.Array, rng: jax.Array, dcfg: DecodeConfig) -> jax.Array:
+    """``[b, V]`` float32 logits -> ``[b]`` int32 ids (greedy, or temperature / top-k / top-p sampling)."""
+    if dcfg.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / dcfg.temperature
+    neg = jnp.finfo(jnp.float32).min
+    if 0 < dcfg.top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, dcfg.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if dcfg.top_p < 1.0:
+        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(ordered, axis=-1)
+        # A token is kept while the mass strictly before it is < top_p (the first always is).
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < dcfg.top_p
+        threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, neg, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def push(buf: jax.Array, value: jax.Array, flag: jax.Array) -> jax.Array:
+    """Rolling buffer ``[b, n, ...]``: where ``flag``, drop the oldest entry and append ``value``."""
+    if buf.shape[1] == 0:
+        return buf
+    rolled = jnp.concatenate([buf[:, 1:], value[:, None].astype(buf.dtype)], axis=1)
+    return jnp.where(flag.reshape((-1,) + (1,) * (buf.ndim - 1)), rolled, buf)
+
+
+def prepare_for_inference(model: nnx.Module) -> nnx.Module:
+    """Eval mode (dropout off) and no router-gate sowing (a decode loop must not write state)."""
+    model.eval()
+    record_router_gates(model, False)
+    return model
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+@dataclasses.dataclass
+class PromptBatch:
+    """A prompt-only batch and what was cut off.
+
+    Attributes:
+      batch: same keys and shapes as the input; answer slots removed, each row left-padded
+        again (``labels`` all -100).
+      answers: per row, the reference answer ids (``[n_i]`` int32, EOS included), empty for
+        rows without labels (fillers).
+      has_answer: ``[b]`` bool.
+    """
+
+    batch: dict[str, np.ndarray]
+    answers: list[np.ndarray]
+    has_answer: np.ndarray
+
+
+def generated_ids(gen_tokens: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """Per row, the generated ids up to and including EOS."""
+    return [np.asarray(gen_tokens[i, : int(lengths[i])]) for i in range(len(lengths))]
+
+
+def decode_texts(tokenizer, sequences: Sequence[np.ndarray]) -> list[str]:
+    """Ids -> text as the original decodes (``skip_special_tokens=False``; parsers strip markers).
+
+    Without a tokenizer the ids are written space-separated (``"<id:17> <id:5>"``), which no
+    task parser matches: only the generic metrics score then.
+    """
+    if tokenizer is None:
+        return [" ".join(f"<id:{int(t)}>" for t in seq) for seq in sequences]
+    return [tokenizer.decode([int(t) for t in seq], skip_special_tokens=False) for seq in sequences]

@@ -1,0 +1,32 @@
+"""Shared decoding pieces (crab_jax.models.decoding): token choice and the rolling buffer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crab_jax.models import decoding as D
+
+EOS, PAD = 2, 0
+
+
+def test_rolling_buffer_keeps_the_last_entries():
+    buf = jnp.zeros((2, 3), jnp.int32)
+    for step in range(5):
+        buf = D.push(buf, jnp.full((2,), step, jnp.int32), jnp.array([True, step % 2 == 0]))
+    np.testing.assert_array_equal(np.asarray(buf), [[2, 3, 4], [0, 2, 4]])
+
+
+def test_sampling_respects_top_k_and_greedy_limit():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 512))
+    keys = jax.random.key(0)
+    top2 = np.asarray(D.select_tokens(logits, keys, D.DecodeConfig(max_new_tokens=1, eos_token_id=EOS, pad_token_id=PAD, temperature=1.0, top_k=2)))
+    assert set(top2.tolist()) == {0, 1}
+    nucleus = np.asarray(D.select_tokens(logits, keys, D.DecodeConfig(max_new_tokens=1, eos_token_id=EOS, pad_token_id=PAD, temperature=1.0, top_p=0.6)))
+    assert set(nucleus.tolist()) == {0, 1}  # 0.5 < 0.6, so token 1 is still needed
+    cold = np.asarray(D.select_tokens(logits, keys, D.DecodeConfig(max_new_tokens=1, eos_token_id=EOS, pad_token_id=PAD, temperature=1e-4)))
+    assert set(cold.tolist()) == {0}
+    with pytest.raises(ValueError, match="top_p"):
+        D.DecodeConfig(max_new_tokens=1, eos_token_id=EOS, pad_token_id=PAD, top_p=0.0)
