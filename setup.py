@@ -37,7 +37,7 @@ setup(
     version="0.1.0",
     description="Crab / Crab+ audio-visual LLMs in JAX / Flax NNX",
     python_requires=">=3.11",
-    packages=find_packages(include=["crab_jax", "crab_jax.*", "tools", "tools.*", "configs"]),
+    packages=find_packages(include=["crab_jax", "crab_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": TEST_REQUIRES,

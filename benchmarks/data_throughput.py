@@ -24,16 +24,13 @@ import sys
 import time
 
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
-sys.path.insert(0, str(REPO))
-
-from crab_jax.data.pipeline.buckets import Bucket  # noqa: E402
-from crab_jax.data.records.crab import mask_tokens  # noqa: E402
-from crab_jax.data.records.record import AudioSpec, Record  # noqa: E402
-from crab_jax.families.crab import examples as E  # noqa: E402
-from crab_jax.families.crab.collate import CollateConfig, collate  # noqa: E402
-from crab_jax.families.crab.prompts import load_tokenizer  # noqa: E402
+from crab_jax.data.pipeline.buckets import Bucket
+from crab_jax.data.records.crab import mask_tokens
+from crab_jax.data.records.record import AudioSpec, Record
+from crab_jax.families.crab import examples as E
+from crab_jax.families.crab.collate import CollateConfig, collate
+from crab_jax.families.crab.prompts import load_tokenizer
 
 PEAK_BF16 = {"one H100 (SXM)": 989e12, "one TPU v4 host (4 chips)": 4 * 275e12}
 MFU = 0.40

@@ -1,6 +1,48 @@
-"""``python -m crab_jax.aot_compile``: the TPU compile check (:mod:`crab_jax.cli.aot_compile`)."""
+"""``python -m crab_jax.aot_compile``: the TPU compile check; its help is :mod:`crab_jax.training.aot`'s docstring."""
 
-from crab_jax.cli.aot_compile import run
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from crab_jax.config.check import check_against_schema
+from crab_jax.training import aot
+from crab_jax.training.aot import _json_safe, aot_report, format_report, parse_slice
+
+__doc__ = aot.__doc__  # what --help prints: the figures and how they are computed, in one place
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def define_flags():
+    """The command's flags (defined when run: importing this module must not clash with crab_jax.train's)."""
+    config = config_flags.DEFINE_config_file(
+        "config", str(REPO / "configs" / "tpu_v4.py"),
+        "Training config file (as for crab_jax.train), optionally FILE:VARIANT; override keys with --config.a.b=v.",
+        lock_config=True)
+    topology = flags.DEFINE_string("topology", "v4-8", "Cloud TPU accelerator type to compile for: v4-8, v4-32, "
+                                   "v5p-8, v5e-4, v6e-8, ... (no TPU needed; libtpu must be installed).")
+    as_json = flags.DEFINE_bool("json", False, "Also print every figure as one JSON object on the last line.")
+    return config, topology, as_json
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host runs nothing; only the TPU compiler is used
+    config = _CONFIG.value
+    check_against_schema(config)
+    tpu = parse_slice(_TOPOLOGY.value)
+    report = aot_report(config, tpu)
+    print(format_report(report))
+    if _JSON.value:
+        print(json.dumps(_json_safe(report)))
+
 
 if __name__ == "__main__":
-    run()
+    _CONFIG, _TOPOLOGY, _JSON = define_flags()
+    app.run(main)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Sequence
 
-from crab_jax.cli.data_args import add_config_arguments, run_family_and_root
+from crab_jax.cli.data_args import add_common_arguments, run_family_and_root
 from crab_jax.data.prepared.check import check_dataset
 
 
@@ -16,11 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Count the records of a run config's data.tasks per split and report every missing, "
                     "0-byte, undecodable, wrong-rate (not 16 kHz) or too-short media file, with its path. "
                     "Exit status 1 when a problem is found.")
-    add_config_arguments(p)
+    add_common_arguments(p)
     p.add_argument("--splits", default="train,test", help="comma list of splits (default train,test)")
     p.add_argument("--counts-only", action="store_true", help="count records, do not open media files")
     p.add_argument("--json", default="", help="also write the report as JSON to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 

@@ -12,10 +12,11 @@ from crab_jax.config.sections import RunConfig
 from crab_jax.families.base import Family
 
 
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    """``--config FILE[:VARIANT]`` and ``--data-root DIR``."""
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config FILE[:VARIANT]``, ``--data-root DIR`` and ``--quiet``."""
     p.add_argument("--config", required=True, help="run config file, optionally with a variant: configs/gpu.py:finetune")
     p.add_argument("--data-root", default="", help="override data.path")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_family_and_root(args: argparse.Namespace) -> tuple[RunConfig, Family, str | None]:

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Sequence
 
-from crab_jax.cli.data_args import add_config_arguments, run_family_and_root
+from crab_jax.cli.data_args import add_common_arguments, run_family_and_root
 from crab_jax.data.prepared.array_record import META_FILE
 from crab_jax.data.prepared.prepare import prepare
 
@@ -22,12 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Reads model.family, data.path, data.tasks, data.tokenizer, data.frame_slots, data.audio_slots and "
                f"the model preset (query counts, image size, token ids). Writes OUT/<dataset>/1.0.0/"
                f"*.array_record-* and OUT/{META_FILE} (settings, plan index, bad records).")
-    add_config_arguments(p)
+    add_common_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", default="train", choices=("train", "test"), help="annotation split (default train)")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: threads in this process)")
     p.add_argument("--tokenizer", default="", help="override data.tokenizer (a local tokenizer folder)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 

@@ -61,7 +61,6 @@ def cli_env(cache_dir, **extra) -> dict:
 
 _TRAIN = r"""
 import sys
-sys.path.insert(0, {repo!r})
 from tests.checkpoints.test_run import FAST, declared
 from tests.train_helpers import small_config
 from crab_jax.training.loop import train
@@ -126,7 +125,6 @@ def test_kill_9_during_async_save_resumes_from_last_committed(uninterrupted, tmp
 
 _EIGHT = r"""
 import json, sys
-sys.path.insert(0, {repo!r})
 import jax, numpy as np
 from tests.train_helpers import small_config
 from tests.checkpoints.test_run import FAST, declared

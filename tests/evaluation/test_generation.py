@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from crab_jax import families
 from crab_jax.data.text.sequence import expand_placeholders, left_pad_batch
 from crab_jax.evaluation import generation as I
-from crab_jax.families.crab.presets import tiny_crab_config
 from crab_jax.models.losses import IGNORE_INDEX
-from tests.families.crab.generation_helpers import DCFG, EOS, SEQ, chain_model, make_base_model, prompt_batch
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return tiny_crab_config()
-
-
-@pytest.fixture(scope="module")
-def base_model(cfg):
-    return make_base_model(cfg)
+from tests.families.crab.generation_helpers import (DCFG, EOS, SEQ, base_model, cfg,  # noqa: F401 (fixtures)
+                                                    chain_model, prompt_batch)
 
 
 class _CharTokenizer:

@@ -42,7 +42,6 @@ def test_global_batch_must_divide_over_batch_shards():
 
 _SCRIPT = r"""
 import json, sys
-sys.path.insert(0, {repo!r})
 import jax, numpy as np
 from tests.train_helpers import small_config
 from crab_jax.config.sections import RunConfig

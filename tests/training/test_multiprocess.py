@@ -27,7 +27,6 @@ LEAVE_AFTER = 3
 
 _WORKER = r"""
 import sys
-sys.path.insert(0, {repo!r})
 pid, nproc, port, workdir, stop_after = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from crab_jax.data.text.sequence import MediaBlock, expand_placeholders, left_pad_batch
 from crab_jax.families.crab import decoding as D
 from crab_jax.families.crab.model import Crab, media_layout
+from crab_jax.families.crab.presets import tiny_crab_config
 from crab_jax.models.decoding import DecodeConfig, prepare_for_inference
 from crab_jax.models.losses import IGNORE_INDEX
 
@@ -99,3 +101,12 @@ def reference_forward(model, batch, generated):
     return logits, hidden, model.seg_image_features(taps, jnp.ones(generated.shape[0], bool))
 
 
+# Fixtures shared by the generation tests (import them into a test module to use them).
+@pytest.fixture(scope="module")
+def cfg():
+    return tiny_crab_config()
+
+
+@pytest.fixture(scope="module")
+def base_model(cfg):
+    return make_base_model(cfg)

@@ -9,20 +9,10 @@ import pytest
 from flax import nnx
 
 from crab_jax.families.crab import decoding as D
-from crab_jax.families.crab.presets import tiny_crab_config
 from crab_jax.models import decoding as G
-from tests.families.crab.generation_helpers import (DCFG, EOS, PAD, SEQ, chain_model, make_base_model,
+from tests.families.crab.generation_helpers import (base_model, cfg,  # noqa: F401 (fixtures)
+                                                    DCFG, EOS, PAD, SEQ, chain_model,
                                                     make_random_model, prompt_batch, reference_forward)
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return tiny_crab_config()
-
-
-@pytest.fixture(scope="module")
-def base_model(cfg):
-    return make_base_model(cfg)
 
 
 @pytest.fixture(scope="module")
