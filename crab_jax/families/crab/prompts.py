@@ -23,7 +23,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from crab_jax.data.errors import BadRecordError
-from crab_jax.data.records.crab import ORDINALS, mask_tokens
+from crab_jax.data.records.crab import ORDINALS
 from crab_jax.data.records.record import Record
 from crab_jax.families.crab.tokens import MASK_TOKENS, SPECIAL_TOKENS
 from crab_jax.models.losses import IGNORE_INDEX
@@ -260,8 +260,8 @@ def ordinal(idx: int) -> str:
 
 
 __all__ = [
-    "IGNORE_INDEX", "SYSTEM_MESSAGE", "SPECIAL_TOKENS", "MASK_TOKENS", "H_AV", "H_IA", "TokenizedPrompt",
+    "SYSTEM_MESSAGE", "H_AV", "H_IA", "TokenizedPrompt",
     "crab_instruction", "crab_target", "llama2_chat", "tokenize_pair", "tokenize_record", "build_crab_text",
-    "add_multimodal_tokens", "load_tokenizer", "crab_plus_instruction", "crab_plus_content", "mask_tokens",
+    "add_multimodal_tokens", "load_tokenizer", "crab_plus_instruction", "crab_plus_content",
     "ordinal",
 ]
