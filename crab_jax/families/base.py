@@ -81,7 +81,6 @@ class Family:
       flops: ``(model_cfg, seq_len, trainable_paths, *, remat) -> flops`` with ``per_token`` (training
         model FLOPs per token, the MFU numerator), ``recompute_per_token`` (remat's extra forward) and
         ``layer_per_token`` (one decoder layer's share; the AOT check multiplies scanned loops out).
-      load_model_config: ``checkpoint dir -> model_cfg`` (its config file).
     Data:
       load_tokenizer: ``folder -> tokenizer`` with the family's added tokens.
       base_vocab_of: ``tokenizer -> int`` text ids before the added tokens.
@@ -109,7 +108,6 @@ class Family:
     num_llm_layers: Callable[[Any], int]
     vocab_sizes: Callable[[Any], tuple[int, int]]
     flops: Callable[..., Any]
-    load_model_config: Callable[[str], Any]
     load_tokenizer: Callable[[str], Any]
     base_vocab_of: Callable[[Any], int]
     added_tokens: tuple[str, ...]

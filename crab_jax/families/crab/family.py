@@ -13,7 +13,7 @@ from crab_jax.data.records.select import read_records
 from crab_jax.families.base import BatchFormat, Family
 from crab_jax.families.crab.convert.converter import CONVERTER
 from crab_jax.families.crab.example_builder import example_builder
-from crab_jax.families.crab import batch_spec, config_io, decoding, evaluation, flops, presets, prompts, tokens
+from crab_jax.families.crab import batch_spec, decoding, evaluation, flops, presets, prompts, tokens
 from crab_jax.families.crab.model import Crab, CrabConfig, forward_loss
 
 
@@ -48,7 +48,6 @@ FAMILY = Family(
     num_llm_layers=lambda cfg: cfg.llama.num_hidden_layers,
     vocab_sizes=lambda cfg: (cfg.llama.vocab_size, cfg.llama.padded_vocab_size),
     flops=flops.llm_flops,
-    load_model_config=config_io.load_crab_config,
     load_tokenizer=prompts.load_tokenizer,
     base_vocab_of=tokens.base_vocab_of,
     added_tokens=tokens.ADDED_TOKENS,
