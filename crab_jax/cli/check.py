@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Sequence
 
-from crab_jax.cli.data_args import add_common_arguments, run_family_and_root
+from crab_jax.cli.data_args import add_common_arguments, parse_run
 from crab_jax.data.prepared.check import check_dataset
 
 
@@ -24,10 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    run, family, root = run_family_and_root(args)
-    if root is None:
-        return 2
+    args, run, family, root = parse_run(build_parser(), argv)
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     builder = family.example_builder(family.model_config(run.model, None), run.data, root, None)
     report = check_dataset(root, run.data.tasks, splits, read_records=family.read_records,

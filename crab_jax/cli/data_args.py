@@ -19,11 +19,13 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def run_family_and_root(args: argparse.Namespace) -> tuple[RunConfig, Family, str | None]:
-    """The typed run config, its family, and the data root (``--data-root`` or ``data.path``);
-    None after printing why when there is no root."""
+def parse_run(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, RunConfig, Family, str]:
+    """The parsed flags, the typed run config, its family and the data root (``--data-root`` or
+    ``data.path``); exits with status 2, saying why, when there is no root."""
+    args = parser.parse_args(argv)
     run = RunConfig.from_config(load_config(args.config))
     root = args.data_root or run.data.path
     if not root:
         print("error: no data root: set data.path in the config or pass --data-root", file=sys.stderr)
-    return run, families.get(run.model.family), root or None
+        raise SystemExit(2)
+    return args, run, families.get(run.model.family), root

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Sequence
 
-from crab_jax.cli.data_args import add_common_arguments, run_family_and_root
+from crab_jax.cli.data_args import add_common_arguments, parse_run
 from crab_jax.data.prepared.array_record import META_FILE
 from crab_jax.data.prepared.prepare import prepare
 
@@ -31,10 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    run, family, root = run_family_and_root(args)
-    if root is None:
-        return 2
+    args, run, family, root = parse_run(build_parser(), argv)
     tok_path = args.tokenizer or run.data.tokenizer
     if not tok_path:
         print("error: no tokenizer: set data.tokenizer in the config or pass --tokenizer", file=sys.stderr)
