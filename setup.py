@@ -26,7 +26,10 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<3",
 ]
 
-TEST_REQUIRES = [
+# Caption metrics (crab_jax.evaluation.metrics.captions; Java on the machine for PTB / METEOR).
+EVAL_REQUIRES = ["pycocoevalcap==1.2"]
+
+TEST_REQUIRES = EVAL_REQUIRES + [
     "pytest==9.0.3",
     # CPU build, present on the machine; any other spec pulls CUDA wheels.
     "torch==2.13.0",
@@ -41,6 +44,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": TEST_REQUIRES,
+        "eval": EVAL_REQUIRES,
         # reading / writing torch .bin / .pt checkpoints (safetensors needs no torch)
         "convert": ["torch==2.13.0"],
         # the TPU runtime / compiler (also what `crab_jax.training.aot` needs on a CPU host)

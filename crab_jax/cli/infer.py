@@ -1,7 +1,13 @@
 """``python -m crab_jax.infer``: generate with a trained Crab and score the answers.
 
-The generation / scoring library is :mod:`crab_jax.evaluation.generation`; this module is
-the command around it (config file + overrides, weights of a run's workdir, output file).
+Two modes:
+
+* held-out (``--config FILE --workdir DIR``): the run's held-out batches, generated and
+  scored per task; the library is :mod:`crab_jax.evaluation.generation`, this module is the
+  command around it (config file + overrides, weights of a run's workdir, output file);
+* quick start (``--weights W --input samples.json --media-root DIR --output preds.jsonl``, or
+  ``--weights W --data-root ROOT --tasks T,... --output preds.jsonl``): converted weights on
+  the original's quick-start samples or a dataset's test records (:mod:`crab_jax.cli.quick_start`).
 """
 
 from __future__ import annotations
@@ -9,45 +15,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from typing import Sequence
 
 from absl import logging as absl_logging
 
-from crab_jax.checkpoints.run import Checkpointer, restore_params
+from crab_jax.cli import quick_start
+from crab_jax.cli.workdir_model import load_model
 from crab_jax.config.loader import load_config
 from crab_jax.config.sections import RunConfig
-from crab_jax.data.sources import DataSetup, heldout_iterator, prepare_data, train_iterator
+from crab_jax.data.sources import DataSetup, heldout_split, prepare_data, train_iterator
 from crab_jax.evaluation.generation import evaluate
+from crab_jax.evaluation.heldout import max_new_tokens
 from crab_jax.families.base import Family
 from crab_jax.io.paths import as_path
 from crab_jax.models.decoding import DecodeConfig
-from crab_jax.training.setup import build_setup, initial_state, resolve, run_model_config
+from crab_jax.training.setup import resolve
 
 log = logging.getLogger("crab_jax.infer")
-
-
-def load_model(run: RunConfig, family: Family, workdir, data: DataSetup):
-    """``(setup, model)``: the run's model with the latest committed trainable weights of
-    ``workdir/checkpoints``. Frozen weights are rebuilt as the trainer builds them (from
-    ``seed``, or from ``model.init_checkpoint``): checkpoints hold the trainable ones only.
-    """
-    ckpt_dir = workdir / "checkpoints"
-    if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"--workdir {workdir}: no checkpoints/ folder (train first: python -m crab_jax.train "
-                                f"--config ... --workdir {workdir})")
-    setup, _, _ = build_setup(run, model_cfg=run_model_config(run, family, data), steps=1)
-    ckpt = Checkpointer(ckpt_dir, async_save=False)
-    latest = ckpt.latest_step()
-    if latest is None:
-        raise FileNotFoundError(f"--workdir {workdir}: no committed checkpoint in {ckpt_dir}")
-    # Same config as the training run? (names what differs before Orbax's long tree diff)
-    ckpt.check_compatible(latest, setup.abstract.params, run.as_dict()["model"])
-    ckpt.close()
-    log.info("weights of step %d from %s", latest, ckpt_dir)
-    state = initial_state(run, setup)
-    params = restore_params(ckpt_dir, setup.abstract.params, latest)
-    return setup, setup.merge(params, state.frozen, state.rng_vars)
 
 
 # Seed offset of the random held-out batches: a stream the trainer (seed * 1000 + process) never uses.
@@ -55,23 +41,24 @@ RANDOM_HELDOUT_SEED = 999_983
 
 
 def eval_batches(run: RunConfig, family: Family, model_cfg, data: DataSetup, split: str):
-    """Training-format batches to generate for.
+    """``(batches, records)``: training-format batches to generate for, and the records to score
+    them against (None: score against the answer text).
 
-    ``test``: the trainer's held-out split (:func:`crab_jax.data.sources.heldout_iterator`;
+    ``test``: the trainer's held-out split (:func:`crab_jax.data.sources.heldout_split`;
     for ``random`` data, random batches of a seed the trainer never uses). ``train``: the
     training iterator itself (what the run saw; with ``random`` + ``num_distinct`` it memorises).
     """
     if split == "train":
-        return train_iterator(run, family, model_cfg, data, progress=False)
+        return train_iterator(run, family, model_cfg, data, progress=False), None
     if run.data.source == "random":
         spec = family.batch.spec(run.data, model_cfg, run.eval_batch_size)
         return family.batch.random_batches(spec, model_cfg, run.seed * 1000 + RANDOM_HELDOUT_SEED,
-                                           tasks=tuple(run.data.tasks))
-    batches = heldout_iterator(run, family, model_cfg, data)
-    if batches is None:
+                                           tasks=tuple(run.data.tasks)), None
+    held = heldout_split(run, family, model_cfg, data)
+    if held is None:
         raise ValueError(f"config data.source={run.data.source!r}: no held-out records for tasks "
                          f"{tuple(run.data.tasks)} under {data.root}")
-    return batches
+    return held.batches, (held.records if held.by_record else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m crab_jax.infer",
         description="Generate answers (and masks) with a trained Crab on held-out batches and score them "
                     "per task (exact match; AVQA accuracy, AVE segment accuracy, ARIG box IoU, S4 mask IoU "
-                    "and category accuracy from the task parsers), next to each metric's chance level.")
+                    "and category accuracy from the task parsers), next to each metric's chance level.",
+        epilog="Quick start on converted weights: python -m crab_jax.infer --weights W --input samples.json "
+               "--media-root DIR --output preds.jsonl, or on a dataset's test records: --weights W --data-root ROOT "
+               "--tasks T,... --output preds.jsonl (python -m crab_jax.infer --weights W --help for its flags).")
     p.add_argument("--config", required=True,
                    help="the training config file, FILE or FILE:VARIANT "
                         "(e.g. configs/tiny.py, configs/tpu_v4.py:finetune)")
@@ -92,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=0,
                    help="samples per generation batch (0: eval.batch_size, else train.global_batch)")
     p.add_argument("--max-batches", type=int, default=4, help="batches to generate for (0: the whole split)")
-    p.add_argument("--max-new-tokens", type=int, default=64,
-                   help="generated tokens per sample (Crab: 500 text, 100 AVS)")
+    p.add_argument("--max-new-tokens", type=int, default=0,
+                   help="generated tokens per sample (0: the config's eval.max_new_tokens, else the family's "
+                        "largest over data.tasks; Crab: 500 text, 100 AVS)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass (1 = all)")
@@ -121,7 +112,15 @@ def parse_args(argv: Sequence[str] | None = None):
     return args
 
 
+def is_quick_start(argv: Sequence[str]) -> bool:
+    """The quick-start mode is chosen by ``--weights``."""
+    return any(a == "--weights" or a.startswith("--weights=") for a in argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if is_quick_start(argv):
+        return quick_start.main(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
@@ -137,21 +136,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_cfg = setup.model_cfg
     pad = family.pad_token_id(model_cfg)
     eos = args.eos_id if args.eos_id >= 0 else (tokenizer.eos_token_id if tokenizer is not None else pad)
-    dcfg = DecodeConfig(max_new_tokens=args.max_new_tokens, eos_token_id=int(eos), pad_token_id=int(pad),
+    new_tokens = args.max_new_tokens or max_new_tokens(run, family)
+    dcfg = DecodeConfig(max_new_tokens=new_tokens, eos_token_id=int(eos), pad_token_id=int(pad),
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    batches = eval_batches(run, family, model_cfg, data, args.split)
+    batches, records = eval_batches(run, family, model_cfg, data, args.split)
     samples: list = []
     t0 = time.perf_counter()
     with_chance = not args.no_chance and run.data.source == "synthetic"
     results = evaluate(family, model, model_cfg, batches, tokenizer, tuple(run.data.tasks), dcfg=dcfg,
                        rng_seed=args.seed, with_chance=with_chance, max_batches=args.max_batches or None,
-                       progress=not args.no_progress, records_out=samples)
+                       progress=not args.no_progress, records_out=samples, mesh=setup.mesh, records=records,
+                       data_root=None if data.root is None else str(data.root))
     dt = time.perf_counter() - t0
     if args.output:
         with open(args.output, "w") as f:
             for s in samples:
                 f.write(json.dumps(s) + "\n")
-    print(f"{len(samples)} samples in {dt:.1f} s ({args.split} split, max_new_tokens={args.max_new_tokens})")
+    print(f"{len(samples)} samples in {dt:.1f} s ({args.split} split, max_new_tokens={new_tokens})")
     for key, entry in results.items():
         chance = f"  chance {entry['chance']:.3f}" if "chance" in entry else ""
         print(f"{key:32s} {entry['mean']:.3f}  (n={entry['n']}){chance}")

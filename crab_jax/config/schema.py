@@ -91,8 +91,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.tasks = ("ave", "avqa", "s4", "avss")  # task_id i in a batch is tasks[i] (per-task metrics)
     c.data.seq_len = 128            # random: the token length; records: the bucket when data.buckets is empty
     c.data.buckets = ()             # records: token-length buckets, one compiled step each; () = (seq_len,)
-    c.data.frame_slots = 10         # frames per sample in the media buffer (AV-UIE videos: 10)
-    c.data.audio_slots = 10         # audio segments per sample (AV-UIE: up to 10 one-second segments)
+    c.data.frame_slots = 0          # frames per sample in the media buffer; 0 = the most data.tasks' prompts show
+    c.data.audio_slots = 0          # audio segments per sample; 0 = the most data.tasks' prompts use (AV-UIE: 10)
     c.data.fbank_frames = 96        # random: fbank frames per segment; records: used only for audio-free data
     c.data.num_examples = 64        # random: dataset size (steps per epoch = ceil(num_examples / global_batch))
     c.data.num_distinct = 0         # random: > 0 cycles this many fixed batches
@@ -114,7 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.at_end = True            # evaluate when training finishes
     c.eval.batch_size = 0           # samples per generation batch; 0 = train.global_batch
     c.eval.max_batches = 0          # 0: the whole held-out split
-    c.eval.max_new_tokens = 64      # generated tokens per sample (Crab: 500 for text tasks, 100 for AVS)
+    c.eval.max_new_tokens = 0       # generated tokens per sample; 0 = the family's largest over data.tasks (Crab: 500 text, 100 AVS)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1                 # -1: all devices not used by the other axes

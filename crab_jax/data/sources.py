@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import os
 import pathlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 
@@ -162,9 +162,31 @@ def train_iterator(run: RunConfig, family, model_cfg, setup: DataSetup, *, progr
                                progress=progress)
 
 
-def heldout_iterator(run: RunConfig, family, model_cfg, setup: DataSetup) -> BatchIterator | None:
-    """One pass over the held-out split as training-format batches of ``run.eval_batch_size``
-    (None when there is none: ``random`` data, or no test records)."""
+def gt_as_answer(records: Sequence) -> list:
+    """Test records whose only target is the stored GT (``gt``) get it as their ``answer``: the
+    example builder tokenizes a target, and generation cuts it off again (the prompt batch)."""
+    return [r if r.answer is not None or r.answer_file is not None or r.gt is None
+            else dataclasses.replace(r, answer=r.gt) for r in records]
+
+
+@dataclasses.dataclass
+class HeldoutSplit:
+    """The held-out split of a run: its records and one pass over them as batches.
+
+    batches: training-format batches of ``run.eval_batch_size`` (this process's rows); its
+      ``last_report["records"]`` gives each row's index into ``records`` (-1: filler).
+    records: the held-out records.
+    by_record: score against the records (AV-UIE: the record fields and GT files) rather than
+      the answer text (synthetic data, whose chance levels are defined on the text metrics).
+    """
+
+    batches: BatchIterator
+    records: list
+    by_record: bool
+
+
+def heldout_split(run: RunConfig, family, model_cfg, setup: DataSetup) -> HeldoutSplit | None:
+    """The run's held-out split (None when there is none: ``random`` data, or no test records)."""
     if setup.source == "random" or setup.root is None:
         return None
     batch = run.eval_batch_size
@@ -174,13 +196,13 @@ def heldout_iterator(run: RunConfig, family, model_cfg, setup: DataSetup) -> Bat
         records, errors = heldout_records(setup.root, tasks, seed=int(run.data.seed)), []
     else:  # AV-UIE: the test prompts, the stored ground truth as the reference answer
         records, errors = family.read_records(setup.root, tasks, "test", seed=int(run.data.seed))
-        records = [r if r.answer is not None or r.answer_file is not None or r.gt is None
-                   else dataclasses.replace(r, answer=r.gt) for r in records]
+        records = gt_as_answer(records)
     if not records:
         log.warning("no held-out records under %s for tasks %s: evaluation skipped", setup.root, tasks)
         return None
     builder = family.example_builder(model_cfg, run.data, setup.root, setup.tokenizer)
-    return make_iterator(RawRecordSource(records, builder), global_batch=batch, seq_buckets=run.data.seq_buckets,
-                         seed=0, shuffle=False, num_epochs=1, read_threads=int(run.data.read_threads) or None,
-                         fallback_fbank_frames=int(run.data.fbank_frames), initial_bad=errors,
-                         max_bad_fraction=1.0, cache_dir=str(setup.cache_dir), progress=False)
+    batches = make_iterator(RawRecordSource(records, builder), global_batch=batch, seq_buckets=run.data.seq_buckets,
+                            seed=0, shuffle=False, num_epochs=1, read_threads=int(run.data.read_threads) or None,
+                            fallback_fbank_frames=int(run.data.fbank_frames), initial_bad=errors,
+                            max_bad_fraction=1.0, cache_dir=str(setup.cache_dir), progress=False)
+    return HeldoutSplit(batches, list(records), by_record=setup.source != "synthetic")

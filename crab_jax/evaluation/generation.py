@@ -15,11 +15,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from crab_jax.data.synthetic import metrics as SM
+from crab_jax.evaluation.record_scoring import RecordScorer
 from crab_jax.families.base import Family
 from crab_jax.models.decoding import DecodeConfig
+from crab_jax.parallel.multihost import gather_rows, shard_rows
 
 
 # ----------------------------------------------------------------------------- results
@@ -53,7 +56,8 @@ def flat_metrics(results: Mapping[str, Mapping[str, float]], prefix: str = "eval
 
 def evaluate(family: Family, model, model_cfg, batches: Iterable[Mapping[str, Any]], tokenizer, tasks: Sequence[str], *,
              dcfg: DecodeConfig, rng_seed: int = 0, with_chance: bool = True, max_batches: int | None = None,
-             progress: bool = False, records_out: list | None = None) -> dict[str, dict]:
+             progress: bool = False, records_out: list | None = None, mesh: Mesh | None = None,
+             records: Sequence[Any] | None = None, data_root: str | None = None) -> dict[str, dict]:
     """Generates for held-out batches and scores each task (the family's prompt, generate and score hooks).
 
     Args:
@@ -67,11 +71,22 @@ def evaluate(family: Family, model, model_cfg, batches: Iterable[Mapping[str, An
       dcfg: decoding settings (``eos_token_id`` / ``pad_token_id`` from the tokenizer / model).
       with_chance: add each metric's chance level (synthetic dataset's, ``synthetic_metrics``).
       records_out: if a list, one dict per sample is appended (task, text, reference, scores).
+      mesh: the model's mesh; needed with several processes. Each process's batches hold its
+        rows of the global batch: they are gathered, generated for as one global batch split
+        over the mesh, and scored whole on every process, so every process returns the same
+        results (equal to a one-process run's on the same global batches); writing them is the
+        caller's business (process 0).
+      records, data_root: the records the batches were built from (``batches`` must then be the
+        pipeline's iterator: its ``last_report["records"]`` maps rows to records) and their
+        root: rows are scored against the records by the family's task scorers
+        (:mod:`crab_jax.evaluation.record_scoring`, the metrics of ``python -m crab_jax.evaluate``)
+        instead of against the answer text.
     Returns:
       ``{"<task>/<metric>": {"mean", "n"[, "chance"]}}`` (the metrics the family's scorer gives,
       e.g. Crab's ``exact_match``, ``avqa``, ``ave``, ``arig``, ``s4`` mask IoU, ``s4_category``).
     """
     scores: dict[str, list[float]] = collections.defaultdict(list)
+    by_record = None if records is None else RecordScorer(family, records, data_root or "", tokenizer)
     it = iter(batches)
     bar = None
     if progress:
@@ -85,19 +100,33 @@ def evaluate(family: Family, model, model_cfg, batches: Iterable[Mapping[str, An
             except StopIteration:
                 break
             rng, key = jax.random.split(rng)
+            batch = gather_rows(dict(batch))  # the global batch (this process's rows alone, if single)
             prompt = family.batch.prompt_batch(batch, model_cfg)
-            gen = family.generate(model, prompt.batch, dcfg, key)
-            for sample in family.score_batch(gen, prompt, batch, tokenizer, tasks, dcfg):
-                for metric, value in sample["scores"].items():
-                    scores[f"{sample['task']}/{metric}"].append(value)
-                if records_out is not None:
-                    records_out.append(sample)
+            inputs = prompt.batch
+            if jax.process_count() > 1:
+                if mesh is None:
+                    raise ValueError("evaluate: several processes need the model's mesh (mesh=...)")
+                inputs = shard_rows(inputs, mesh)
+            gen = family.generate(model, inputs, dcfg, key)
+            if jax.process_count() > 1:
+                gen = gather_rows(gen)
+            if by_record is not None:  # rows -> records: the pipeline's report of this batch
+                samples = by_record.add(gen, gather_rows(np.asarray(batches.last_report["records"], np.int64)))
+            else:
+                samples = family.score_batch(gen, prompt, batch, tokenizer, tasks, dcfg)
+                for sample in samples:
+                    for metric, value in sample["scores"].items():
+                        scores[f"{sample['task']}/{metric}"].append(value)
+            if records_out is not None:
+                records_out.extend(samples)
             done += 1
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    if by_record is not None:
+        return by_record.results()
     return summarise(scores, with_chance=with_chance)
 
 

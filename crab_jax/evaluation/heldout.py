@@ -4,7 +4,8 @@ The trainer calls :func:`evaluate_state` every ``eval.every_steps`` and at the e
 from the same pipeline as training (same buckets, so the generator compiles once per bucket),
 over the held-out records (synthetic data: test clips asked the training questions,
 :func:`crab_jax.data.synthetic.setup.heldout_records`; AV-UIE: the test split as the original
-evaluates it), via :func:`crab_jax.data.sources.heldout_iterator`. Generation and scoring
+evaluates it), via :func:`crab_jax.data.sources.heldout_split`; AV-UIE rows are scored against
+their records by the family's task scorers (the metrics of ``python -m crab_jax.evaluate``). Generation and scoring
 are :func:`crab_jax.evaluation.generation.evaluate`.
 """
 
@@ -15,7 +16,7 @@ import os
 from typing import Mapping
 
 from crab_jax.config.sections import RunConfig
-from crab_jax.data.sources import DataSetup, heldout_iterator
+from crab_jax.data.sources import DataSetup, heldout_split
 from crab_jax.evaluation.generation import evaluate
 from crab_jax.families.base import Family
 from crab_jax.io.jsonl import append_line
@@ -26,17 +27,30 @@ from crab_jax.models.decoding import DecodeConfig
 def evaluate_state(run: RunConfig, family: Family, setup, state, data: DataSetup, *,
                    progress: bool = False) -> dict[str, dict]:
     """Generates with the current weights on the held-out split; ``{"task/metric": {mean, n, chance?}}``."""
-    batches = heldout_iterator(run, family, setup.model_cfg, data)
-    if batches is None:
+    split = heldout_split(run, family, setup.model_cfg, data)
+    if split is None:
         return {}
     tok = data.tokenizer
-    dcfg = DecodeConfig(max_new_tokens=int(run.eval.max_new_tokens), eos_token_id=int(tok.eos_token_id),
+    dcfg = DecodeConfig(max_new_tokens=max_new_tokens(run, family), eos_token_id=int(tok.eos_token_id),
                         pad_token_id=int(family.pad_token_id(setup.model_cfg)),
                         with_masks=bool(run.model.seg_branch))  # masks only from a trained seg branch
     model = setup.merge(state.params, state.frozen, state.rng_vars)
-    max_batches = int(run.eval.max_batches) or batches.batches_per_epoch
-    return evaluate(family, model, setup.model_cfg, batches, tok, tuple(run.data.tasks), dcfg=dcfg,
-                    with_chance=data.source == "synthetic", max_batches=max_batches, progress=progress)
+    max_batches = int(run.eval.max_batches) or split.batches.batches_per_epoch
+    return evaluate(family, model, setup.model_cfg, split.batches, tok, tuple(run.data.tasks), dcfg=dcfg,
+                    with_chance=data.source == "synthetic", max_batches=max_batches, progress=progress,
+                    mesh=setup.mesh, records=split.records if split.by_record else None,
+                    data_root=str(data.root))
+
+
+def max_new_tokens(run: RunConfig, family: Family) -> int:
+    """``eval.max_new_tokens``, or (0) the largest of the family's per-task budgets over the run's
+    tasks (Crab: 500 for text tasks, 100 for segmentation: AV-UIE's reasoning comes before its
+    ``<answer>``, a short budget cuts it off)."""
+    if int(run.eval.max_new_tokens) > 0:
+        return int(run.eval.max_new_tokens)
+    if family.default_max_new_tokens is None:
+        raise ValueError(f"config eval.max_new_tokens=0: family {family.name!r} has no per-task budget; set it")
+    return max(int(family.default_max_new_tokens(t)) for t in run.data.tasks)
 
 
 def headline(results: Mapping[str, Mapping], table: Mapping[str, tuple[str, ...]]) -> dict[str, dict]:

@@ -21,6 +21,7 @@ import jax
 
 from crab_jax.checkpoints.convert.family_converter import FamilyConverter
 from crab_jax.config.sections import DataConfig, ModelConfig
+from crab_jax.metrics.tables import ScoringContext, TaskScorer
 
 
 class LossOutput(NamedTuple):
@@ -65,6 +66,29 @@ class BatchFormat:
     prompt_batch: Callable[[Mapping[str, Any], Any], Any]
 
 
+# ----------------------------------------------------------------------------- quick-start predictions
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplePrediction:
+    """One generated sample as a predictions line holds it (``python -m crab_jax.infer --weights``).
+
+    text: the decoded answer, exactly as the family's original writes it.
+    generated_ids: ``[n]`` int32 generated ids (EOS included when emitted).
+    finished: EOS was emitted within the token budget.
+    mask_tokens: mask tokens generated (the family's rule says how many a mask needs).
+    mask_logits: ``[H, W]`` float32 logits of a binary mask, or None (no binary mask).
+    mask_classes: ``[H, W]`` int32 class ids of a multi-class mask, or None.
+    """
+
+    text: str
+    generated_ids: Any
+    finished: bool
+    mask_tokens: int
+    mask_logits: Any = None
+    mask_classes: Any = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """Everything family-specific that shared code uses (see the module docstring).
@@ -78,6 +102,9 @@ class Family:
       num_llm_layers: ``model_cfg -> int`` (router usage per group of decoder layers).
       vocab_sizes: ``model_cfg -> (vocab_size, padded_vocab_size)`` of the LLM's embeddings /
         head (converted checkpoints are zero-padded between the two).
+      unused_modules: ``(model section, data section) -> module paths`` (``"seg_module"``) a run
+        never uses (its branches and tasks say so): a converted checkpoint may lack them, their
+        frozen weights then keep the seed's values. None: every module is used.
       flops: ``(model_cfg, seq_len, trainable_paths, *, remat) -> flops`` with ``per_token`` (training
         model FLOPs per token, the MFU numerator), ``recompute_per_token`` (remat's extra forward) and
         ``layer_per_token`` (one decoder layer's share; the AOT check multiplies scanned loops out).
@@ -97,6 +124,15 @@ class Family:
       score_batch: ``(generation, prompt, batch, tokenizer, tasks, dcfg) -> list of per-sample
         dicts {task, scores, ...}``.
       headline: task -> metric names, the first one present is a run summary's number for the task.
+    Prediction files (``python -m crab_jax.infer`` writes them, ``python -m crab_jax.evaluate`` scores them):
+      prediction_metadata: ``record -> dict``: the record half of one predictions line (the
+        command adds the prediction).
+      task_scorers: task -> ``(ctx: ScoringContext) -> TaskScorer`` for every task it can score.
+    Quick start (``python -m crab_jax.infer --weights DIR``, :mod:`crab_jax.evaluation.quick_start`):
+      checkpoint_config: ``converted checkpoint dir -> model_cfg`` as stored next to its params.
+      default_max_new_tokens: ``task -> int``, the original's generation budget of the task.
+      predictions: ``(generation, records, tokenizer) -> list of SamplePrediction`` (one per
+        record, the generation's first rows) as the original decodes and masks them.
     Conversion:
       converter: the family's torch <-> JAX converter (:class:`~crab_jax.checkpoints.convert.family_converter.FamilyConverter`).
     """
@@ -120,3 +156,9 @@ class Family:
     score_batch: Callable[..., list[dict]]
     headline: Mapping[str, tuple[str, ...]]
     converter: FamilyConverter | None = None
+    prediction_metadata: Callable[[Any], dict] | None = None
+    task_scorers: Mapping[str, Callable[[ScoringContext], TaskScorer]] = dataclasses.field(default_factory=dict)
+    checkpoint_config: Callable[[str], Any] | None = None
+    default_max_new_tokens: Callable[[str], int] | None = None
+    predictions: Callable[..., list[SamplePrediction]] | None = None
+    unused_modules: Callable[[ModelConfig, DataConfig], tuple[str, ...]] | None = None

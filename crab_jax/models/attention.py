@@ -22,6 +22,7 @@ is torch's ``nn.MultiheadAttention`` with its packed ``in_proj_weight``.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,7 @@ def dot_product_attention(
     mask: jax.Array | None = None,
     bias: jax.Array | None = None,
     scale: float | None = None,
+    probs_dropout: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention over split heads, logits and softmax in float32; GQA.
 
@@ -59,6 +61,8 @@ def dot_product_attention(
       mask: boolean, broadcastable to ``[b, h, q_len, kv_len]``; False = may not attend.
       bias: additive float, broadcastable to ``[b, h, q_len, kv_len]``, added after scaling.
       scale: multiplies ``q.k``; default ``1 / sqrt(d)``.
+      probs_dropout: applied to the probabilities ``[b, h, q_len, kv_len]`` before they weight
+        ``v`` (BERT's attention dropout; None: none).
     Returns:
       ``[b, q_len, h, d]`` in ``v``'s dtype.
     """
@@ -74,6 +78,8 @@ def dot_product_attention(
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    if probs_dropout is not None:
+        probs = probs_dropout(probs)
     probs = probs.reshape(b, kvh, groups, tq, k.shape[1])
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
     return out.reshape(b, tq, h, d)
@@ -89,15 +95,17 @@ def multi_head_attention(
     mask: jax.Array | None = None,
     bias: jax.Array | None = None,
     scale: float | None = None,
+    probs_dropout: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """:func:`dot_product_attention` on projected activations.
 
     ``q [b, q_len, h*d]``, ``k, v [b, kv_len, kvh*d]`` (``kvh = num_kv_heads``, default ``h``)
-    ``-> [b, q_len, h*d]``; ``mask`` / ``bias`` / ``scale`` as in :func:`dot_product_attention`.
+    ``-> [b, q_len, h*d]``; ``mask`` / ``bias`` / ``scale`` / ``probs_dropout`` as in
+    :func:`dot_product_attention`.
     """
     kv_heads = num_heads if num_kv_heads is None else num_kv_heads
     out = dot_product_attention(split_heads(q, num_heads), split_heads(k, kv_heads), split_heads(v, kv_heads),
-                                mask=mask, bias=bias, scale=scale)
+                                mask=mask, bias=bias, scale=scale, probs_dropout=probs_dropout)
     return merge_heads(out)
 
 

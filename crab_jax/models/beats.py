@@ -18,7 +18,13 @@ computed once per forward from a static ``T`` and gated per layer, head and quer
 Module attribute names follow the torch state dict (``encoder.layers.3.self_attn.q_proj``,
 ``encoder.pos_conv.0.weight_g`` ...), so ``crab_jax/families/crab/convert/beats_table.py`` is a near
 identity. Only inference is implemented: BEATs is frozen in Crab and runs in eval mode
-(dropouts and layer drop inactive; Crab's all-False padding mask is a no-op).
+(dropouts and layer drop inactive).
+
+Zero-padded fbanks (a batch mixing audio lengths) are encoded exactly as the unpadded ones
+when ``valid_frames`` is given, as the original's ``padding_mask``: padded tokens are zeroed
+before the conv position embedding (the unpadded sequence sees its zero padding there) and
+are never attended as keys. The relative position bias depends only on distances, and every
+other step is per token, so the real tokens' outputs do not depend on the padding.
 """
 
 from __future__ import annotations
@@ -224,15 +230,17 @@ class BeatsSelfAttention(ProjectedAttention):
         g = gate_a * (gate_b * grep_a - 1.0) + 2.0
         return g.transpose(0, 2, 1)[..., None]
 
-    def __call__(self, x: jax.Array, position_bias: jax.Array | None) -> jax.Array:
-        """``x`` ``[n, T, C]``, ``position_bias`` ``[H, T, T]`` or None -> ``[n, T, C]``."""
+    def __call__(self, x: jax.Array, position_bias: jax.Array | None, key_mask: jax.Array | None = None) -> jax.Array:
+        """``x`` ``[n, T, C]``, ``position_bias`` ``[H, T, T]`` or None, ``key_mask`` ``[n, T]`` bool
+        (tokens that may be attended; None: all) -> ``[n, T, C]``."""
         q, k, v = self.heads(x, x, x)
         bias = None
         if position_bias is not None:
             bias = position_bias[None]
             if self.gru_rel_pos:
                 bias = self.gate(q) * bias  # [n, H, T, T]
-        return self.attend(q, k, v, bias=bias)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        return self.attend(q, k, v, mask=mask, bias=bias)
 
 
 class BeatsEncoderLayer(nnx.Module):
@@ -253,12 +261,12 @@ class BeatsEncoderLayer(nnx.Module):
                           param_dtype=param_dtype, rngs=rngs)
         self.final_layer_norm = LayerNorm(c, **norm)
 
-    def __call__(self, x: jax.Array, position_bias: jax.Array | None) -> jax.Array:
-        """``[n, T, C] -> [n, T, C]``."""
+    def __call__(self, x: jax.Array, position_bias: jax.Array | None, key_mask: jax.Array | None = None) -> jax.Array:
+        """``[n, T, C] -> [n, T, C]`` (``key_mask [n, T]``: see :class:`BeatsSelfAttention`)."""
         if self.layer_norm_first:
-            x = x + self.self_attn(self.self_attn_layer_norm(x), position_bias)
+            x = x + self.self_attn(self.self_attn_layer_norm(x), position_bias, key_mask)
             return x + self.fc2(self.activation(self.fc1(self.final_layer_norm(x))))
-        x = self.self_attn_layer_norm(self.alpha * x + self.self_attn(x, position_bias))
+        x = self.self_attn_layer_norm(self.alpha * x + self.self_attn(x, position_bias, key_mask))
         return self.final_layer_norm(self.alpha * x + self.fc2(self.activation(self.fc1(x))))
 
 
@@ -283,15 +291,18 @@ class BeatsEncoder(nnx.Module):
         table = self.layers[0].self_attn.relative_attention_bias
         return table.bias(num_tokens, num_tokens, self.cfg.num_buckets, self.cfg.max_distance)
 
-    def __call__(self, x: jax.Array, *, return_layer_outputs: bool = False):
-        """``[n, T, C] -> [n, T, C]`` (and each layer's output)."""
+    def __call__(self, x: jax.Array, *, token_mask: jax.Array | None = None, return_layer_outputs: bool = False):
+        """``[n, T, C] -> [n, T, C]`` (and each layer's output); ``token_mask [n, T]`` bool marks
+        the real tokens (None: all), the others are zeroed and never attended."""
+        if token_mask is not None:
+            x = jnp.where(token_mask[..., None], x, 0)
         x = x + gelu_exact(self.pos_conv[0](x))
         if not self.cfg.layer_norm_first:
             x = self.layer_norm(x)
         position_bias = self.position_bias(x.shape[1])
         outputs = []
         for layer in self.layers:
-            x = layer(x, position_bias)
+            x = layer(x, position_bias, token_mask)
             outputs.append(x)
         if self.cfg.layer_norm_first:
             x = self.layer_norm(x)
@@ -326,11 +337,24 @@ class Beats(nnx.Module):
             if cfg.finetuned_model else None
         )
 
-    def __call__(self, fbank: jax.Array, *, return_layer_outputs: bool = False):
+    def token_mask(self, valid_frames: jax.Array, frames: int, mel_bins: int) -> jax.Array:
+        """``valid_frames [...]`` (real fbank frames of each segment) -> ``[..., T]`` bool of the
+        real tokens: the time patches inside the real frames, every frequency patch of them.
+        ``0`` means an unused segment slot: all its (zero) tokens count, as without a mask."""
+        p = self.cfg.input_patch_size
+        valid = jnp.asarray(valid_frames, jnp.int32)
+        valid = jnp.where(valid > 0, valid, frames) // p
+        time_patch = jnp.arange(self.cfg.num_tokens(frames, mel_bins)) // (mel_bins // p)
+        return time_patch < valid[..., None]
+
+    def __call__(self, fbank: jax.Array, *, valid_frames: jax.Array | None = None,
+                 return_layer_outputs: bool = False):
         """Encodes filterbanks.
 
         Args:
           fbank: ``[n, frames, mel]`` or ``[b, t, frames, mel]``.
+          valid_frames: ``[n]`` / ``[b, t]`` int, real frames of each segment (the rest is zero
+            padding, ignored exactly; 0: an unused slot). None: every frame is real.
           return_layer_outputs: also return every layer's output (same leading shape).
         Returns:
           ``[n, T, C]`` / ``[b, t, T, C]`` features, or ``(features, [layer outputs])``.
@@ -344,7 +368,10 @@ class Beats(nnx.Module):
         x = self.layer_norm(patches.reshape(n, t * f, e))  # time-major tokens
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
-        x, outputs = self.encoder(x, return_layer_outputs=True)
+        mask = None
+        if valid_frames is not None:
+            mask = self.token_mask(valid_frames, fbank.shape[-2], fbank.shape[-1]).reshape(n, t * f)
+        x, outputs = self.encoder(x, token_mask=mask, return_layer_outputs=True)
         unflat = lambda y: y.reshape(*lead, *y.shape[1:])
         if return_layer_outputs:
             return unflat(x), [unflat(y) for y in outputs]

@@ -12,7 +12,14 @@ position embeddings, the text feed-forward (``intermediate`` / ``output``) and t
 head ``cls.predictions`` are kept as parameters only so that checkpoints round-trip. The
 head's decoder is tied in torch (weight = word embeddings, bias = ``cls.predictions.bias``),
 so it owns no parameter here. Every attention mask of the original is all ones, so none is
-built. Module attribute names mirror the torch state-dict names (``attention.self.query``,
+built, except the cross-attention's optional key mask (``encoder_mask``: padded audio
+patches of a task-mixed batch, which the unpadded computation never sees).
+
+BERT's dropouts run as in the original in training mode: ``hidden_dropout_prob`` after the
+embedding LayerNorm and after every attention-output / FFN-output dense (before the residual
+LayerNorm), ``attention_probs_dropout_prob`` on the attention probabilities. A freshly built
+projector is in inference mode (deterministic); ``model.train()`` switches them on and
+``model.eval()`` off, like every ``nnx.Dropout`` of the model. Module attribute names mirror the torch state-dict names (``attention.self.query``,
 ``crossattention.output.LayerNorm``, ``visual_proj.0`` ...), so the converter table is a
 near-identity map.
 """
@@ -69,6 +76,8 @@ class QFormerConfig:
     mlp_depth: int = 2
     tokens_per_frame: int = 256
     input_ln_eps: float = 1e-5  # the projector's own nn.LayerNorm (torch default eps)
+    hidden_dropout_prob: float = 0.1           # BERT's defaults (training mode only)
+    attention_probs_dropout_prob: float = 0.1
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -76,6 +85,9 @@ class QFormerConfig:
                              f"num_attention_heads {self.num_attention_heads}")
         if self.mlp_depth < 1 or self.cross_attention_freq < 1:
             raise ValueError("mlp_depth and cross_attention_freq must be >= 1")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"QFormerConfig.{name}={getattr(self, name)}: expected a probability in [0, 1)")
 
     @property
     def head_dim(self) -> int:
@@ -100,7 +112,7 @@ class QFormerConfig:
         """From a HF ``BertConfig`` dict (``config.json``) and the projector's overrides.
 
         As in Crab, the projector replaces the BERT layer count and adds cross-attention;
-        everything else (widths, heads, eps, activation, vocabulary) comes from ``bert``.
+        everything else (widths, heads, eps, activation, vocabulary, dropouts) comes from ``bert``.
         """
         kind = bert.get("position_embedding_type", "absolute")
         if kind != "absolute":  # relative kinds add distance tables the Q-Former path never uses
@@ -113,6 +125,8 @@ class QFormerConfig:
             max_position_embeddings=int(bert["max_position_embeddings"]),
             layer_norm_eps=float(bert.get("layer_norm_eps", 1e-12)),
             hidden_act=str(bert.get("hidden_act", "gelu")),
+            hidden_dropout_prob=float(bert.get("hidden_dropout_prob", 0.1)),
+            attention_probs_dropout_prob=float(bert.get("attention_probs_dropout_prob", 0.1)),
             num_hidden_layers=int(num_hidden_layers),
             cross_attention_freq=int(cross_attention_freq),
             encoder_width=int(encoder_width),
@@ -135,6 +149,16 @@ class QFormerConfig:
 # -- BERT pieces (torch names) ------------------------------------------------------------
 
 
+def bert_dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
+    """A BERT dropout, built switched off (``model.train()`` turns it on); None for rate 0 (no
+    module, and no draw from ``rngs``: a dropout-free config initialises as before)."""
+    return nnx.Dropout(rate, deterministic=True, rngs=rngs) if rate > 0 else None
+
+
+def _dropped(dropout: nnx.Dropout | None, x: jax.Array) -> jax.Array:
+    return x if dropout is None else dropout(x)
+
+
 class BertEmbeddings(nnx.Module):
     """Word / position tables (unused by the query path), the embedding LayerNorm and the
     ``position_ids`` buffer [1, max_positions]."""
@@ -145,13 +169,14 @@ class BertEmbeddings(nnx.Module):
         self.position_embeddings = Embed(cfg.max_position_embeddings, cfg.hidden_size,
                                          axes=("positions", "embed"), param_dtype=param_dtype, rngs=rngs)
         self.LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, param_dtype=param_dtype, rngs=rngs)
+        self.dropout = bert_dropout(cfg.hidden_dropout_prob, rngs)
         # int32: JAX runs without x64; the converter writes it back as torch's int64.
         self.position_ids = buffer(jnp.arange(cfg.max_position_embeddings, dtype=jnp.int32)[None],
                                    (None, "positions"))
 
     def __call__(self, query_embeds: jax.Array) -> jax.Array:
-        """Queries only (no text ids): ``[batch, Q, H] -> [batch, Q, H]``, LayerNorm alone."""
-        return self.LayerNorm(query_embeds)
+        """Queries only (no text ids): ``[batch, Q, H] -> [batch, Q, H]``, LayerNorm (+ dropout)."""
+        return _dropped(self.dropout, self.LayerNorm(query_embeds))
 
 
 class BertSelfAttention(nnx.Module):
@@ -165,24 +190,31 @@ class BertSelfAttention(nnx.Module):
         self.query = Linear(h, h, axes=("embed", "heads"), **kw)
         self.key = Linear(kv_width, h, axes=("embed", "kv"), **kw)
         self.value = Linear(kv_width, h, axes=("embed", "kv"), **kw)
+        self.dropout = bert_dropout(cfg.attention_probs_dropout_prob, rngs)
 
-    def __call__(self, hidden: jax.Array, context: jax.Array) -> jax.Array:
-        """``hidden [batch, q_len, H]``, ``context [batch, kv_len, kv_width]`` -> ``[batch, q_len, H]``."""
-        # All-ones masks in the original: nothing to block.
-        return multi_head_attention(self.query(hidden), self.key(context), self.value(context), self.num_heads)
+    def __call__(self, hidden: jax.Array, context: jax.Array, context_mask: jax.Array | None = None) -> jax.Array:
+        """``hidden [batch, q_len, H]``, ``context [batch, kv_len, kv_width]`` -> ``[batch, q_len, H]``.
+
+        ``context_mask [batch, kv_len]`` bool: keys that may be attended (None: all; the
+        original's masks are all ones).
+        """
+        mask = None if context_mask is None else context_mask[:, None, None, :]
+        return multi_head_attention(self.query(hidden), self.key(context), self.value(context), self.num_heads,
+                                    mask=mask, probs_dropout=self.dropout)
 
 
 class BertSelfOutput(nnx.Module):
-    """``LayerNorm(dense(x) + residual)``."""
+    """``LayerNorm(dropout(dense(x)) + residual)``."""
 
     def __init__(self, cfg: QFormerConfig, in_features: int, in_axis: str, *, dtype=jnp.float32,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.dense = Linear(in_features, cfg.hidden_size, axes=(in_axis, "embed"), dtype=dtype,
                             param_dtype=param_dtype, rngs=rngs)
         self.LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, param_dtype=param_dtype, rngs=rngs)
+        self.dropout = bert_dropout(cfg.hidden_dropout_prob, rngs)
 
     def __call__(self, x: jax.Array, residual: jax.Array) -> jax.Array:
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(_dropped(self.dropout, self.dense(x)) + residual)
 
 
 class BertAttention(nnx.Module):
@@ -194,9 +226,11 @@ class BertAttention(nnx.Module):
         self.self = BertSelfAttention(cfg, kv_width, **kw)
         self.output = BertSelfOutput(cfg, cfg.hidden_size, "heads", **kw)
 
-    def __call__(self, hidden: jax.Array, context: jax.Array | None = None) -> jax.Array:
-        """Self-attention if ``context`` is None, else cross-attention to it; ``[batch, q_len, H]``."""
-        return self.output(self.self(hidden, hidden if context is None else context), hidden)
+    def __call__(self, hidden: jax.Array, context: jax.Array | None = None,
+                 context_mask: jax.Array | None = None) -> jax.Array:
+        """Self-attention if ``context`` is None, else cross-attention to it (keys where
+        ``context_mask [batch, kv_len]``, default all); ``[batch, q_len, H]``."""
+        return self.output(self.self(hidden, hidden if context is None else context, context_mask), hidden)
 
 
 class BertIntermediate(nnx.Module):
@@ -226,11 +260,13 @@ class BertLayer(nnx.Module):
         self.intermediate_query = BertIntermediate(cfg, **kw)
         self.output_query = BertSelfOutput(cfg, cfg.intermediate_size, "mlp", **kw)
 
-    def __call__(self, queries: jax.Array, encoder_states: jax.Array) -> jax.Array:
-        """``queries [batch, Q, H]``, ``encoder_states [batch, n, W]`` -> ``[batch, Q, H]``."""
+    def __call__(self, queries: jax.Array, encoder_states: jax.Array,
+                 encoder_mask: jax.Array | None = None) -> jax.Array:
+        """``queries [batch, Q, H]``, ``encoder_states [batch, n, W]`` (attended where
+        ``encoder_mask [batch, n]``, default all) -> ``[batch, Q, H]``."""
         h = self.attention(queries)
         if self.crossattention is not None:
-            h = self.crossattention(h, encoder_states)
+            h = self.crossattention(h, encoder_states, encoder_mask)
         return self.output_query(self.intermediate_query(h), h)
 
 
@@ -239,9 +275,10 @@ class BertEncoder(nnx.Module):
         self.layer = nnx.List([BertLayer(cfg, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                                for i in range(cfg.num_hidden_layers)])
 
-    def __call__(self, queries: jax.Array, encoder_states: jax.Array) -> jax.Array:
+    def __call__(self, queries: jax.Array, encoder_states: jax.Array,
+                 encoder_mask: jax.Array | None = None) -> jax.Array:
         for layer in self.layer:  # few layers, each with its own (optional) cross-attention
-            queries = layer(queries, encoder_states)
+            queries = layer(queries, encoder_states, encoder_mask)
         return queries
 
 
@@ -252,9 +289,11 @@ class BertModel(nnx.Module):
         self.embeddings = BertEmbeddings(cfg, param_dtype=param_dtype, rngs=rngs)
         self.encoder = BertEncoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, query_embeds: jax.Array, encoder_states: jax.Array) -> jax.Array:
-        """``query_embeds [batch, Q, H]``, ``encoder_states [batch, n, W]`` -> last hidden ``[batch, Q, H]``."""
-        return self.encoder(self.embeddings(query_embeds), encoder_states)
+    def __call__(self, query_embeds: jax.Array, encoder_states: jax.Array,
+                 encoder_mask: jax.Array | None = None) -> jax.Array:
+        """``query_embeds [batch, Q, H]``, ``encoder_states [batch, n, W]`` (``encoder_mask [batch, n]``)
+        -> last hidden ``[batch, Q, H]``."""
+        return self.encoder(self.embeddings(query_embeds), encoder_states, encoder_mask)
 
 
 class BertPredictionHeadTransform(nnx.Module):
@@ -294,9 +333,10 @@ class QFormer(nnx.Module):
         self.bert = BertModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.cls = BertOnlyMLMHead(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, query_embeds: jax.Array, encoder_states: jax.Array) -> jax.Array:
-        """``[batch, Q, H]``, ``[batch, n, W]`` -> ``[batch, Q, H]``."""
-        return self.bert(query_embeds, encoder_states)
+    def __call__(self, query_embeds: jax.Array, encoder_states: jax.Array,
+                 encoder_mask: jax.Array | None = None) -> jax.Array:
+        """``[batch, Q, H]``, ``[batch, n, W]`` (``encoder_mask [batch, n]``) -> ``[batch, Q, H]``."""
+        return self.bert(query_embeds, encoder_states, encoder_mask)
 
 
 # -- projectors -----------------------------------------------------------------------------
@@ -339,13 +379,14 @@ class _Projector(nnx.Module):
     def _parts(self) -> tuple[LayerNorm, QFormer, nnx.Param, nnx.List]:
         raise NotImplementedError
 
-    def query_features(self, x: jax.Array) -> jax.Array:
-        """LayerNorm + Q-Former: ``[batch, n, W] -> [batch, Q, H]`` (before the MLP)."""
+    def query_features(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """LayerNorm + Q-Former: ``[batch, n, W] -> [batch, Q, H]`` (before the MLP); the queries
+        attend only the tokens where ``mask [batch, n]`` (default all)."""
         ln, qformer, query_tokens, _ = self._parts()
         x = ln(x)
         queries = query_tokens[...].astype(x.dtype)
         queries = jnp.broadcast_to(queries, (x.shape[0],) + queries.shape[1:])
-        return qformer(queries, x)
+        return qformer(queries, x, mask)
 
     def project(self, h: jax.Array) -> jax.Array:
         """The MLP: ``[..., H] -> [..., d_model]``."""
@@ -388,13 +429,18 @@ class AudioProjector(_Projector):
     def _parts(self):
         return self.audio_ln, self.audio_Qformer, self.audio_query_tokens, self.audio_proj
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """``[batch, n, W] -> [batch, Q, d_model]``; ``[batch, t, n, W] -> [batch, t*Q, d_model]``
-        (each segment through the Q-Former separately, concatenated over time, then the MLP)."""
+        (each segment through the Q-Former separately, concatenated over time, then the MLP).
+
+        ``mask`` (``[batch, n]`` / ``[batch, t, n]`` bool, default all True): the tokens of each
+        segment that are real (padded audio patches are False and never attended).
+        """
         if x.ndim == 3:
-            return self.project(self.query_features(x))
+            return self.project(self.query_features(x, mask))
         if x.ndim != 4:
             raise ValueError(f"audio input must be [b, n, W] or [b, t, n, W], got shape {x.shape}")
         b, t, n, w = x.shape
-        h = self.query_features(x.reshape(b * t, n, w))  # [b*t, Q, H]
+        flat_mask = None if mask is None else mask.reshape(b * t, n)
+        h = self.query_features(x.reshape(b * t, n, w), flat_mask)  # [b*t, Q, H]
         return self.project(h.reshape(b, t * self.cfg.num_query_tokens, -1))

@@ -32,6 +32,7 @@ from crab_jax.evaluation.heldout import evaluate_state
 from crab_jax.families.base import Family
 from crab_jax.io.paths import as_path
 from crab_jax.parallel.mesh import to_global
+from crab_jax.parallel.multihost import any_process
 from crab_jax.training.hooks import CheckpointHook, EvalHook, MetricsHook
 from crab_jax.training.metric_writer import MetricWriter
 from crab_jax.training.metrics import mfu, peak_flops_per_device, summarize
@@ -60,7 +61,7 @@ class _Preemption:
         return self
 
     def _handle(self, signum, frame):
-        log.warning("SIGTERM: saving a checkpoint at the end of this step, then exiting")
+        log.warning("SIGTERM: saving a checkpoint at the end of this step (every process), then exiting")
         self.requested = True
 
     def __exit__(self, *exc):
@@ -206,7 +207,9 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
                 u = mfu(flops_per_token[seq_len], tokens, dt, jax.device_count(), peak)
                 if u is not None:
                     metrics["mfu"] = u
-                leaving = preempt.requested or ckpt.reached_preemption(step) or (
+                # A SIGTERM reaches one host first: every process must leave after the same step
+                # (the next step is a collective), so the flag is agreed on through one.
+                leaving = any_process(preempt.requested) or ckpt.reached_preemption(step) or (
                     stop_after > 0 and step - start >= stop_after)
                 for hook in hooks:
                     hook.after_step(step, state, metrics, last=step == steps, leaving=leaving)

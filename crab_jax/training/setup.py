@@ -15,7 +15,7 @@ import math
 import jax
 
 from crab_jax import families
-from crab_jax.checkpoints.converted import initial_weights
+from crab_jax.checkpoints.converted import frozen_from_seed, initial_weights
 from crab_jax.config.sections import RunConfig
 from crab_jax.data.sources import RECORD_SOURCES, DataSetup, prepare_data
 from crab_jax.families.base import Family
@@ -100,19 +100,36 @@ def quick_compiled_init(init_fn):
     return init
 
 
+def unused_modules(run: RunConfig, family: Family) -> tuple[str, ...]:
+    """Module paths the run never uses (the family's answer for its seg branch and tasks; none
+    for a family without the hook)."""
+    if family.unused_modules is None:
+        return ()
+    return tuple(family.unused_modules(run.model, run.data))
+
+
 def initial_state(config, setup: TrainSetup):
     """The state before any resume: the seed's weights, then ``model.init_checkpoint`` and
-    ``model.init_from_runs`` (:func:`crab_jax.checkpoints.converted.initial_weights`). With a
-    converted checkpoint, which must hold every frozen weight, the frozen ones are never drawn
-    at random."""
+    ``model.init_from_runs`` (:func:`crab_jax.checkpoints.converted.initial_weights`). A
+    converted checkpoint must hold every frozen weight of the modules the run uses; the frozen
+    weights are drawn from the seed only when it lacks some that may start there (a module the
+    run never uses, the buffers of a module trained from scratch), never otherwise."""
     run = RunConfig.from_config(config)
-    if run.model.init_checkpoint:
+    unused = unused_modules(run, setup.family)
+    vocab = setup.family.vocab_sizes(setup.model_cfg)
+    from_seed = []
+    if run.model.init_checkpoint:  # also checks the checkpoint (metadata only) before anything is drawn
+        from_seed = frozen_from_seed(run.model.init_checkpoint, setup.abstract.params, setup.abstract.frozen, vocab,
+                                     unused)
+    if run.model.init_checkpoint and not from_seed:
         state, frozen = setup.init_trainable_fn(), setup.abstract.frozen
     else:
         state = setup.init_fn()
         frozen = state.frozen
-    params, frozen, notes = initial_weights(run.model, setup.abstract, setup.family.vocab_sizes(setup.model_cfg),
-                                            state.params, frozen)
+    if from_seed:
+        log.info("%d frozen array(s) are not in %s and keep the seed's values (modules this run never uses: %s): "
+                 "%s", len(from_seed), run.model.init_checkpoint, ", ".join(unused) or "none", ", ".join(from_seed[:8]))
+    params, frozen, notes = initial_weights(run.model, setup.abstract, vocab, state.params, frozen, unused=unused)
     for note in notes:
         log.info("%s", note)
     return state.replace(params=params, frozen=frozen)

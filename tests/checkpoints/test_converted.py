@@ -47,6 +47,25 @@ def test_plan_stacks_layers_pads_vocab_and_names_every_problem():
                      optional=frozenset({"new.lora"})).keys() == {f"{LAYER}.q.weight", "emb.weight"}
 
 
+def test_plan_grows_trainable_vocab_rows_only_and_names_missing_modules():
+    """A base LLaMA's embeddings (fewer rows than the run's vocabulary) load into a trainable
+    weight (the caller fills the added rows), never into a frozen one; missing weights are
+    summed up by module."""
+    saved = {"llm.embed.weight": ((7, 4), "f"), "enc.a.weight": ((2,), "f")}
+    wanted = {"llm.embed.weight": sds(16, 4), "enc.a.weight": sds(2), "proj.b.weight": sds(3), "proj.c.weight": sds(3)}
+    with pytest.raises(ConvertedCheckpointError) as e:
+        plan_load(saved, wanted, vocab=(10, 16))
+    msg = str(e.value)
+    assert "weights of module(s) this run uses are missing: proj (2 arrays)" in msg
+    assert "llm.embed.weight: expected shape (16, 4), found (7, 4) (fewer rows than the run's vocabulary of 10" in msg
+    plan = plan_load(saved, wanted, vocab=(10, 16), optional=frozenset({"proj.b.weight", "proj.c.weight"}),
+                     growable=frozenset({"llm.embed.weight"}))
+    assert plan == {"llm.embed.weight": ["llm.embed.weight"], "enc.a.weight": ["enc.a.weight"]}
+    with pytest.raises(ConvertedCheckpointError, match="expected shape"):  # more rows than the vocabulary: no
+        plan_load({"llm.embed.weight": ((12, 4), "f")}, {"llm.embed.weight": sds(16, 4)}, vocab=(10, 16),
+                  growable=frozenset({"llm.embed.weight"}))
+
+
 def run_config(ckpt_dir, cfg_json, steps: int, **overrides):
     vocab = cfg_json["llama"]["vocab_size"]
     multiple = next(m for m in (64, 48, 40) if vocab % m)  # a multiple that really pads

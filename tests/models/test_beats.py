@@ -293,3 +293,38 @@ def test_relative_position_buckets_properties():
     # Monotone in distance within each direction.
     row = b[0]
     assert (np.diff(row[1:]) >= 0).all()
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _run_masked(graphdef, state, fbank, valid):
+    return nnx.merge(graphdef, state)(fbank, valid_frames=valid)
+
+
+@pytest.mark.parametrize("conv_pos", [4, 5])
+def test_zero_padded_segments_with_valid_frames_equal_the_unpadded_ones(conv_pos):
+    """A task-mixed batch pads short audio: with ``valid_frames`` the real tokens are exactly the
+    unpadded computation's (conv position embedding and attention never see the padding)."""
+    cfg = _tiny(conv_pos=conv_pos)
+    model = _random_model(cfg)
+    graphdef, state = nnx.split(model)
+    p, mel = cfg.input_patch_size, 16
+    rng = np.random.default_rng(2)
+    short, long = 3 * p, 7 * p
+    fb_short = rng.standard_normal((short, mel)).astype(np.float32)
+    fb_long = rng.standard_normal((long, mel)).astype(np.float32)
+    padded = np.zeros((2, 2, long, mel), np.float32)
+    padded[0, 0, :short], padded[0, 1], padded[1, 0] = fb_short, fb_long, fb_long  # [1, 1]: an unused slot
+    valid = np.array([[short, long], [long, 0]], np.int32)
+    out = np.asarray(_run_masked(graphdef, state, jnp.asarray(padded), jnp.asarray(valid)))
+    alone_short = np.asarray(_run(graphdef, state, jnp.asarray(fb_short[None])))[0]
+    alone_long = np.asarray(_run(graphdef, state, jnp.asarray(fb_long[None])))[0]
+    n_short = cfg.num_tokens(short, mel)
+    np.testing.assert_allclose(out[0, 0, :n_short], alone_short, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[0, 1], alone_long, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1, 0], alone_long, rtol=1e-5, atol=1e-5)
+    # Without the mask the padding leaks into the real tokens (so the comparison above can fail).
+    unmasked = np.asarray(_run(graphdef, state, jnp.asarray(padded)))
+    assert np.abs(unmasked[0, 0, :n_short] - alone_short).max() > 1e-3
+    mask = np.asarray(model.token_mask(jnp.asarray(valid), long, mel))
+    assert mask.shape == (2, 2, cfg.num_tokens(long, mel))
+    assert mask[0, 0].sum() == n_short and mask[0, 0, :n_short].all() and mask[1, 1].all()

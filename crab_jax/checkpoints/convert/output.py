@@ -1,6 +1,7 @@
 """What every conversion into a crab_jax checkpoint ends with, whatever the model family:
 the output dtype (``--dtype``), the printed summary, and the atomic write of
-``<out>/params`` (:mod:`crab_jax.checkpoints.convert.orbax_io`) + ``<out>/<config file>``.
+``<out>/params`` (:mod:`crab_jax.checkpoints.convert.orbax_io`) + ``<out>/<config file>``
+(+ ``<out>/tokenizer/``, a copy of the tokenizer folder the weights go with, when given).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import ml_dtypes
 import numpy as np
@@ -18,6 +20,7 @@ from crab_jax.checkpoints.convert.atomic import atomic_dir
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32",
           "fp16": "float16", "float16": "float16"}
 DTYPE_CHOICES = ("bf16", "fp32", "fp16")  # the spellings ``--dtype`` offers
+TOKENIZER_DIR = "tokenizer"  # <out>/tokenizer/: the tokenizer stored with the weights (to-jax --tokenizer)
 
 
 @dataclasses.dataclass
@@ -58,10 +61,25 @@ def summary(converted: Converted) -> str:
     return "\n".join(lines)
 
 
-def write_checkpoint(out: str, converted: Converted, config_file: str, *, overwrite: bool = False) -> None:
-    """``<out>/params`` + ``<out>/<config_file>``, atomically."""
+def check_tokenizer_dir(path: str | os.PathLike) -> str:
+    """A tokenizer folder to store with the weights: it must be a folder holding files."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--tokenizer {path}: not a folder (expected a Hugging Face tokenizer folder)")
+    if not os.listdir(path):
+        raise FileNotFoundError(f"--tokenizer {path}: empty folder (expected a Hugging Face tokenizer folder)")
+    return path
+
+
+def write_checkpoint(out: str, converted: Converted, config_file: str, *, overwrite: bool = False,
+                     tokenizer_dir: str | os.PathLike | None = None) -> None:
+    """``<out>/params`` + ``<out>/<config_file>`` (+ ``<out>/tokenizer/``, a copy of
+    ``tokenizer_dir``), atomically: all of them appear, or none."""
+    tokenizer_dir = check_tokenizer_dir(tokenizer_dir) if tokenizer_dir else None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         orbax_io.save_params(tmp, converted.flat)
         with open(os.path.join(tmp, config_file), "w") as f:
             json.dump(converted.config_json, f, indent=2)
             f.write("\n")
+        if tokenizer_dir:
+            shutil.copytree(tokenizer_dir, os.path.join(tmp, TOKENIZER_DIR))

@@ -18,7 +18,8 @@ from crab_jax import families
 from crab_jax.checkpoints.convert.family_converter import FamilyConverter
 from crab_jax.checkpoints.convert.inspection import inspect_path
 from crab_jax.checkpoints.convert.mapping import MappingError
-from crab_jax.checkpoints.convert.output import DTYPE_CHOICES, output_dtype, summary, write_checkpoint
+from crab_jax.checkpoints.convert.output import (DTYPE_CHOICES, TOKENIZER_DIR, check_tokenizer_dir, output_dtype,
+                                                 summary, write_checkpoint)
 
 DEFAULT_FAMILY = "crab"
 COMMANDS = ("to-jax", "to-torch", "from-run", "inspect")
@@ -31,6 +32,12 @@ def _add_family_argument(parser: argparse.ArgumentParser, default=DEFAULT_FAMILY
     parser.add_argument("--family", metavar="NAME", default=default, choices=families.names(),
                         help=f"model family whose weights are converted (default: {DEFAULT_FAMILY}; "
                         f"known: {', '.join(families.names())})")
+
+
+def _add_tokenizer_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", metavar="DIR", default=None,
+                        help=f"tokenizer folder (Hugging Face) to store with the weights as <out>/{TOKENIZER_DIR}/ "
+                             "(python -m crab_jax.infer --weights <out> then needs no --tokenizer)")
 
 
 def family_converter(argv: Sequence[str]) -> FamilyConverter:
@@ -61,6 +68,7 @@ def build_parser(converter: FamilyConverter) -> argparse.ArgumentParser:
     j.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="output dtype of floating tensors (default: keep the source dtype)")
     converter.add_to_jax_arguments(j)
+    _add_tokenizer_argument(j)
     j.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     t = sub.add_parser("to-torch", parents=[family], help="crab_jax checkpoint -> torch / HF files",
@@ -77,6 +85,7 @@ def build_parser(converter: FamilyConverter) -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output checkpoint directory (written atomically)")
     r.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="output dtype of every float array (default: each array keeps the base's dtype)")
+    _add_tokenizer_argument(r)
     r.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     i = sub.add_parser("inspect", parents=[family],
@@ -89,10 +98,17 @@ def build_parser(converter: FamilyConverter) -> argparse.ArgumentParser:
 
 
 def run_to_jax(converter: FamilyConverter, args) -> None:
+    if args.tokenizer:
+        check_tokenizer_dir(args.tokenizer)  # before the conversion's work
     converted = converter.to_jax(args, output_dtype(args.dtype))
     print(summary(converted))
-    write_checkpoint(args.out, converted, converter.config_file, overwrite=args.overwrite)
-    print(f"wrote {args.out} (params/ + {converter.config_file})")
+    write_checkpoint(args.out, converted, converter.config_file, overwrite=args.overwrite,
+                     tokenizer_dir=args.tokenizer)
+    print(f"wrote {args.out} (params/ + {converter.config_file}{_tokenizer_note(args)})")
+
+
+def _tokenizer_note(args) -> str:
+    return f" + {TOKENIZER_DIR}/" if args.tokenizer else ""
 
 
 def run_to_torch(converter: FamilyConverter, args) -> None:
@@ -100,10 +116,14 @@ def run_to_torch(converter: FamilyConverter, args) -> None:
 
 
 def run_from_run(converter: FamilyConverter, args) -> None:
+    if args.tokenizer:
+        check_tokenizer_dir(args.tokenizer)
     converted, step = converter.from_run(args.workdir, args.base, output_dtype(args.dtype))
     print(summary(converted))
-    write_checkpoint(args.out, converted, converter.config_file, overwrite=args.overwrite)
-    print(f"wrote {args.out} (params/ + {converter.config_file}): {args.base} with step {step} of {args.workdir}")
+    write_checkpoint(args.out, converted, converter.config_file, overwrite=args.overwrite,
+                     tokenizer_dir=args.tokenizer)
+    print(f"wrote {args.out} (params/ + {converter.config_file}{_tokenizer_note(args)}): {args.base} with step "
+          f"{step} of {args.workdir}")
 
 
 def run_inspect(converter: FamilyConverter, args) -> None:

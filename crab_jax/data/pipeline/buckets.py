@@ -2,9 +2,12 @@
 
 A *bucket* is ``(seq_len, fbank_frames)``: one compiled shape. ``seq_len`` is the smallest of
 the configured token buckets that holds the sample after placeholder expansion (longer than
-the largest: bad record); ``fbank_frames`` is the sample's audio feature length per segment
-(:class:`PlanInfo`, from the family's example builder), so no segment is padded inside the
-audio encoder. Samples without audio join the most common fbank length.
+the largest: bad record); ``fbank_frames`` is the longest audio feature length per segment
+(:class:`PlanInfo`, from the family's example builder) among the records of that token
+bucket. Buckets are keyed by token length only, so tasks whose audio differs in length (AVQA's
+2-s windows, the 1-s segments of the others) share batches as in the original's random task
+draw: shorter audio is padded to the bucket's length and the family's model ignores the
+padded frames exactly (the batch says how many are real). One shape per token bucket.
 
 The plan of an epoch (:func:`plan_epoch`) is a pure function of ``(buckets of the records,
 global batch, seed, epoch)``: every process computes the same plan and takes its own slice
@@ -55,32 +58,33 @@ def choose_seq_bucket(length: int, seq_buckets: Sequence[int], source: str) -> i
                                  f"bucket data.buckets={tuple(sorted(seq_buckets))}")
 
 
-def default_fbank_frames(infos: Iterable[PlanInfo | None], fallback: int) -> int:
-    """Most common fbank length among samples with audio (smallest on ties; ``fallback`` if none)."""
-    counts = collections.Counter(i.fbank_frames for i in infos if i is not None and i.fbank_frames)
-    if not counts:
-        return int(fallback)
-    top = max(counts.values())
-    return min(f for f, c in counts.items() if c == top)
+def longest_fbank_frames(infos: Iterable[PlanInfo], fallback: int) -> int:
+    """Longest fbank length among samples with audio (``fallback`` if none has audio)."""
+    return max((i.fbank_frames for i in infos if i.fbank_frames), default=int(fallback))
 
 
 def assign_buckets(infos: Sequence[PlanInfo | None], sources: Sequence[str], seq_buckets: Sequence[int],
                    fallback_fbank_frames: int) -> tuple[list[Bucket | None], list[BadRecordError]]:
-    """Bucket of each record (None for a bad one) and the too-long records as errors."""
-    default_f = default_fbank_frames(infos, fallback_fbank_frames)
-    out, errors = [], []
+    """Bucket of each record (None for a bad one) and the too-long records as errors.
+
+    Every record of a token bucket gets the same fbank length: the longest of them (see the
+    module docstring).
+    """
+    seqs, errors = [], []
     for info, src in zip(infos, sources):
-        if info is None:
-            out.append(None)
-            continue
-        try:
-            seq = choose_seq_bucket(info.expanded_len, seq_buckets, src)
-        except BadRecordError as e:
-            errors.append(e)
-            out.append(None)
-            continue
-        out.append(Bucket(seq, info.fbank_frames or default_f))
-    return out, errors
+        seq = None
+        if info is not None:
+            try:
+                seq = choose_seq_bucket(info.expanded_len, seq_buckets, src)
+            except BadRecordError as e:
+                errors.append(e)
+        seqs.append(seq)
+    members: dict[int, list[PlanInfo]] = collections.defaultdict(list)
+    for info, seq in zip(infos, seqs):
+        if seq is not None:
+            members[seq].append(info)
+    fbank = {seq: longest_fbank_frames(m, fallback_fbank_frames) for seq, m in members.items()}
+    return [None if seq is None else Bucket(seq, fbank[seq]) for seq in seqs], errors
 
 
 @dataclasses.dataclass(frozen=True)

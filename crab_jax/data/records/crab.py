@@ -124,8 +124,9 @@ def _build_avvp(mode, root, where, e):
         if label is None:  # the original skips unlabelled training entries
             return []
         kw = dict(answer=rename_avvp_tags(str(label)))
-    else:
-        kw = dict(gt=str(event))
+    else:  # the original's GT is the raw event; as a target text (held-out prompts are built from
+        # one, then cut) its tags must not hit the <audio>/<visual> placeholders, as in training
+        kw = dict(gt=str(event), answer=rename_avvp_tags(str(event)))
     return [_av_clip("avvp", mode, mode, where, root, vid, "llp_videos", "audio_data",
                      fields=frozen_fields({"event": event, "filename": e.get("filename")}), **kw)]
 
@@ -213,11 +214,11 @@ def _build_avs(task, mode, root, where, e, rng: random.Random):
 REF_AVS_SPLITS = ("train", "test_s", "test_u", "test_n")
 
 
-def _build_ref_avs(mode, root, where, row, rng: random.Random, test_split: str):
+def _build_ref_avs(mode, root, where, row, rng: random.Random, test_splits: tuple[str, ...]):
     if not isinstance(row, (list, tuple)) or len(row) != 5:
         raise BadRecordError(where, f"expected 5 columns vid,uid,split,fid,exp, found {row!r}")
     _, uid, split, fid, exp = row
-    if split != ("train" if mode == "train" else test_split):
+    if split not in (("train",) if mode == "train" else test_splits):
         return []  # also drops the header row
     parts = uid.rsplit("_", 2)
     if len(parts) != 3:
@@ -248,14 +249,15 @@ def _read_csv_rows(path: str, shown: str) -> list:
 
 
 def read_crab_task(task: str, mode: str, data_root: str | os.PathLike, *, layout: CrabLayout = CrabLayout(),
-                   seed: int = 0, ref_avs_test_split: str = "test_s", strict: bool = True) -> ReadResult:
+                   seed: int = 0, ref_avs_test_split: str | None = None, strict: bool = True) -> ReadResult:
     """Reads one Crab fine-tuning task's annotations (spec A.3).
 
     Args:
       task: one of :data:`CRAB_TASKS`. mode: ``"train"`` or ``"test"``.
       seed: seeds the one-off random frame of AVSS / Ref-AVS training records (the original
         draws it unseeded at construction; here it is reproducible).
-      ref_avs_test_split: ``test_s`` (seen), ``test_u`` (unseen) or ``test_n`` (null).
+      ref_avs_test_split: ``test_s`` (seen), ``test_u`` (unseen) or ``test_n`` (null); None
+        (default): all three, in the file's row order (each record's ``split`` says which).
       strict: raise on the first bad entry; otherwise collect it in ``ReadResult.errors``.
     Raises:
       BadRecordError: missing / truncated annotation file (always), bad entry (strict).
@@ -264,16 +266,17 @@ def read_crab_task(task: str, mode: str, data_root: str | os.PathLike, *, layout
         raise ValueError(f"unknown Crab task {task!r}; known: {CRAB_TASKS}")
     if mode not in ("train", "test"):
         raise ValueError(f"mode must be 'train' or 'test' for annotation files, got {mode!r}")
-    if task == "ref-avs" and ref_avs_test_split not in REF_AVS_SPLITS[1:]:
-        raise ValueError(f"ref_avs_test_split must be one of {REF_AVS_SPLITS[1:]}, got {ref_avs_test_split!r}")
+    if task == "ref-avs" and ref_avs_test_split not in REF_AVS_SPLITS[1:] + (None,):
+        raise ValueError(f"ref_avs_test_split must be one of {REF_AVS_SPLITS[1:]} or None (all), "
+                         f"got {ref_avs_test_split!r}")
     rel = annotation_path(task, mode, layout)
     root = getattr(layout, _ANNOTATION[task][0])
     path = os.path.join(os.fspath(data_root), rel)
     rng = random.Random(f"{seed}:{task}")
     if task == "ref-avs":
         rows = _read_csv_rows(path, rel)
-        return read_entries(rows, rel, lambda where, r: _build_ref_avs(mode, root, where, r, rng, ref_avs_test_split),
-                            strict)
+        splits = REF_AVS_SPLITS[1:] if ref_avs_test_split is None else (ref_avs_test_split,)
+        return read_entries(rows, rel, lambda where, r: _build_ref_avs(mode, root, where, r, rng, splits), strict)
     entries = load_json_list(path, rel)
     if task in _AVS_SUBSETS:
         return read_entries(entries, rel, lambda where, e: _build_avs(task, mode, root, where, e, rng), strict)

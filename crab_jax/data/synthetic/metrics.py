@@ -1,6 +1,7 @@
 """Scores of model outputs on the synthetic dataset, and the chance level they must beat.
 
-Parsing follows the real tasks' metrics (``shared/spec/tasks.md`` A.6):
+Parsing follows the real tasks' metrics (``shared/spec/tasks.md`` A.6; the parsers are
+:mod:`crab_jax.data.records.crab_answers`):
 
 * ``avqa``: exact match of the text in the last ``<answer> x </answer>`` (lower-cased,
   whitespace-normalised) with the record's ``answer`` (A.6.3);
@@ -21,12 +22,14 @@ better on average, so "above chance" means the model uses the media.
 from __future__ import annotations
 
 import functools
-import re
 from collections import Counter, defaultdict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+# The parsers have one home (the AV-UIE answer formats).
+from crab_jax.data.records.crab_answers import (AVE_SLOTS, ave_slots, normalise_label, parse_answer, parse_box,
+                                                parse_event, parse_s4_object)
 from crab_jax.data.synthetic.records import arig_record, ave_record, avqa_records
 from crab_jax.data.synthetic.render import track_masks
 from crab_jax.data.synthetic.scenes import sample_ave, sample_avqa_clip, sample_avs
@@ -34,73 +37,12 @@ from crab_jax.data.synthetic.scenes import sample_ave, sample_avqa_clip, sample_
 TASKS = ("avqa", "ave", "arig", "s4", "s4_category")
 METRIC_NAMES = {"avqa": "accuracy", "ave": "segment accuracy", "arig": "box IoU", "s4": "mask IoU (J)",
                 "s4_category": "category accuracy"}
-AVE_SLOTS = 10
 CHANCE_SEED = 20261124     # the generator seed of the pool chance levels are measured on
 CHANCE_POOL = 512          # clips per task in that pool
 CHANCE_CANDIDATES = 256    # fixed box / mask answers tried (taken from the pool's own answers)
 
-_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
-_EVENT = re.compile(r"<event>\s*(.*?)\s*</event>", re.S)
-_RANGE = re.compile(r"<range>\s*(\d+)\s*,\s*(\d+)\s*</range>")
-_POINT = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")
-_BOX_LIST = re.compile(r"\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]")
-_S4_OBJECT = re.compile(r"making the sound in the video is\s*(.*?)\s*(?:\.|<|$)", re.S)
-
-
-# ----------------------------------------------------------------------------- parsing
-
-
-def clean_output(text: str) -> str:
-    """Drops the ``<s>`` / ``</s>`` markers of a decoded generation (cut at the first ``</s>``)."""
-    text = text.split("</s>", 1)[0]
-    return text.replace("<s>", "").strip()
-
-
-def normalise_label(text: str) -> str:
-    return " ".join(str(text).lower().split())
-
-
-def parse_answer(text: str) -> str | None:
-    """Normalised text of the LAST ``<answer>...</answer>``, or None."""
-    found = _ANSWER.findall(clean_output(text))
-    return normalise_label(found[-1]) if found else None
-
-
-def parse_event(text: str) -> tuple[str | None, tuple[int, int] | None]:
-    """``(label, (start, end))`` from ``<event>`` / ``<range>``; None where absent."""
-    text = clean_output(text)
-    ev, rg = _EVENT.search(text), _RANGE.search(text)
-    return (normalise_label(ev.group(1)) if ev else None, (int(rg.group(1)), int(rg.group(2))) if rg else None)
-
-
-def parse_box(text: str) -> tuple[int, int, int, int] | None:
-    """First box ``(x1, y1, x2, y2)``: the first two ``(x,y)`` pairs, else the first ``[x1,y1,x2,y2]``."""
-    text = clean_output(text)
-    points = _POINT.findall(text)
-    if len(points) >= 2:
-        (x1, y1), (x2, y2) = points[:2]
-        return int(x1), int(y1), int(x2), int(y2)
-    m = _BOX_LIST.search(text)
-    return tuple(int(v) for v in m.groups()) if m else None
-
-
-def parse_s4_object(text: str) -> str | None:
-    m = _S4_OBJECT.search(clean_output(text))
-    return normalise_label(m.group(1)) if m else None
-
 
 # ----------------------------------------------------------------------------- kernels
-
-
-def ave_slots(label: str | None, span: tuple[int, int] | None, slots: int = AVE_SLOTS) -> list[str | None]:
-    """Slot ``t`` in ``[s, e)`` holds the label, the others background (None)."""
-    out: list[str | None] = [None] * slots
-    if label is None or span is None:
-        return out
-    s, e = max(0, span[0]), min(slots, span[1])
-    for t in range(s, e):
-        out[t] = label
-    return out
 
 
 def ave_segment_accuracy(prediction: str, event: str, start: int, end: int, slots: int = AVE_SLOTS) -> float:

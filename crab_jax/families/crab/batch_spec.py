@@ -6,9 +6,12 @@ A *batch* is a dict of numpy arrays in exactly the format :meth:`Crab.__call__` 
     input_ids, attention_mask, position_ids, labels, media_index   [b, S]  int32
     frames        [b, T, 3, H, W] float32   (T = frame_slots, H = W = image_size)
     fbank         [b, A, F, 128]  float32   (A = audio_slots, F = fbank_frames)
+    fbank_valid   [b, A]          int32     (real fbank frames of each segment, zero-padded after;
+                                             0 = an unused slot)
     mask_positions [b, n_mask]    int32
     gt_mask       [b, 1, H, W]    float32   ({0,1}; class ids for AVSS)
     is_seg, is_avss [b]           bool
+    seg_frame     [b]             int32     (frame slot whose CLIP features the seg module reads)
     task_id       [b]             int32     (index into the config's ``data.tasks``; metrics only)
 
 The trainer accepts any iterator with ``__next__`` yielding such dicts and ``bucket_specs()``
@@ -33,7 +36,7 @@ from crab_jax.models.losses import IGNORE_INDEX
 
 DEFAULT_TASKS = ("ave", "avqa", "s4", "avss")
 BATCH_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "media_index", "frames", "fbank",
-              "mask_positions", "gt_mask", "is_seg", "is_avss", "task_id")
+              "fbank_valid", "mask_positions", "gt_mask", "is_seg", "is_avss", "seg_frame", "task_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +67,12 @@ class BatchSpec:
             tokens,
             frames=((b, self.frame_slots, 3, h, h), np.dtype(np.float32)),
             fbank=((b, self.audio_slots, self.fbank_frames, MEL_BINS), np.dtype(np.float32)),
+            fbank_valid=((b, self.audio_slots), np.dtype(np.int32)),
             mask_positions=((b, num_mask_tokens), np.dtype(np.int32)),
             gt_mask=((b, 1, h, h), np.dtype(np.float32)),
             is_seg=((b,), np.dtype(bool)),
             is_avss=((b,), np.dtype(bool)),
+            seg_frame=((b,), np.dtype(np.int32)),
             task_id=((b,), np.dtype(np.int32)),
         )
 
@@ -128,6 +133,7 @@ def random_batch(rng: np.random.Generator, spec: BatchSpec, cfg: CrabConfig,
     h = spec.image_size
     frames = np.zeros((spec.batch, spec.frame_slots, 3, h, h), np.float32)
     fbank = np.zeros((spec.batch, spec.audio_slots, spec.fbank_frames, MEL_BINS), np.float32)
+    fbank_valid = np.zeros((spec.batch, spec.audio_slots), np.int32)
     gt_mask = np.zeros((spec.batch, 1, h, h), np.float32)
     is_avss = np.zeros(spec.batch, bool)
     for i, t in enumerate(task_ids):
@@ -138,6 +144,7 @@ def random_batch(rng: np.random.Generator, spec: BatchSpec, cfg: CrabConfig,
         seg_flags.append(is_seg)
         frames[i, :n_frames] = rng.normal(size=(n_frames, 3, h, h))
         fbank[i, :n_seg] = rng.normal(size=(n_seg, spec.fbank_frames, MEL_BINS))
+        fbank_valid[i, :n_seg] = spec.fbank_frames
         if is_seg:
             y0, x0 = rng.integers(0, h // 2, size=2)
             y1, x1 = y0 + rng.integers(h // 4, h // 2 + 1), x0 + rng.integers(h // 4, h // 2 + 1)
@@ -153,8 +160,9 @@ def random_batch(rng: np.random.Generator, spec: BatchSpec, cfg: CrabConfig,
                              offset=cfg.mask_position_offset)
         if n_mask else np.zeros((0,), np.int32)
         for raw, s, p, seg in zip(raws, samples, pad_left, seg_flags)]).astype(np.int32)
-    batch.update(frames=frames, fbank=fbank, gt_mask=gt_mask, is_seg=np.asarray(seg_flags, bool),
-                 is_avss=is_avss, task_id=task_ids.astype(np.int32))
+    batch.update(frames=frames, fbank=fbank, fbank_valid=fbank_valid, gt_mask=gt_mask, is_seg=np.asarray(seg_flags, bool),
+                 is_avss=is_avss, seg_frame=np.zeros(spec.batch, np.int32),  # the one image is frame 0
+                 task_id=task_ids.astype(np.int32))
     return batch
 
 

@@ -2,8 +2,9 @@
 
 Placeholders are expanded into media rows (:func:`media_blocks`: the visual block, then the
 audio block, at :func:`crab_jax.families.crab.model.media_layout`'s offsets), frames get
-CLIP's normalisation, fbanks are placed in their slots, and the rows are left-padded to the
-bucket's token length. Fillers (:func:`as_filler`) carry every label -100 and ``is_seg``
+CLIP's normalisation, fbanks are placed in their slots (zero-padded to the bucket's fbank
+length; ``fbank_valid`` says how many frames of each segment are real, so the model ignores
+the rest), and the rows are left-padded to the bucket's token length. Fillers (:func:`as_filler`) carry every label -100 and ``is_seg``
 False, so they add nothing to the LM loss (a mean over labelled tokens) nor to the mask loss.
 """
 
@@ -67,8 +68,8 @@ def fits(ex: Example, bucket: Bucket, settings: ExampleSettings) -> str | None:
     n = len(ex.input_ids) + sum(b.length - 1 for b in blocks.values())
     if n > bucket.seq_len:
         return f"{n} tokens after expansion, more than its planned bucket {bucket.seq_len}"
-    if ex.fbank.shape[0] and ex.fbank_frames != bucket.fbank_frames:
-        return f"{ex.fbank_frames} fbank frames, its planned bucket has {bucket.fbank_frames}"
+    if ex.fbank.shape[0] and ex.fbank_frames > bucket.fbank_frames:
+        return f"{ex.fbank_frames} fbank frames, more than its planned bucket's {bucket.fbank_frames}"
     return None
 
 
@@ -78,6 +79,7 @@ def collate(examples: Sequence[Example], bucket: Bucket, settings: ExampleSettin
     b, h = len(examples), settings.image_size
     frames = np.zeros((b, settings.frame_slots, 3, h, h), np.float32)
     fbank = np.zeros((b, settings.audio_slots, bucket.fbank_frames, MEL_BINS), np.float32)
+    fbank_valid = np.zeros((b, settings.audio_slots), np.int32)
     gt = np.zeros((b, 1, h, h), np.float32)
     assembled = []
     for i, ex in enumerate(examples):
@@ -85,7 +87,8 @@ def collate(examples: Sequence[Example], bucket: Bucket, settings: ExampleSettin
         if ex.frames.shape[0]:
             frames[i, : ex.frames.shape[0]] = clip_preprocess(ex.frames, h)
         if ex.fbank.shape[0]:
-            fbank[i, : ex.fbank.shape[0]] = ex.fbank
+            fbank[i, : ex.fbank.shape[0], : ex.fbank_frames] = ex.fbank
+            fbank_valid[i, : ex.fbank.shape[0]] = ex.fbank_frames
         gt[i] = ex.gt_mask
     batch = left_pad_batch(assembled, bucket.seq_len, cc.pad_token_id)
     pad_left = batch.pop("pad_left")
@@ -96,8 +99,9 @@ def collate(examples: Sequence[Example], bucket: Bucket, settings: ExampleSettin
             positions[i] = mask_token_positions(
                 ex.input_ids, settings.mask_token_ids, expansion_shift=s.expansion_shift, pad_left=int(pad_left[i]),
                 is_seg=ex.is_seg, fallback_raw_positions=cc.nonseg_mask_positions, offset=cc.mask_position_offset)
-    batch.update(frames=frames, fbank=fbank, mask_positions=positions, gt_mask=gt,
+    batch.update(frames=frames, fbank=fbank, fbank_valid=fbank_valid, mask_positions=positions, gt_mask=gt,
                  is_seg=np.asarray([e.is_seg for e in examples], bool),
                  is_avss=np.asarray([e.is_avss for e in examples], bool),
+                 seg_frame=np.asarray([e.seg_frame for e in examples], np.int32),
                  task_id=np.asarray([e.task_id for e in examples], np.int32))
     return batch

@@ -2,7 +2,8 @@
 
 Input: a left-padded *prompt* batch in the :mod:`crab_jax.families.crab.batch_spec` format
 (``input_ids, attention_mask, position_ids, media_index [b, P]``, ``frames``, ``fbank``,
-optionally ``is_avss [b]``); labels / masks are not read. Output: :class:`Generation`.
+optionally ``is_avss [b]``, ``seg_frame [b]`` (default 0) and ``fbank_valid [b, A]`` (default:
+every fbank frame real)); labels / masks are not read. Output: :class:`Generation`.
 
 Shapes are static: the KV cache holds ``P + max_new_tokens`` slots, so there is one compile
 per ``(b, P, media shapes, DecodeConfig)`` whatever the prompts are. Steps:
@@ -22,8 +23,9 @@ logits chose ``g_j``: the last prompt slot for ``j = 0``, else the state at inpu
 before each mask token); with ``mask_position_offset = 0`` the state at input ``g_j`` itself
 is taken instead. Flags are kept in a rolling buffer, so more than ``n_mask`` flags keep the
 **last** ``n_mask``; fewer than ``n_mask`` means no valid mask (``mask_valid`` False: the
-original skips such samples). The seg module then runs on those vectors and the first frame's
-CLIP taps (never zeroed here: at inference nothing says a sample is "not segmentation").
+original skips such samples). The seg module then runs on those vectors and the CLIP taps of
+frame ``seg_frame`` (the record's ``<image>``; never zeroed here: at inference nothing says a
+sample is "not segmentation").
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from crab_jax.models.llama import KVCache
 from crab_jax.models.decoding import TRACES, DecodeConfig, prepare_for_inference, push, select_tokens
 
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "media_index", "frames", "fbank")
+OPTIONAL_PROMPT_KEYS = ("is_avss", "seg_frame", "fbank_valid")  # default: not AVSS, frame slot 0, all real
 
 
 
@@ -92,7 +95,7 @@ class _Carry(NamedTuple):
 def encode_prompt(model: Crab, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Spliced ``inputs_embeds [b, P, d]`` and the CLIP taps ``[taps, b, T*patches, W]``."""
     visual_rows, taps = model.encode_visual(batch["frames"])
-    audio_rows = model.encode_audio(batch["fbank"])
+    audio_rows = model.encode_audio(batch["fbank"], batch.get("fbank_valid"))
     media_rows = jnp.concatenate([visual_rows, audio_rows], axis=1)
     return model.embed(batch["input_ids"], media_rows, batch["media_index"]), taps
 
@@ -170,7 +173,9 @@ def generate(model: Crab, batch: Mapping[str, jax.Array], dcfg: DecodeConfig,
     if dcfg.with_masks and model.seg_module is not None and n_mask:
         is_avss = batch.get("is_avss")
         is_avss = jnp.zeros((b,), bool) if is_avss is None else jnp.asarray(is_avss, bool)
-        features = model.seg_image_features(taps, jnp.ones((b,), bool))
+        seg_frame = batch.get("seg_frame")
+        seg_frame = jnp.zeros((b,), jnp.int32) if seg_frame is None else jnp.asarray(seg_frame, jnp.int32)
+        features = model.seg_image_features(taps, jnp.ones((b,), bool), seg_frame)
         seg = model.seg_module(out.mask_buf, [f.astype(jnp.float32) for f in features], is_avss)
         binary, avss = seg.binary_logits, seg.avss_logits
         pred = jnp.where(is_avss[:, None, None], jnp.argmax(avss, axis=1),
@@ -193,10 +198,11 @@ def jit_generate(model: Crab, batch: Mapping[str, jax.Array], dcfg: DecodeConfig
     """:func:`generate` compiled once per (model graph, batch shapes, ``dcfg``).
 
     ``model`` is put in inference mode first (:func:`prepare_for_inference`); only the
-    :data:`PROMPT_KEYS` (and ``is_avss``) of ``batch`` are passed to the device.
+    :data:`PROMPT_KEYS` (and those of :data:`OPTIONAL_PROMPT_KEYS` it has) of ``batch`` are
+    passed to the device.
     """
     prepare_for_inference(model)
-    keys = PROMPT_KEYS + (("is_avss",) if "is_avss" in batch else ())
+    keys = PROMPT_KEYS + tuple(k for k in OPTIONAL_PROMPT_KEYS if k in batch)
     prompt = {k: jnp.asarray(batch[k]) for k in keys}
     rng = jax.random.key(0) if rng is None else rng
     return _generate_jit(model, prompt, rng, dcfg=dcfg)

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from crab_jax.data.records import crab_answers as A
 from crab_jax.data.synthetic import metrics as SM
 from crab_jax.families.crab.decoding import Generation
 from crab_jax.models.decoding import DecodeConfig, PromptBatch, decode_texts, generated_ids
@@ -77,18 +78,18 @@ def prompt_batch(batch: Mapping[str, Any], cfg) -> PromptBatch:
 def reference_record(task: str, reference_text: str) -> dict | None:
     """The record fields a metric task needs, parsed from the reference answer (None: unparsable)."""
     if task == "avqa":
-        answer = SM.parse_answer(reference_text)
+        answer = A.parse_answer(reference_text)
         return None if answer is None else {"answer": answer}
     if task == "ave":
-        event, span = SM.parse_event(reference_text)
+        event, span = A.parse_event(reference_text)
         if event is None or span is None:
             return None
         return {"event": event, "start_time": span[0], "end_time": span[1]}
     if task == "arig":
-        box = SM.parse_box(reference_text)
+        box = A.parse_box(reference_text)
         return None if box is None else {"top_left": list(box[:2]), "bottom_right": list(box[2:])}
     if task == "s4_category":
-        obj = SM.parse_s4_object(reference_text)
+        obj = A.parse_s4_object(reference_text)
         return None if obj is None else {"a_obj": obj}
     raise ValueError(f"reference_record: no text reference for metric task {task!r}")
 

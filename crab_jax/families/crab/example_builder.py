@@ -24,6 +24,7 @@ from crab_jax.families.crab import collate as C
 from crab_jax.families.crab import examples as E
 from crab_jax.families.crab import stored_examples as S
 from crab_jax.families.crab.batch_spec import BatchSpec
+from crab_jax.families.crab.media_slots import resolve_slots
 from crab_jax.families.crab.model import CrabConfig, media_layout
 
 
@@ -129,6 +130,7 @@ def example_builder(cfg: CrabConfig, data: DataConfig, root: str | os.PathLike |
     to, None for prepared data; ``tokenizer`` None for prepared data)."""
     if tokenizer is not None:
         check_token_ids(tokenizer, cfg)
-    settings = settings_from(cfg, root or "", data.tasks, frame_slots=int(data.frame_slots),
-                             audio_slots=int(data.audio_slots))
+    # A slot count below what a task's prompts show rejects every record of it: a start-up error.
+    slots = resolve_slots(data.tasks, int(data.frame_slots), int(data.audio_slots))
+    settings = settings_from(cfg, root or "", data.tasks, frame_slots=slots.frames, audio_slots=slots.audio_segments)
     return CrabExampleBuilder(settings, C.CollateConfig.from_crab(cfg), tokenizer)

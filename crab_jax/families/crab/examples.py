@@ -9,9 +9,10 @@ at ``record.num_frames``, or ``record.frame_paths``; ``<image>``: ``record.image
 Fbank length policy (exact, no padding inside BEATs): BEATs embeds the fbank with a VALID
 16x16 conv of stride 16, so the frames after the last whole patch never reach the model.
 Each segment's fbank is therefore trimmed to ``16 * (F // 16)`` frames (bit-identical model
-input to the untrimmed one), and samples are later bucketed by that trimmed length (98-frame
-1-s segments -> 96, AVQA's 198-frame 2-s windows -> 192, a 9.5-s AVE clip's 93 -> 80). A
-segment shorter than one patch (< 16 frames) is a bad record.
+input to the untrimmed one) (98-frame 1-s segments -> 96, AVQA's 198-frame 2-s windows -> 192,
+a 9.5-s AVE clip's 93 -> 80); collation zero-pads it to its batch's longest and the model
+masks the padded patches, so tasks with different audio lengths share batches. A segment
+shorter than one patch (< 16 frames) is a bad record.
 
 Frames stay uint8 ``[t, H, W, 3]`` here (4x smaller to move between processes); CLIP
 normalisation happens at collation (:func:`crab_jax.data.media.decode.clip_preprocess`, which
@@ -91,6 +92,8 @@ class Example:
       fbank: ``[a, F, 128]`` float32 normalised fbank, F a multiple of 16 (0 rows without audio).
       gt_mask: ``[1, H, W]`` float32 ({0,1}, class ids for AVSS; zeros without a mask).
       is_seg, is_avss: segmentation sample / multi-class (AVSS) sample.
+      seg_frame: row of ``frames`` whose CLIP features the seg module reads (the record's
+        ``<image>``, else the ``<video>`` frame the mask belongs to; 0 for other samples).
     """
 
     source: str
@@ -104,6 +107,7 @@ class Example:
     gt_mask: np.ndarray
     is_seg: bool
     is_avss: bool
+    seg_frame: int = 0
 
     @property
     def fbank_frames(self) -> int:
@@ -114,9 +118,14 @@ class Example:
 # ------------------------------------------------------------------------- text
 
 
+# Records of this mode are generation requests: the prompt alone, no target (hence no mask tokens).
+PROMPT_ONLY_MODE = "quick_start"
+
+
 def tokenize(record: Record, tokenizer, settings: ExampleSettings) -> tuple[np.ndarray, np.ndarray]:
-    """``(raw ids [n] int32, labels [n] int32)`` of a training record."""
-    answer = load_answer(record, settings.data_root)
+    """``(raw ids [n] int32, labels [n] int32)`` of a training record (the prompt alone, labels
+    all -100, for a :data:`PROMPT_ONLY_MODE` record)."""
+    answer = None if record.mode == PROMPT_ONLY_MODE else load_answer(record, settings.data_root)
     tok = tokenize_record(tokenizer, record, answer)
     return tok.input_ids.astype(np.int32), tok.labels.astype(np.int32)
 
@@ -216,6 +225,37 @@ def _check_slots(record: Record, frames: int, segments: int, settings: ExampleSe
                                             f"data.audio_slots={settings.audio_slots}")
 
 
+def seg_frame_slot(record: Record, visual: list[tuple[str, int]]) -> int:
+    """Row of the sample's frames that the seg module segments (spec A.3.6-A.3.9, A.5).
+
+    ``visual``: ``(placeholder name, frame count)`` of each visual block in prompt order (the
+    rows of ``Example.frames``). The ``<image>`` block when the prompt shows one (test / QS
+    prompts, Ref-AVS test's video + image); otherwise the frame ``record.frame_idx`` of the
+    ``<video>`` (training prompts list the clip's frames and ``frame_idx`` says which one the
+    mask belongs to).
+    """
+    row = 0
+    for name, count in visual:
+        if name == "<image>":
+            return row
+        row += count
+    if record.frame_idx is None:
+        raise BadRecordError(record.source, "segmentation record has neither an <image> nor a frame_idx "
+                                            "(which frame does the mask belong to?)")
+    row = 0
+    for name, count in visual:
+        if name == "<video>":
+            if not record.frame_paths:
+                raise BadRecordError(record.source, "segmentation record's <video> is a video file: frame_idx "
+                                                    "must index record.frame_paths")
+            if not 0 <= record.frame_idx < count:
+                raise BadRecordError(record.source, f"frame_idx {record.frame_idx} is outside the video's "
+                                                    f"{count} frames")
+            return row + record.frame_idx
+        row += count
+    raise BadRecordError(record.source, "segmentation record's prompt shows no <image> or <video>")
+
+
 def is_seg_record(record: Record, settings: ExampleSettings) -> bool:
     return settings.seg_enabled and record.task in SEG_RECORD_TASKS and record.mask_path is not None
 
@@ -251,13 +291,14 @@ def build_example(record: Record, tokenizer, settings: ExampleSettings, index: i
     for name in names:
         if name in VISUAL_PLACEHOLDERS:
             part = _visual_frames(record, name, settings)
-            visual.append((ph[name], int(part.shape[0])))
+            visual.append((name, int(part.shape[0])))
             frame_parts.append(part)
     frames = np.concatenate(frame_parts) if frame_parts else np.zeros((0, h, h, 3), np.uint8)
     fbank = audio_fbank(record, settings) if "<audio>" in names else np.zeros((0, BEATS_PATCH, MEL_BINS), np.float32)
     _check_slots(record, frames.shape[0], fbank.shape[0], settings)
     seg = is_seg_record(record, settings)
-    if seg:
+    prompt_only = record.mode == PROMPT_ONLY_MODE  # its GT mask is read, but it has no mask tokens to train
+    if seg and not prompt_only:
         missing = [t for t in settings.mask_token_ids if t not in set(ids.tolist())]
         if missing:
             raise BadRecordError(record.source, f"segmentation target lacks mask token id(s) {missing}")
@@ -265,9 +306,13 @@ def build_example(record: Record, tokenizer, settings: ExampleSettings, index: i
         gt = M.load_mask(resolve(settings.data_root, record.mask_path), record.task, h).astype(np.float32)
     else:
         gt = np.zeros((1, h, h), np.float32)
+    # Generation requests of a segmentation task need the frame too (their masks are still produced).
+    seg_frame = seg_frame_slot(record, visual) if settings.seg_enabled and record.task in SEG_RECORD_TASKS else 0
     return Example(source=record.source, index=int(index), task_id=_task_id(record, settings), input_ids=ids,
-                   labels=labels, visual=visual, frames=frames.astype(np.uint8), fbank=fbank.astype(np.float32),
-                   gt_mask=gt, is_seg=seg, is_avss=seg and record.task in MULTICLASS_SEG_TASKS)
+                   labels=labels, visual=[(ph[n], c) for n, c in visual], frames=frames.astype(np.uint8),
+                   fbank=fbank.astype(np.float32), gt_mask=gt, is_seg=seg and not prompt_only,
+                   is_avss=(seg or prompt_only and settings.seg_enabled) and record.task in MULTICLASS_SEG_TASKS,
+                   seg_frame=seg_frame)
 
 
 def example_plan_info(ex: Example, settings: ExampleSettings) -> PlanInfo:

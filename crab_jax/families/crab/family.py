@@ -13,7 +13,10 @@ from crab_jax.data.records.select import read_records
 from crab_jax.families.base import BatchFormat, Family
 from crab_jax.families.crab.convert.converter import CONVERTER
 from crab_jax.families.crab.example_builder import example_builder
+from crab_jax.families.crab.media_slots import resolve_slots
 from crab_jax.families.crab import batch_spec, decoding, evaluation, flops, presets, prompts, tokens
+from crab_jax.families.crab import config_io, predictions
+from crab_jax.families.crab import scoring
 from crab_jax.families.crab.model import Crab, CrabConfig, forward_loss
 
 
@@ -22,9 +25,10 @@ def build_model(cfg: CrabConfig, rngs: nnx.Rngs) -> Crab:
 
 
 def random_spec(data: DataConfig, cfg: CrabConfig, batch: int) -> batch_spec.BatchSpec:
-    """The ``random`` source's one shape: the run's token length and media slots."""
-    return batch_spec.BatchSpec(batch=batch, seq_len=int(data.seq_len), frame_slots=int(data.frame_slots),
-                                audio_slots=int(data.audio_slots), fbank_frames=int(data.fbank_frames),
+    """The ``random`` source's one shape: the run's token length and media slots (0: from the tasks)."""
+    slots = resolve_slots(data.tasks, int(data.frame_slots), int(data.audio_slots), check=False)
+    return batch_spec.BatchSpec(batch=batch, seq_len=int(data.seq_len), frame_slots=slots.frames,
+                                audio_slots=slots.audio_segments, fbank_frames=int(data.fbank_frames),
                                 image_size=cfg.clip.vision.image_size)
 
 
@@ -61,4 +65,10 @@ FAMILY = Family(
     score_batch=evaluation.score_batch,
     headline=evaluation.HEADLINE,
     converter=CONVERTER,
+    checkpoint_config=config_io.load_crab_config,
+    default_max_new_tokens=predictions.default_max_new_tokens,
+    predictions=predictions.predictions,
+    prediction_metadata=scoring.prediction_metadata,
+    task_scorers=scoring.TASK_SCORERS,
+    unused_modules=presets.unused_modules,
 )

@@ -4,18 +4,19 @@ Data flow (shapes for a batch of ``b`` samples, ``T`` frame slots, ``A`` audio s
 
     frames [b, T, 3, H, W] --CLIP taps--> [taps, b, T*P, W] --vl_projector(last tap)--> [b, T*Qv, d]
     fbank  [b, A, F, mel]  --BEATs--> [b, A, N, C] --al_projector--> [b, A*Qa, d]
+      (fbank_valid [b, A]: real frames per segment; padded patches are masked in both)
     media rows = concat(visual rows, audio rows)                                  [b, M, d]
     inputs_embeds = where(media_index >= 0, media_rows[media_index], embed(input_ids))
     LLaMA(+I-LoRA) -> logits [b, S, V], hidden [b, S, d]
-    hidden[mask_positions] [b, 6, d] + CLIP taps (first frame) -> seg module -> masks
+    hidden[mask_positions] [b, 6, d] + CLIP taps (frame seg_frame) -> seg module -> masks
 
 Placeholder expansion happens on the host (``crab_jax.data.text.sequence``): the model only
 gathers, so which tasks are in a batch and how many frames each sample really has never
 change a shape. :func:`media_layout` is the contract between the two sides.
 
 Reproduced quirks of the original (defaults; see the fixture README): the visual projector
-output of the *last* tap feeds the LLM and the first two raw taps feed the seg module; only
-the first frame's features are segmented; mask positions are read one token early
+output of the *last* tap feeds the LLM and the first two raw taps feed the seg module, at the
+frame of the record's ``<image>`` (``seg_frame``: the frame whose mask is the target); mask positions are read one token early
 (``mask_position_offset=-1``); samples without segmentation still run the mask decoder on
 fixed positions, with zero image features, and are excluded from the loss.
 """
@@ -129,9 +130,18 @@ class Crab(nnx.Module):
         taps = self.visual_encoder(frames)
         return self.vl_projector(taps[self.cfg.llm_tap]), taps
 
-    def encode_audio(self, fbank: jax.Array) -> jax.Array:
-        """``[b, A, F, mel]`` normalised fbank -> LLM rows ``[b, A*Qa, d]`` (segment by segment)."""
-        return self.al_projector(jax.lax.stop_gradient(self.audio_encoder(fbank)))
+    def encode_audio(self, fbank: jax.Array, fbank_valid: jax.Array | None = None) -> jax.Array:
+        """``[b, A, F, mel]`` normalised fbank -> LLM rows ``[b, A*Qa, d]`` (segment by segment).
+
+        ``fbank_valid [b, A]``: real frames of each segment, the rest zero padding that neither
+        BEATs nor the audio Q-Former attends (the rows equal the unpadded computation); None:
+        every frame is real.
+        """
+        features = jax.lax.stop_gradient(self.audio_encoder(fbank, valid_frames=fbank_valid))
+        mask = None
+        if fbank_valid is not None:
+            mask = self.audio_encoder.token_mask(fbank_valid, fbank.shape[-2], fbank.shape[-1])
+        return self.al_projector(features, mask)
 
     # -- assembly --------------------------------------------------------------------------
     def embed(self, input_ids: jax.Array, media_rows: jax.Array, media_index: jax.Array) -> jax.Array:
@@ -146,11 +156,27 @@ class Crab(nnx.Module):
         rows = jnp.take_along_axis(media_rows.astype(text.dtype), jnp.maximum(media_index, 0)[..., None], axis=1)
         return jnp.where((media_index >= 0)[..., None], rows, text)
 
-    def seg_image_features(self, taps: jax.Array, is_seg: jax.Array) -> list[jax.Array]:
-        """First-frame raw CLIP tokens of the seg taps, zeroed for samples without segmentation."""
+    def seg_image_features(self, taps: jax.Array, is_seg: jax.Array, seg_frame: jax.Array) -> list[jax.Array]:
+        """Raw CLIP tokens of the seg taps at each sample's segmentation frame, zeroed for samples
+        without segmentation.
+
+        Args:
+          taps: ``[taps, b, T*P, W]`` (``P`` = ``visual_qformer.tokens_per_frame``).
+          is_seg: ``[b]`` bool.
+          seg_frame: ``[b]`` int, the frame slot (0..T-1) of the image the mask belongs to.
+        Returns:
+          one ``[b, patches, W]`` array per seg tap.
+        """
         patches = self.cfg.seg.image_embedding_size ** 2
+        per_frame = self.cfg.visual_qformer.tokens_per_frame
         keep = is_seg[:, None, None].astype(taps.dtype)
-        return [taps[k][:, :patches] * keep for k in self.cfg.seg_taps]
+        b = taps.shape[1]
+        frame = jnp.asarray(seg_frame, jnp.int32)
+        out = []
+        for k in self.cfg.seg_taps:
+            frames = taps[k].reshape(b, -1, per_frame, taps.shape[-1])  # [b, T, P, W]
+            out.append(frames[jnp.arange(b), frame, :patches] * keep)
+        return out
 
     def forward_from_media(
         self,
@@ -184,16 +210,18 @@ class Crab(nnx.Module):
         """One static-shape batch (see :func:`media_layout` and ``crab_jax.data.text.sequence``).
 
         ``batch`` keys: ``input_ids, attention_mask, position_ids, labels, media_index``
-        ``[b, S]``; ``frames [b, T, 3, H, W]``; ``fbank [b, A, F, mel]``; with the seg branch
-        also ``mask_positions [b, n_mask]``, ``gt_mask [b, 1, H, W]``, ``is_seg, is_avss [b]``.
+        ``[b, S]``; ``frames [b, T, 3, H, W]``; ``fbank [b, A, F, mel]`` (+ ``fbank_valid [b, A]``,
+        the real frames of each zero-padded segment; absent: all real); with the seg branch
+        also ``mask_positions [b, n_mask]``, ``gt_mask [b, 1, H, W]``, ``is_seg, is_avss [b]``,
+        ``seg_frame [b]`` (the frame slot of the image each mask belongs to).
         """
         visual_rows, taps = self.encode_visual(batch["frames"])
-        audio_rows = self.encode_audio(batch["fbank"])
+        audio_rows = self.encode_audio(batch["fbank"], batch.get("fbank_valid"))
         media_rows = jnp.concatenate([visual_rows, audio_rows], axis=1)
         seg_inputs: dict[str, Any] = {}
         if with_seg and self.seg_module is not None:
             seg_inputs = dict(
-                seg_features=self.seg_image_features(taps, batch["is_seg"]),
+                seg_features=self.seg_image_features(taps, batch["is_seg"], batch["seg_frame"]),
                 mask_positions=batch["mask_positions"], gt_mask=batch["gt_mask"],
                 is_seg=batch["is_seg"], is_avss=batch["is_avss"],
             )

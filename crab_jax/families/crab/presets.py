@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from crab_jax.config.sections import ModelConfig
+from crab_jax.config.sections import DataConfig, ModelConfig
 from crab_jax.families.crab import config_io
+from crab_jax.families.crab.media_slots import RUN_MODES, task_needs
 from crab_jax.families.crab.model import CrabConfig
 from crab_jax.families.crab.tokens import LLAMA_VOCAB, PAD_TOKEN_ID, special_token_ids
 from crab_jax.models.beats import BeatsConfig
@@ -24,6 +25,10 @@ from crab_jax.models.qformer import QFormerConfig
 from crab_jax.models.seg.config import SegConfig
 
 PRESETS = ("tiny", "crab_7b", "checkpoint")
+# Crab's modules per kind of media (which media a task's prompts show: media_slots.SLOT_NEEDS).
+VISUAL_MODULES = ("visual_encoder", "vl_projector")
+AUDIO_MODULES = ("audio_encoder", "al_projector")
+SEG_MODULE = "seg_module"
 
 
 def tiny_crab_config(*, base_vocab: int = 64, hidden: int = 32, image_size: int = 56, patch: int = 14,
@@ -36,8 +41,11 @@ def tiny_crab_config(*, base_vocab: int = 64, hidden: int = 32, image_size: int 
                         encoder_attention_heads=2, conv_pos=4, conv_pos_groups=2, deep_norm=True,
                         relative_position_embedding=True, num_buckets=32, max_distance=64, gru_rel_pos=True,
                         dropout=0.0, attention_dropout=0.0, finetuned_model=False)
+    # Every dropout off, as in the other tiny components (a 2-query, 16-wide Q-Former learns the
+    # demo's media cues far slower with BERT's 0.1).
     bert = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=8,
-                max_position_embeddings=8, layer_norm_eps=1e-12, hidden_act="gelu")
+                max_position_embeddings=8, layer_norm_eps=1e-12, hidden_act="gelu", hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0)
     grid = (image_size // patch) ** 2
 
     def qformer(width):
@@ -130,3 +138,23 @@ def apply_run_options(cfg: CrabConfig, model_cfg: ModelConfig) -> CrabConfig:
                    if int(getattr(model_cfg, k)) > 0}
         seg = dataclasses.replace(seg, **changes)
     return dataclasses.replace(cfg, llama=llama, lora=lora, seg=seg, dtype=model_cfg.dtype)
+
+
+def unused_modules(model: ModelConfig, data: DataConfig) -> tuple[str, ...]:
+    """The modules a run never uses, as the original leaves them unbuilt: the audio branch when
+    every task is visual only (visual and segmentation pretraining: ``--audio_branch False``),
+    the visual branch when every task is audio only (audio pretraining), the seg module
+    without ``model.seg_branch``. The model still has them (one static structure for every
+    stage), but a converted checkpoint need not hold them."""
+    tasks = tuple(data.tasks)
+    needs = task_needs(tasks, RUN_MODES)
+    known = {t for t, _ in needs}
+    unused = []
+    if tasks and known == set(tasks):  # a task whose media is not known may show anything
+        if not any(n.frames for n in needs.values()):
+            unused += VISUAL_MODULES
+        if not any(n.audio_segments for n in needs.values()):
+            unused += AUDIO_MODULES
+    if not model.seg_branch:
+        unused.append(SEG_MODULE)
+    return tuple(unused)

@@ -22,9 +22,10 @@ STAGES = {
     # P2 audio pretraining.
     "pretrain_audio": dict(trainable=(r"^al_projector\.", r"^llm\.lm_head\.", r"^llm\.model\.embed_tokens\."),
                            global_batch=32, epochs=1, seg_branch=False, tasks=("audio_caption",), lora=False),
-    # P3 segmentation pretraining (LVIS): the seg module only; the script's 128 queries / 128 px.
+    # P3 segmentation pretraining on LVIS (objects of area >= 1000, the lvis_seg reader): the seg
+    # module only; the script's 128 queries / 128 px.
     "pretrain_seg": dict(trainable=(r"^seg_module\.",), global_batch=64, epochs=5, seg_branch=True,
-                         tasks=("s4",), avs_query_num=128, low_res_mask_size=128, lora=False),
+                         tasks=("lvis_seg",), avs_query_num=128, low_res_mask_size=128, lora=False),
     # F1 joint instruction tuning: projectors + every I-LoRA weight (A, B heads, router).
     "finetune": dict(trainable=(r"^vl_projector\.", r"^al_projector\.", r"\.lora_(A|B|route)$"),
                      global_batch=256, epochs=5, seg_branch=False,
@@ -75,8 +76,8 @@ def paper_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.data.source = "grain"
     c.data.seq_len = 2048
-    c.data.frame_slots = 10
-    c.data.audio_slots = 10
+    c.data.frame_slots = 0    # sized from the stage's tasks (Ref-AVS test prompts show 11 frames)
+    c.data.audio_slots = 0
     c.data.fbank_frames = 98   # 1-s segments at a 10 ms hop
     c.metrics.router_layer_groups = 4
     c.checkpoint.every_steps = 500

@@ -15,6 +15,7 @@ stored with ``encoding="bytes"``) or ``Text``. Schema of one example::
     fbank         float32 [a, F, 128]         normalised, F trimmed to whole BEATs patches (bytes)
     gt_mask       float32 [1, H, W]           (bytes)
     is_seg, is_avss  bool []
+    seg_frame     int32 []                    row of ``frames`` the seg module reads
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def features():
         "gt_mask": T(shape=(1, None, None), dtype=np.float32, encoding="bytes"),
         "is_seg": T(shape=(), dtype=np.bool_),
         "is_avss": T(shape=(), dtype=np.bool_),
+        "seg_frame": T(shape=(), dtype=np.int32),
     })
 
 
@@ -58,7 +60,8 @@ def to_features(ex: Example) -> dict:
     return {"source": ex.source, "index": np.int32(ex.index), "task_id": np.int32(ex.task_id),
             "input_ids": ex.input_ids.astype(np.int32), "labels": ex.labels.astype(np.int32),
             "visual_ids": vis[:, 0].copy(), "visual_counts": vis[:, 1].copy(), "frames": ex.frames,
-            "fbank": ex.fbank, "gt_mask": ex.gt_mask, "is_seg": np.bool_(ex.is_seg), "is_avss": np.bool_(ex.is_avss)}
+            "fbank": ex.fbank, "gt_mask": ex.gt_mask, "is_seg": np.bool_(ex.is_seg), "is_avss": np.bool_(ex.is_avss),
+            "seg_frame": np.int32(ex.seg_frame)}
 
 
 def from_features(d: Mapping[str, Any], index: int) -> Example:
@@ -70,7 +73,7 @@ def from_features(d: Mapping[str, Any], index: int) -> Example:
                    visual=[(int(a), int(b)) for a, b in zip(d["visual_ids"], d["visual_counts"])],
                    frames=np.asarray(d["frames"], np.uint8), fbank=np.asarray(d["fbank"], np.float32),
                    gt_mask=np.asarray(d["gt_mask"], np.float32), is_seg=bool(d["is_seg"]),
-                   is_avss=bool(d["is_avss"]))
+                   is_avss=bool(d["is_avss"]), seg_frame=int(d["seg_frame"]))
 
 
 def stored_settings(settings: ExampleSettings) -> dict:

@@ -1,4 +1,4 @@
-"""Buckets and epoch plans: every record once per epoch, homogeneous batches, smallest fit."""
+"""Buckets and epoch plans: every record once per epoch, one shape per batch, smallest fit."""
 
 from __future__ import annotations
 
@@ -23,9 +23,14 @@ def test_epoch_plan_covers_each_record_once_with_homogeneous_buckets():
     assert plans[0] != plans[1] and len(plans[0]) == len(plans[1])
 
 
-def test_assign_buckets_smallest_fit_and_too_long():
-    infos = [PlanInfo(100, 96), PlanInfo(129, 96), PlanInfo(200, 192), PlanInfo(300, 96), PlanInfo(50, 0)]
-    buckets, errors = assign_buckets(infos, [f"r#{i}" for i in range(5)], (128, 256), 32)
-    assert buckets[:3] == [Bucket(128, 96), Bucket(256, 96), Bucket(256, 192)]
+def test_assign_buckets_smallest_fit_too_long_and_one_fbank_length_per_token_bucket():
+    infos = [PlanInfo(100, 96), PlanInfo(129, 96), PlanInfo(200, 192), PlanInfo(300, 96), PlanInfo(50, 0),
+             PlanInfo(20, 0)]
+    buckets, errors = assign_buckets(infos, [f"r#{i}" for i in range(6)], (32, 128, 256), 16)
+    # Keyed by token length only: the 96- and 192-frame records of bucket 256 share its longest
+    # fbank length (the shorter audio is padded), so tasks mix within batches.
+    assert buckets[:3] == [Bucket(128, 96), Bucket(256, 192), Bucket(256, 192)]
     assert buckets[3] is None and "r#3" in str(errors[0]) and "largest bucket" in str(errors[0])
-    assert buckets[4] == Bucket(128, 96)  # no audio: joins the most common fbank length
+    assert buckets[4] == Bucket(128, 96)  # no audio: the bucket's length
+    assert buckets[5] == Bucket(32, 16)  # a bucket without audio: the fallback
+    assert len({b.seq_len for b in buckets if b}) == len({b for b in buckets if b})  # one shape per token bucket

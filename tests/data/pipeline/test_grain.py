@@ -102,3 +102,36 @@ def test_to_global_single_process(clean):
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
     out = to_global(batch, {k: NamedSharding(mesh, PartitionSpec("data")) for k in batch})
     assert all(out[k].shape == batch[k].shape and np.array_equal(np.asarray(out[k]), batch[k]) for k in batch)
+
+
+def test_tasks_with_different_audio_lengths_share_batches(clean):
+    """Buckets are keyed by token length only: AVQA's 2-s windows and the 1-s segments of the
+    other tasks meet in one batch (padded to its longest, ``fbank_valid`` says how much is real),
+    and each token bucket has one shape."""
+    import dataclasses
+
+    from crab_jax.data.records.record import AudioSpec
+
+    root, records, errors, tok, cfg, settings = clean
+    # The synthetic clips are short: AVQA as one whole-clip segment gives it a longer fbank.
+    records = [dataclasses.replace(r, audio=AudioSpec("clip", 1)) if r.task == "avqa" else r for r in records]
+    it = iterator((root, records, errors, tok, cfg, settings), num_epochs=1)
+    lengths_by_task = {}
+    for i, r in enumerate(records):
+        lengths_by_task.setdefault(r.task, set()).add(it.decoder.source.plan_info(i).fbank_frames)
+    assert len(set().union(*lengths_by_task.values())) > 1, lengths_by_task
+    specs = it.bucket_specs()
+    assert len({s.seq_len for s in specs}) == len(specs)
+    tasks = settings.tasks
+    mixed = 0
+    for batch in it:
+        valid = batch["fbank_valid"]
+        assert valid.max() == batch["fbank"].shape[2]
+        for i in range(valid.shape[0]):  # frames past fbank_valid are zero padding
+            for s in range(valid.shape[1]):
+                assert not batch["fbank"][i, s, valid[i, s]:].any()
+        lengths = {int(v[v > 0].max()) for v in valid if (v > 0).any()}
+        if len(lengths) > 1:
+            mixed += 1
+            assert "avqa" in {tasks[t] for t in batch["task_id"]}
+    assert mixed > 0, "no batch mixed tasks of different audio lengths"

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from crab_jax.data.synthetic import generate as gen
+from crab_jax.data.records import crab_answers as A
 from crab_jax.data.synthetic import metrics as sm
 
 
 def test_metric_parsers_and_kernels():
-    assert sm.parse_answer("<s> x <answer>A</answer> so <answer> Left  Side </answer>.</s>") == "left side"
-    assert sm.parse_answer("no tag") is None
-    assert sm.parse_event("<event> Red Circle </event> <range> 2, 7 </range>") == ("red circle", (2, 7))
-    assert sm.parse_box("top left corner is (1,2) and bottom right corner is (30,40)") == (1, 2, 30, 40)
-    assert sm.parse_box("[3,4,50,60] and [1,1]") == (3, 4, 50, 60)
+    assert A.parse_answer("<s> x <answer>A</answer> so <answer> Left  Side </answer>.</s>") == "left side"
+    assert A.parse_answer("no tag") is None
+    assert A.parse_event("<event> Red Circle </event> <range> 2, 7 </range>") == ("red circle", (2, 7))
+    assert A.parse_box("top left corner is (1,2) and bottom right corner is (30,40)") == (1, 2, 30, 40)
+    assert A.parse_box("[3,4,50,60] and [1,1]") == (3, 4, 50, 60)
     assert sm.box_iou((0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
     assert sm.box_iou((0, 0, 9, 9), (0, 0, 19, 9)) == pytest.approx(0.5)
     assert sm.box_iou((0, 0, 9, 9), (20, 20, 29, 29)) == 0.0

@@ -43,6 +43,7 @@ def prompt_batch(cfg, last_tokens, text_lens, seed):
     batch["frames"] = rng.normal(size=(b, FRAME_SLOTS, 3, size, size)).astype(np.float32)
     batch["fbank"] = rng.normal(size=(b, AUDIO_SLOTS, FBANK_FRAMES, 128)).astype(np.float32)
     batch["is_avss"] = np.zeros(b, bool)
+    batch["seg_frame"] = (np.arange(b) % FRAME_SLOTS).astype(np.int32)  # rows read different frame slots
     return batch
 
 
@@ -88,7 +89,7 @@ def reference_forward(model, batch, generated):
 
     Attention is causal, so the logits at slot ``P - 1 + j`` are exactly those a from-scratch
     recomputation after ``j`` generated tokens gives: one call checks every step. Returns
-    logits and hidden states ``[b, P + N, ...]`` and the seg image features.
+    logits and hidden states ``[b, P + N, ...]`` and the CLIP taps ``[taps, b, T*P, W]``.
     """
     embeds, taps = D.encode_prompt(model, batch)
     n = generated.shape[1]
@@ -98,7 +99,16 @@ def reference_forward(model, batch, generated):
     positions = jnp.concatenate([batch["position_ids"], last + 1 + jnp.arange(n)[None]], axis=1)
     logits, hidden = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                return_hidden=True)
-    return logits, hidden, model.seg_image_features(taps, jnp.ones(generated.shape[0], bool))
+    return logits, hidden, taps
+
+
+def frame_features(cfg, taps, seg_frame):
+    """Each row's seg-tap CLIP tokens of frame ``seg_frame[i]``, sliced on the host: one ``[b, patches, W]``
+    per seg tap (the reference of :meth:`Crab.seg_image_features` at inference)."""
+    taps = np.asarray(taps)
+    per_frame, patches = cfg.visual_qformer.tokens_per_frame, cfg.seg.image_embedding_size ** 2
+    return [np.stack([taps[k, i, f * per_frame: f * per_frame + patches] for i, f in enumerate(seg_frame)])
+            for k in cfg.seg_taps]
 
 
 # Fixtures shared by the generation tests (import them into a test module to use them).

@@ -12,7 +12,8 @@ from crab_jax.families.crab import decoding as D
 from crab_jax.models import decoding as G
 from tests.families.crab.generation_helpers import (base_model, cfg,  # noqa: F401 (fixtures)
                                                     DCFG, EOS, PAD, SEQ, chain_model,
-                                                    make_random_model, prompt_batch, reference_forward)
+                                                    make_random_model, prompt_batch, reference_forward,
+                                                    frame_features)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +81,14 @@ def test_generated_mask_tokens_give_masks_from_the_right_hidden_states(cfg, base
     # i.e. the state at the slot just before <mask_k> (the one that predicts it).
     np.testing.assert_array_equal(gen.mask_steps[0], np.arange(1, 7))
     np.testing.assert_array_equal(gen.mask_steps[1], [-1, -1, -1, 0, 1, 2])
-    _, hidden, features = reference_forward(model, batch, jnp.asarray(gen.tokens))
+    _, hidden, taps = reference_forward(model, batch, jnp.asarray(gen.tokens))
+    assert len(set(batch["seg_frame"].tolist())) > 1, "the rows must read different frame slots"
+    features = frame_features(cfg, taps, batch["seg_frame"])
     p = SEQ
     expected = np.asarray(hidden[0, p - 1 + 1: p - 1 + 7])  # slots of <mask_start>, <mask_0..4>
     np.testing.assert_allclose(gen.mask_embeddings[0], expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gen.mask_embeddings[1, 3:], np.asarray(hidden[1, p - 1: p + 2]), rtol=1e-4, atol=1e-4)
-    # The seg module ran on exactly those vectors and the first frame's CLIP taps.
+    # The seg module ran on exactly those vectors and the CLIP taps of each row's seg_frame.
     size = cfg.seg.image_size
     assert gen.binary_logits.shape == (2, 1, size, size)
     assert gen.avss_logits.shape == (2, cfg.seg.avss_classes, size, size)

@@ -160,26 +160,80 @@ def test_mapping_round_trip_is_bit_exact(crab, fixtures_dir):
         assert back[k].dtype == ref.dtype and np.array_equal(back[k], ref), k
 
 
-# bf16 keeps 8 mantissa bits (eps 2**-8 = 3.9e-3), and like HF the residual stream is
-# carried in bf16. The fixture's random weights have high gain (logits mean |0.8|, max 4.4
-# from 2 layers), so rounding compounds: a max-abs bound is dominated by a few outlier
-# logits. The check is therefore relative RMS error (measured: 9e-3 on the visual rows,
-# 2.6e-2 on the logits) with a 5e-2 bound, plus top-1 agreement >= 0.9 (measured 0.95).
-# A float32-only bug (layout, op order, wrong dtype cast in a norm) gives O(1) errors.
-BF16_RMS_RTOL = 5e-2
+# The bf16 bound is a reference computed the same way, not a constant: how far bf16 drifts
+# from fp32 depends on the weights' gain and the depth (a constant 5e-2 RMS held for one fixture
+# shape, not for another at 0.15), and it does so for HF torch as much as for crab_jax. So the
+# same fixture weights run through HF torch in bf16 and in fp32 (its LLaMA from llama_hf on the
+# fixture's inputs_embeds; its CLIP from clip_vision at the LLM tap), and crab_jax's relative RMS
+# error must stay within BF16_ERROR_FACTOR of torch's. Torch rounds its weights to bf16 too
+# (crab_jax keeps fp32 weights), so for the same computation crab_jax's error is at most
+# torch's (measured: LLaMA 0.97x). The Crab adds bf16 roundings torch's reference has not:
+# I-LoRA's second path (A, B_i, the router's softmax cast) in every projection, and the
+# Q-Formers after the CLIP tap (measured: logits 2.6x, visual rows 1.4x); 4x covers them,
+# while a float32-only bug (layout, op order, a wrong cast in a norm) gives O(1) errors.
+# An error below 1e-4 would mean the bf16 path silently ran in fp32.
+BF16_ERROR_FACTOR = 4.0
 
 
 def _rms_rel(actual, reference) -> float:
     actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
-    err = float(np.sqrt(np.mean((actual - reference) ** 2) / np.mean(reference ** 2)))
-    print(f"bf16 rms rel err {err:.3e} (bound {BF16_RMS_RTOL:.0e})")
-    return err
+    return float(np.sqrt(np.mean((actual - reference) ** 2) / np.mean(reference ** 2)))
 
 
-def test_bf16_compute_path_stays_close(crab, assembled):
+def _torch_bf16_outputs(model, run) -> tuple[np.ndarray, np.ndarray]:
+    """``(bf16, fp32)`` outputs of ``run(model, dtype)`` (bf16: the weights too)."""
+    import copy
+
+    import torch
+
+    return run(copy.deepcopy(model).to(torch.bfloat16), torch.bfloat16), run(model, torch.float32)
+
+
+def _torch_llama_bf16_logits(folder, arrays) -> tuple[np.ndarray, np.ndarray]:
+    """HF LLaMA (the fixture's llama_hf) on the fixture's inputs_embeds: ``(bf16, fp32)`` logits
+    of the real tokens."""
+    import torch
+    import transformers
+
+    model = transformers.LlamaForCausalLM.from_pretrained(folder / "llama_hf", attn_implementation="eager").eval()
+    valid = arrays["attention_mask"] == 1
+
+    def run(m, dtype):
+        with torch.no_grad():
+            out = m(inputs_embeds=torch.tensor(arrays["inputs_embeds"]).to(dtype),
+                    attention_mask=torch.tensor(arrays["attention_mask"]).long(),
+                    position_ids=torch.tensor(arrays["position_ids"]).long())
+        return out.logits.float().numpy()[valid]
+
+    return _torch_bf16_outputs(model, run)
+
+
+def _torch_clip_bf16_error(folder, frames, tap: int) -> float:
+    """HF CLIPVisionModel (the fixture's clip_vision): patch tokens of hidden state ``tap``."""
+    import torch
+    import transformers
+
+    model = transformers.CLIPVisionModel.from_pretrained(folder / "clip_vision", attn_implementation="eager").eval()
+
+    def run(m, dtype):
+        with torch.no_grad():
+            out = m(pixel_values=torch.tensor(frames).to(dtype), output_hidden_states=True)
+        return out.hidden_states[tap][:, 1:].float().numpy()
+
+    return _rms_rel(*_torch_bf16_outputs(model, run))
+
+
+def _within_torch_bf16_error(name: str, err: float, torch_err: float) -> None:
+    bound = BF16_ERROR_FACTOR * torch_err
+    print(f"bf16 {name}: rms rel err {err:.3e}; HF torch bf16 vs fp32 {torch_err:.3e}; bound {bound:.3e}")
+    assert 1e-4 < err <= bound, f"bf16 {name}: too far from fp32, or not computed in bf16 at all"
+
+
+def test_bf16_compute_path_stays_close(crab, assembled, fixtures_dir):
     import dataclasses
 
     model, cfg, arrays = crab
+    folder = fixtures_dir / "crab_full"
     cfg16 = dataclasses.replace(cfg, dtype=jnp.bfloat16)
     model16 = abstract_module(lambda: Crab(cfg16, rngs=nnx.Rngs(0)))
     load_flat(model16, {k: np.asarray(v[...]) for k, v in
@@ -189,14 +243,21 @@ def test_bf16_compute_path_stays_close(crab, assembled):
     frames, fbank, _ = _sample_media(arrays, 0)
     rows16, _ = nnx.jit(lambda m, x: m.encode_visual(x))(model16, jnp.asarray(frames)[None])
     assert rows16.dtype == jnp.bfloat16
-    err = _rms_rel(rows16[0], arrays["enc_video_call0_qformer_last"])
-    assert 1e-4 < err <= BF16_RMS_RTOL, "bf16 visual rows: too far, or not computed in bf16 at all"
+    tap = cfg.clip.select_layer_list[cfg.llm_tap]
+    _within_torch_bf16_error("visual rows", _rms_rel(rows16[0], arrays["enc_video_call0_qformer_last"]),
+                             _torch_clip_bf16_error(folder, frames, tap))
     b = assembled["batch"]
     out = nnx.jit(lambda m, kw: m.forward_from_media(**kw))(model16, jax.tree.map(jnp.asarray, dict(
         input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"],
         labels=b["labels"], media_rows=assembled["media_rows"], media_index=b["media_index"])))
     valid = arrays["attention_mask"] == 1
     logits, ref = np.asarray(out.logits[valid]), arrays["logits"][valid]
-    assert _rms_rel(logits, ref) <= BF16_RMS_RTOL
-    assert (logits.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
-    assert abs(float(out.lm_loss) - float(arrays["lm_loss"])) <= BF16_RMS_RTOL * float(arrays["lm_loss"])
+    torch16, torch32 = _torch_llama_bf16_logits(folder, arrays)
+    torch_err = _rms_rel(torch16, torch32)
+    _within_torch_bf16_error("logits", _rms_rel(logits, ref), torch_err)
+    # Top-1 flips and the loss move with the logit error: the same factor over torch's.
+    torch_flips = float((torch16.argmax(-1) != torch32.argmax(-1)).mean())
+    flips = float((logits.argmax(-1) != ref.argmax(-1)).mean())
+    print(f"bf16 top-1 flips {flips:.3f}; HF torch {torch_flips:.3f}")
+    assert flips <= BF16_ERROR_FACTOR * max(torch_flips, 1.0 / len(ref))
+    assert abs(float(out.lm_loss) - float(arrays["lm_loss"])) <= BF16_ERROR_FACTOR * torch_err * float(arrays["lm_loss"])

@@ -39,6 +39,7 @@ def _batch(cfg, specs, rng):
     batch["fbank"] = rng.normal(size=(b, AUDIO_SLOTS, FRAMES_PER_SEGMENT, 128)).astype(np.float32)
     batch["is_seg"] = np.array([s[3] for s in specs])
     batch["is_avss"] = np.zeros(b, bool)
+    batch["seg_frame"] = np.zeros(b, np.int32)
     batch["gt_mask"] = (rng.random((b, 1, size, size)) > 0.5).astype(np.float32)
     batch.pop("pad_left")
     return batch

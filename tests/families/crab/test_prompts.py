@@ -15,7 +15,10 @@ from crab_jax.data.errors import BadRecordError
 # The free-text field of a quick-start request (the original's data/example.json), per task:
 # the only text it carries besides media paths. Its value is read back from the fixture.
 QUICK_START_FIELD = {"avqa": "question", "ref-avs": "exp"}
-SENTINEL = "\x00FREE_TEXT\x00"
+# Stands for that text while the template is rendered. It has no cased letters, so it comes
+# out of the template as the request's words do (the Ref-AVS template writes ``exp.lower()``):
+# the pattern around it is the template, and what it matches is the text the template wrote.
+SENTINEL = "\x00#0#\x00"
 
 
 def _tiny_tokenizer():
@@ -106,18 +109,40 @@ def _fixture_texts(manifest):
     return cfg, cfg["texts"]
 
 
+def _free_text(task: str, media: dict, instruction: str, where: str) -> dict:
+    """``{field: text}`` of a quick-start request whose rendered instruction is ``instruction``:
+    the text the template wrote where the request's own words go (empty for tasks without any)."""
+    if task not in QUICK_START_FIELD:
+        return {}
+    field = QUICK_START_FIELD[task]
+    probe = quick_start_record({"task": task, **media, field: SENTINEL}, where)
+    rendered = P.llama2_chat(P.crab_instruction(probe))
+    assert SENTINEL in rendered, f"{where} ({task}): the template rewrites its {field!r} beyond recognition"
+    head, *rest = rendered.split(SENTINEL)  # the words may appear more than once: one group, back-references
+    pattern = re.escape(head) + "".join(("(?P<free>.+)" if i == 0 else "(?P=free)") + re.escape(tail)
+                                        for i, tail in enumerate(rest))
+    match = re.fullmatch(pattern, instruction, flags=re.S)
+    assert match, f"{where} ({task}): the fixture's instruction is not the {task} template"
+    return {field: match.group("free")}
+
+
+def test_free_text_is_found_through_a_template_that_rewrites_it():
+    """Ref-AVS writes ``exp.lower()``: the expected text is derived as the template derives it."""
+    media = {"image_path": "ref-avs/7.jpg", "audio_path": "ref-avs/audio.wav"}
+    rendered = P.llama2_chat(P.crab_instruction(quick_start_record({"task": "ref-avs", **media, "exp": "The Red Car"},
+                                                                   "r")))
+    free = _free_text("ref-avs", media, rendered, "r")
+    assert free == {"exp": "the red car"}
+    rec = quick_start_record({"task": "ref-avs", **media, **free}, "r")
+    assert P.llama2_chat(P.crab_instruction(rec)) == rendered
+
+
 @pytest.mark.parity
 def test_prompt_builder_reproduces_fixture_instructions(manifest):
     cfg, texts = _fixture_texts(manifest)
     for i, (task, media) in enumerate(zip(cfg["batch_tasks"], cfg["media"])):
-        free = {}
-        if task in QUICK_START_FIELD:  # the request's own words: read from the fixture, template around them built
-            field = QUICK_START_FIELD[task]
-            probe = quick_start_record({"task": task, **media, field: SENTINEL}, f"media[{i}]")
-            pattern = re.escape(P.llama2_chat(P.crab_instruction(probe))).replace(re.escape(SENTINEL), "(.+)")
-            match = re.fullmatch(pattern, texts[i]["instruction"], flags=re.S)
-            assert match, f"sample {i} ({task}): the fixture's instruction is not the {task} template"
-            free = {field: match.group(1)}
+        # the request's own words: read from the fixture, the template around them built
+        free = _free_text(task, media, texts[i]["instruction"], f"media[{i}]")
         rec = quick_start_record({"task": task, **media, **free}, f"media[{i}]")
         assert P.llama2_chat(P.crab_instruction(rec)) == texts[i]["instruction"], f"sample {i} ({task})"
 

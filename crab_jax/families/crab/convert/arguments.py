@@ -4,6 +4,7 @@ options, export formats and the words of its ``--help`` (the CLI adds the generi
 from __future__ import annotations
 
 import argparse
+import re
 
 from crab_jax.checkpoints.convert.family_converter import ConverterTexts
 from crab_jax.families.crab.convert.crab_table import COMPONENTS
@@ -52,12 +53,29 @@ run started from: model.init_checkpoint), and stored in --base's dtypes unless -
 )
 
 
+# What argparse takes for a value, not an option, when it starts with '-': a digit or '.'
+# after the dash (Python 3.13's rule). 3.11's matches only one number, so the negative taps
+# of LLaVA-style configs, ``--select-layers -4,-2,-1``, were read as an unknown flag.
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d")
+
+
 def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.replace(",", " ").split())
+    try:
+        return tuple(int(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 14,22,23 or -4,-2,-1; "
+                                         f"got {text!r}") from None
+
+
+def accept_negative_values(parser: argparse.ArgumentParser) -> None:
+    """Lets ``parser`` read ``-4,-2,-1`` (any word starting with a dash and a digit) as a value.
+    Safe while none of its options is spelled like a negative number (none is)."""
+    parser._negative_number_matcher = _NEGATIVE_VALUE
 
 
 def add_to_jax_arguments(j: argparse.ArgumentParser) -> None:
     """``to-jax``: the sources and what no weight file says (read by :mod:`.to_jax`)."""
+    accept_negative_values(j)
     src = j.add_argument_group("sources (at least one)")
     src.add_argument("--llama", metavar="DIR", help="HF LLaMA folder: config.json + safetensors or "
                      "pytorch_model*.bin (sharded with an index, or single)")
@@ -65,9 +83,9 @@ def add_to_jax_arguments(j: argparse.ArgumentParser) -> None:
                      "the text tower is set aside and reported)")
     src.add_argument("--beats", metavar="FILE", help="BEATs checkpoint .pt ({'cfg': ..., 'model': ...})")
     src.add_argument("--crab", metavar="FILE", action="append", default=[],
-                     help="Crab file with full names (base_model.model.…): finetune_weights.bin, "
-                     "avs_finetune_weights.bin, audio/visual/segmentation_pretrain.bin, a full state dict "
-                     "(.bin or .safetensors); repeatable, later files win")
+                     help="Crab file with Crab's names, full (base_model.model.…: finetune_weights.bin, "
+                     "avs_finetune_weights.bin, a full state dict, .bin or .safetensors) or bare (model.… / "
+                     "lm_head.…: audio/visual/segmentation_pretrain.bin); repeatable, later files win")
     src.add_argument("--component", metavar="NAME=FILE", action="append", default=[],
                      help="a state dict whose keys are relative to one Crab component (NAME one of "
                      f"{', '.join(COMPONENTS)}); repeatable")
@@ -80,7 +98,8 @@ def add_to_jax_arguments(j: argparse.ArgumentParser) -> None:
     cfg.add_argument("--clip-config", metavar="JSON|DIR", help="CLIP config.json when no --clip folder is given")
     cfg.add_argument("--beats-cfg", metavar="JSON|FILE.pt", help="BEATs cfg when no --beats file is given")
     cfg.add_argument("--select-layers", type=_int_list, default=(14, 22, 23),
-                     help="CLIP hidden states Crab taps (default: 14,22,23)")
+                     help="CLIP hidden states Crab taps, 0 = embeddings, negatives count from the last "
+                     "(HF hidden_states indexing: -1 = last layer); default: 14,22,23")
     cfg.add_argument("--select-feature", default="patch", help="'patch' (drop the class token, Crab) or 'cls_patch'")
     cfg.add_argument("--pad-token-id", type=int, default=2, help="pad id (Crab: 2, '</s>')")
     cfg.add_argument("--lora-alpha", type=float, default=16.0, help="I-LoRA alpha (Crab: 16); r and heads come from shapes")

@@ -1,8 +1,9 @@
 """User files -> one lazily read Crab state dict (original names), for :mod:`.to_jax`.
 
 Every source is a set of tensors plus the Crab component its keys are relative to
-(``None``: keys already carry Crab's full ``base_model.model.`` names, as in Crab's ``.bin``
-files and full state dicts). :class:`CrabView` renames each source's keys into the full
+(``None``: keys carry Crab's own names: the full ``base_model.model.`` ones of the
+fine-tuning ``.bin`` files and full state dicts, or the bare ``model.`` / ``lm_head.`` ones
+of the pretraining files, which are given the full prefix). :class:`CrabView` renames each source's keys into the full
 names, and later sources override earlier ones key by key (the avs ``.bin``'s 317-row
 ``embed_tokens`` replaces the LLaMA folder's 300 rows); every override is recorded.
 
@@ -25,7 +26,8 @@ import numpy as np
 
 from crab_jax.checkpoints.convert.readers import KeySubset, TensorFile, open_hf_dir, open_tensors
 from crab_jax.families.crab.convert.clip_table import split_clip_vision_keys
-from crab_jax.families.crab.convert.crab_table import COMPONENT_PREFIXES, COMPONENTS, CRAB_PREFIX, PROJECTORS
+from crab_jax.families.crab.convert.crab_table import (COMPONENT_PREFIXES, COMPONENTS, CRAB_PREFIX, PROJECTORS,
+                                                       full_crab_name)
 from crab_jax.families.crab.convert.seg_table import seg_buffer_keys
 
 # crab_jax paths of the seg module's two random Fourier matrices (in no file Crab's training saves).
@@ -34,7 +36,7 @@ SEG_BUFFERS = seg_buffer_keys(COMPONENT_PREFIXES["seg_module"][1])
 
 @dataclasses.dataclass
 class Source:
-    """One user file: ``tensors`` keyed relative to ``component`` (None: full Crab names)."""
+    """One user file: ``tensors`` keyed relative to ``component`` (None: Crab's own names, full or bare)."""
 
     path: str
     tensors: Mapping[str, np.ndarray]
@@ -50,7 +52,7 @@ def hf_clip_source(path: str, config: dict, tensors: TensorFile) -> Source:
 
 
 def crab_name(component: str | None, key: str) -> str:
-    return key if component is None else COMPONENT_PREFIXES[component][0] + key
+    return full_crab_name(key) if component is None else COMPONENT_PREFIXES[component][0] + key
 
 
 def component_of(crab_key: str) -> str | None:

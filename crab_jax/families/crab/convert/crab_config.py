@@ -19,7 +19,7 @@ from crab_jax.families.crab.convert.crab_table import CRAB_PREFIX, PROJECTORS
 from crab_jax.families.crab.model import CrabConfig
 from crab_jax.families.crab.tokens import NUM_ADDED_TOKENS, NUM_MASK_TOKENS, special_token_ids
 from crab_jax.models.beats import BeatsConfig
-from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig
+from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig, normalize_select_layers
 from crab_jax.models.ilora import DEFAULT_TARGETS, ILoRAConfig
 from crab_jax.models.llama import LlamaConfig
 from crab_jax.models.qformer import QFormerConfig
@@ -208,8 +208,10 @@ def component_sections(shapes: Shapes, source_configs: Mapping[str, dict], compo
             raise ValueError("sizing the CLIP tower needs its config.json (--clip DIR or --clip-config)")
         vision = ClipVisionConfig.from_hf(hf)
         layers = tuple(opts.select_layer_list)
-        if max(layers) > vision.num_hidden_layers:
-            raise ValueError(f"--select-layers {list(layers)} exceed the tower's {vision.num_hidden_layers} layers")
+        try:  # negatives count from the last hidden state (HF hidden_states indexing)
+            normalize_select_layers(layers, vision.num_hidden_layers)
+        except ValueError as e:
+            raise ValueError(f"--select-layers {list(layers)}: {e}") from None
         out["clip"] = ClipEncoderConfig(vision, select_layer_list=layers, select_feature=opts.select_feature)
     if "audio_encoder" in components:
         cfg = opts.beats_cfg or source_configs.get("audio_encoder")

@@ -1,7 +1,9 @@
 """Crab's full state-dict mapping: the component tables composed under Crab's module prefixes.
 
 Torch names are those of the LoRA-wrapped original (``base_model.model.`` + Crab name),
-as in Crab's ``.bin`` files and full state dicts. The same tables, un-prefixed, read and
+as in Crab's ``.bin`` files and full state dicts; the pretraining files, saved without the
+PEFT wrapper, carry the bare Crab names (``model.…`` / ``lm_head.…``) and are read through
+:func:`full_crab_name`. The same tables, un-prefixed, read and
 write each component's standalone checkpoint (an HF LLaMA / CLIP folder, a BEATs ``.pt``).
 """
 
@@ -33,9 +35,21 @@ COMPONENT_PREFIXES = {
     "al_projector": (CRAB_PREFIX + "al_projector.", "al_projector."),
     "seg_module": (CRAB_PREFIX + "seg_module.", "seg_module."),
 }
+# The first words of the bare Crab (UnifiedForCausalLM) names: what the pretraining stages
+# save (visual/audio/segmentation_pretrain.bin, spec A.7.2), as they run without PEFT.
+BARE_CRAB_HEADS = ("model.", "lm_head.")
 COMPONENTS = tuple(COMPONENT_PREFIXES)  # llm, visual_encoder, audio_encoder, vl_projector, al_projector, seg_module
 # The two Q-Former projectors: (component, prefix of its torch attributes, its config section).
 PROJECTORS = (("vl_projector", "visual", "visual_qformer"), ("al_projector", "audio", "audio_qformer"))
+
+
+def full_crab_name(key: str) -> str:
+    """A Crab torch name in the full spelling the tables use: a bare Crab name (``model.…``,
+    ``lm_head.…``, as pretraining saves it) gets the PEFT wrapper's ``base_model.model.``;
+    any other key is returned as is (a full name, or one no table knows)."""
+    if key.startswith(BARE_CRAB_HEADS):
+        return PEFT_PREFIX + key
+    return key
 
 
 def component_tables(sections: Mapping[str, Any]) -> dict[str, MappingTable]:

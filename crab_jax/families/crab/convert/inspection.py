@@ -10,7 +10,7 @@ import numpy as np
 
 from crab_jax.checkpoints.convert.family_converter import CheckpointCheck
 from crab_jax.checkpoints.convert.mapping import MappingError
-from crab_jax.families.crab.convert.crab_table import COMPONENT_PREFIXES, COMPONENTS, tables_for
+from crab_jax.families.crab.convert.crab_table import COMPONENT_PREFIXES, COMPONENTS, full_crab_name, tables_for
 from crab_jax.families.crab.convert.to_torch import check_against_config, read_sections
 from crab_jax.models.beats import BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig
@@ -33,25 +33,31 @@ def _permissive_sections(keys) -> dict:
 
 
 def classify_keys(keys: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """key -> ``'<component>'`` (standalone names) or ``'crab:<component>'``; plus unmatched keys."""
+    """key -> ``'<component>'`` (standalone names) or ``'crab:<component>'`` (Crab's names, full or
+    bare: the bare LLM names are also HF LLaMA's, and read as ``'llm'``); plus unmatched keys."""
     sections = _permissive_sections(keys)
     tables = {c: tables_for(sections, [c]) for c in COMPONENTS}
     matched, unmatched = {}, []
     for key in keys:
-        hit = None
-        for comp, table in tables.items():
-            if table.torch_key_to_jax(key) is not None:
-                hit = "crab:" + comp
-                break
-            prefix = COMPONENT_PREFIXES[comp][0]
-            if table.torch_key_to_jax(prefix + key) is not None:
-                hit = comp
-                break
+        hit = _component_matching(tables, key)
+        if hit is None and full_crab_name(key) != key:
+            hit = _component_matching(tables, full_crab_name(key), standalone=False)
         if hit is None:
             unmatched.append(key)
         else:
             matched[key] = hit
     return matched, unmatched
+
+
+def _component_matching(tables, key: str, standalone: bool = True) -> str | None:
+    """``'crab:<component>'`` if ``key`` is a full Crab name of it, ``'<component>'`` if (with
+    ``standalone``) it is a key of that component's own checkpoint, else None."""
+    for comp, table in tables.items():
+        if table.torch_key_to_jax(key) is not None:
+            return "crab:" + comp
+        if standalone and table.torch_key_to_jax(COMPONENT_PREFIXES[comp][0] + key) is not None:
+            return comp
+    return None
 
 
 def check_checkpoint(folder: str, arrays: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> CheckpointCheck:
