@@ -10,39 +10,19 @@ means ... are not means of per-sample values), flattened to ``{"task/metric": {m
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import re
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
+from crab_jax.evaluation.prediction_lines import prediction_line, record_metadata
+from crab_jax.evaluation.scoring import Context
 from crab_jax.families.base import Family
 from crab_jax.metrics.tables import UnusableRow
 
 log = logging.getLogger("crab_jax.evaluation")
-
-
-@dataclasses.dataclass(frozen=True)
-class HeldoutContext:
-    """The :class:`~crab_jax.metrics.tables.ScoringContext` of held-out lines: GT files under
-    the dataset root; predictions are in memory (never located)."""
-
-    data_root: str
-    skip_unparsable: bool = False
-    predictions_file: str = ""
-
-    @property
-    def search_roots(self) -> tuple[str, ...]:
-        return (self.data_root,)
-
-    def locate(self, path: str, what: str) -> str:
-        found = path if os.path.isabs(path) else os.path.join(self.data_root, path)
-        if not os.path.isfile(found):
-            raise UnusableRow(f"{what} {path!r} not found under {self.data_root}")
-        return found
 
 
 def metric_key(task: str, name: str) -> str:
@@ -58,7 +38,8 @@ class RecordScorer:
             raise ValueError(f"family {family.name!r} has no record scorers (prediction_metadata, predictions, "
                              "task_scorers)")
         self.family, self.records, self.tokenizer = family, records, tokenizer
-        self.ctx = HeldoutContext(str(data_root))
+        # GT files under the dataset root; predictions are in memory (never located).
+        self.ctx = Context(str(data_root), (str(data_root),), "", skip_unparsable=False)
         self.scorers: dict[str, Any] = {}
         self.unusable: list[tuple[str, str]] = []
 
@@ -79,8 +60,7 @@ class RecordScorer:
         records = [self.records[int(record_indices[i])] for i in rows]
         lines = []
         for record, pred in zip(records, self.family.predictions(sub, records, self.tokenizer)):
-            line = {**self.family.prediction_metadata(record), "predict": pred.text,
-                    "mask_tokens": pred.mask_tokens, "finished": pred.finished}
+            line = prediction_line(record_metadata(self.family, record), pred)
             try:
                 self._scorer(record.task).add({**line, "pred_mask_logits": pred.mask_logits,
                                                "pred_mask_classes": pred.mask_classes}, self.ctx)
