@@ -11,6 +11,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "crab"
+DEFAULT_CRAB_PLUS_FIXTURES = REPO.parent / "shared" / "fixtures" / "crab_plus"
 # fp32 parity bound: max abs error relative to the reference's largest magnitude.
 PARITY_RTOL = 1e-4
 
@@ -25,13 +26,32 @@ def _in_ci() -> bool:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
-    root = fixtures_root()
+    return _fixture_folder(fixtures_root(), "CRAB_FIXTURES")
+
+
+def crab_plus_fixtures_root() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("CRAB_PLUS_FIXTURES", str(DEFAULT_CRAB_PLUS_FIXTURES)))
+
+
+def _fixture_folder(root: pathlib.Path, env: str) -> pathlib.Path:
     if not (root / "manifest.json").is_file():
-        msg = f"parity fixtures not found at {root} (set CRAB_FIXTURES)"
+        msg = f"parity fixtures not found at {root} (set {env})"
         if _in_ci():
             pytest.fail(msg + "; in CI a missing fixture folder is a failure")
         pytest.skip(msg)
     return root
+
+
+@pytest.fixture(scope="session")
+def crab_plus_fixtures_dir() -> pathlib.Path:
+    """The original Crab+'s outputs on tiny configs (``CRAB_PLUS_FIXTURES``)."""
+    return _fixture_folder(crab_plus_fixtures_root(), "CRAB_PLUS_FIXTURES")
+
+
+@pytest.fixture(scope="session")
+def crab_plus_manifest(crab_plus_fixtures_dir) -> dict:
+    with open(crab_plus_fixtures_dir / "manifest.json") as f:
+        return json.load(f)
 
 
 @pytest.fixture(scope="session")

@@ -100,6 +100,9 @@ class Family:
       build_model: ``(model_cfg, nnx.Rngs) -> nnx.Module`` in training mode.
       forward_loss: ``(model, batch, with_seg) -> LossOutput``.
       num_llm_layers: ``model_cfg -> int`` (router usage per group of decoder layers).
+      llm_path: module path of the LLM (``"llm"``, ``"model"``): the train step's router usage
+        is taken over the I-LoRA gates under it, whose tokens are the batch's ``[b, S]``
+        (encoder towers' gates are per patch / frame). ``""``: every I-LoRA layer.
       vocab_sizes: ``model_cfg -> (vocab_size, padded_vocab_size)`` of the LLM's embeddings /
         head (converted checkpoints are zero-padded between the two).
       unused_modules: ``(model section, data section) -> module paths`` (``"seg_module"``) a run
@@ -162,3 +165,4 @@ class Family:
     default_max_new_tokens: Callable[[str], int] | None = None
     predictions: Callable[..., list[SamplePrediction]] | None = None
     unused_modules: Callable[[ModelConfig, DataConfig], tuple[str, ...]] | None = None
+    llm_path: str = ""

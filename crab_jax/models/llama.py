@@ -54,8 +54,13 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    attention_bias: bool = False  # bias on q/k/v (and o, unless attention_out_bias says otherwise)
+    attention_out_bias: bool | None = None  # None -> attention_bias; Qwen2: q/k/v biased, o not
     mlp_bias: bool = False
+    # Multimodal rotary (Qwen2-VL / Qwen2.5-Omni M-RoPE): rotary channel pairs per position
+    # stream (temporal, height, width), summing to head_dim / 2; position ids are then
+    # ``[3, batch, seq]``. None: plain 1-D rotary on ``[batch, seq]`` positions.
+    mrope_section: tuple[int, ...] | None = None
     # crab_jax options
     scan_layers: bool = False
     remat: str = "none"  # one of REMAT_POLICIES, applied per decoder layer
@@ -77,6 +82,12 @@ class LlamaConfig:
             raise ValueError(f"remat {self.remat!r} not in {REMAT_POLICIES}")
         if self.vocab_pad_multiple < 1:
             raise ValueError("vocab_pad_multiple must be >= 1")
+        if self.attention_out_bias is None:
+            object.__setattr__(self, "attention_out_bias", self.attention_bias)
+        if self.mrope_section is not None:
+            object.__setattr__(self, "mrope_section", tuple(int(n) for n in self.mrope_section))
+            if 2 * sum(self.mrope_section) != self.head_dim:
+                raise ValueError(f"mrope_section {self.mrope_section} must sum to head_dim / 2 = {self.head_dim // 2}")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -121,15 +132,35 @@ def position_ids_from_mask(mask):
     return xp.maximum(xp.cumsum(xp.asarray(mask).astype(xp.int32), axis=-1) - 1, 0)
 
 
-def rotary_cos_sin(position_ids: jax.Array, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
-    """``[batch, seq]`` positions -> cos, sin ``[batch, seq, head_dim]`` (HF layout: freqs repeated twice).
+def mrope_streams(mrope_section: tuple[int, ...]) -> np.ndarray:
+    """``[head_dim]`` stream (0 temporal, 1 height, 2 width) of each rotary channel.
 
-    Angles are computed in float32 like HF (which disables autocast there); only the result
-    is cast to the compute dtype.
+    HF cuts the ``head_dim`` channels of cos / sin into ``mrope_section * 2`` pieces and piece
+    ``i`` takes stream ``i % 3`` (so both halves of the rotate_half layout get the same split).
+    """
+    sizes = tuple(mrope_section) * 2
+    return np.concatenate([np.full(n, i % len(mrope_section), np.int32) for i, n in enumerate(sizes)])
+
+
+def rotary_cos_sin(position_ids: jax.Array, head_dim: int, theta: float, dtype,
+                   mrope_section: tuple[int, ...] | None = None) -> tuple[jax.Array, jax.Array]:
+    """Positions -> cos, sin ``[batch, seq, head_dim]`` (HF layout: freqs repeated twice).
+
+    ``position_ids``: ``[batch, seq]``, or ``[3, batch, seq]`` (temporal / height / width
+    streams) with ``mrope_section``: channel ``c`` then rotates by the position of stream
+    :func:`mrope_streams` ``[c]``. Angles are computed in float32 like HF (which disables
+    autocast there); only the result is cast to the compute dtype.
     """
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles = position_ids.astype(jnp.float32)[..., None] * inv_freq  # [b, s, head_dim/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)
+    inv_freq = jnp.concatenate([inv_freq, inv_freq])  # [head_dim]
+    positions = position_ids.astype(jnp.float32)
+    if mrope_section is None:
+        angles = positions[..., None] * inv_freq  # [b, s, head_dim]
+    else:
+        if positions.ndim != 3:
+            raise ValueError(f"M-RoPE needs position ids [3, batch, seq], got {position_ids.shape}")
+        per_channel = jnp.moveaxis(positions[mrope_streams(mrope_section)], 0, -1)  # [b, s, head_dim]
+        angles = per_channel * inv_freq
     return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
 
 
@@ -197,7 +228,7 @@ class LlamaAttention(nnx.Module):
         self.q_proj = proj("q_proj", e, q_out, axes=("embed", "heads"))
         self.k_proj = proj("k_proj", e, kv_out, axes=("embed", "kv"))
         self.v_proj = proj("v_proj", e, kv_out, axes=("embed", "kv"))
-        self.o_proj = proj("o_proj", q_out, e, axes=("heads", "embed"))
+        self.o_proj = proj("o_proj", q_out, e, axes=("heads", "embed"), use_bias=cfg.attention_out_bias)
 
     def __call__(self, x, *, cos, sin, mask, kv_cache=None, cache_index=None):
         """x ``[b, s, embed]``; mask ``[b, 1, s, kv_len]``; kv_cache (k, v) ``[b, max_len, kv_heads, d]``.
@@ -251,7 +282,8 @@ class LlamaDecoderLayer(nnx.Module):
         return h, kv_cache
 
 
-def _remat_policy(name: str):
+def remat_policy(name: str):
+    """The ``jax.checkpoint`` policy of a :data:`REMAT_POLICIES` name (``full``: save nothing)."""
     return {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}[name]
 
 
@@ -279,7 +311,7 @@ class LlamaModel(nnx.Module):
             return layer(h, cos=cos, sin=sin, mask=mask, kv_cache=kv, cache_index=cache_index)
 
         if self.cfg.remat != "none":
-            run = nnx.remat(run, policy=_remat_policy(self.cfg.remat), prevent_cse=not self.cfg.scan_layers)
+            run = nnx.remat(run, policy=remat_policy(self.cfg.remat), prevent_cse=not self.cfg.scan_layers)
         return run
 
     def __call__(self, *, input_ids=None, inputs_embeds=None, attention_mask, position_ids, cache: KVCache | None = None):
@@ -290,7 +322,7 @@ class LlamaModel(nnx.Module):
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         h = h.astype(cfg.dtype)
         seq = h.shape[1]
-        cos, sin = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.dtype)
+        cos, sin = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.dtype, cfg.mrope_section)
         cache_index = None if cache is None else cache.index
         if cache is not None and attention_mask.shape[-1] != cache.max_len:
             raise ValueError(f"with a cache, attention_mask must cover all {cache.max_len} slots, "

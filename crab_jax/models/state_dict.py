@@ -78,7 +78,9 @@ def materialize_rng_state(module: nnx.Module, seed: int = 0) -> None:
         if not isinstance(v.get_value(), jax.ShapeDtypeStruct):
             continue
         if isinstance(v, nnx.RngKey):
-            v.set_value(jax.random.fold_in(base, i))
+            # A scanned layer stack holds one key per layer (shape [layers]).
+            key = jax.random.fold_in(base, i)
+            v.set_value(jax.random.split(key, v.shape) if v.shape else key)
         else:
             v.set_value(jnp.zeros(v.shape, v.dtype))
 

@@ -45,15 +45,17 @@ def _layer_of(path) -> int | None:
 
 
 def router_usage_sums(intermediates, attention_mask: jax.Array, task_id: jax.Array, *, num_tasks: int,
-                      num_layers: int, groups: int) -> tuple[jax.Array, jax.Array] | None:
+                      num_layers: int, groups: int, scope: str = "") -> tuple[jax.Array, jax.Array] | None:
     """Sum over samples of each sample's mean gate, ``[num_tasks, groups, k]``, and the count
-    ``[num_tasks, groups]`` (samples x projections) to divide by. None without gates."""
+    ``[num_tasks, groups]`` (samples x projections) to divide by. None without gates.
+
+    ``scope``: only gates under this module path (the family's ``llm_path``) count."""
     mask = attention_mask.astype(jnp.float32)  # [b, S]
     denom = jnp.maximum(mask.sum(1), 1.0)      # [b]
     onehot = jax.nn.one_hot(task_id, num_tasks, dtype=jnp.float32)  # [b, T]
     total, count = None, None
     for path, var in nnx.to_flat_state(intermediates):
-        if str(path[-1]) != GATES_INTERMEDIATE:
+        if str(path[-1]) != GATES_INTERMEDIATE or (scope and str(path[0]) != scope):
             continue
         for gates in var.get_value():
             layer = _layer_of(path)

@@ -66,7 +66,7 @@ def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, nu
         for name, values in out.per_sample.items():
             aux[f"{TASK_SUM_PREFIX}{name}"] = per_task_sums(values, task_id, num_tasks)
         usage = router_usage_sums(inter, batch["attention_mask"], task_id, num_tasks=num_tasks,
-                                  num_layers=num_layers, groups=router_groups)
+                                  num_layers=num_layers, groups=router_groups, scope=family.llm_path)
         if usage is not None:
             aux["router_sum"], aux["router_count"] = usage
         return out.loss, aux

@@ -10,7 +10,7 @@ from crab_jax.models.ilora import ILoRAConfig, ILoRALinear
 from crab_jax.models.state_dict import expected_shapes, load_flat
 from tests.conftest import assert_parity
 from crab_jax.checkpoints.convert.readers import open_tensors
-from crab_jax.families.crab.convert.ilora_table import ilora_table
+from crab_jax.checkpoints.convert.tables.ilora import ilora_table
 from crab_jax.checkpoints.convert.mapping import MappingError
 
 

@@ -25,7 +25,7 @@ from crab_jax.models.llama import (  # noqa: E402
     KVCache, LlamaConfig, LlamaForCausalLM, position_ids_from_mask)
 from crab_jax.models.state_dict import expected_shapes, flat_arrays, load_flat  # noqa: E402
 from tests.conftest import assert_parity  # noqa: E402
-from crab_jax.families.crab.convert.llama_table import drop_tied_lm_head, llama_table  # noqa: E402
+from crab_jax.checkpoints.convert.tables.llama import drop_tied_lm_head, llama_table  # noqa: E402
 from crab_jax.checkpoints.convert.mapping import MappingError  # noqa: E402
 
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

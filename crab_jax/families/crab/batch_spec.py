@@ -24,10 +24,11 @@ placeholders expanded with :mod:`crab_jax.data.text.sequence`, labels on the ans
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from crab_jax.data.random_batches import RandomBatches
 from crab_jax.data.text.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
 from crab_jax.families.crab.examples import MEL_BINS
 from crab_jax.families.crab.model import MULTICLASS_SEG_TASKS, SEG_TASKS, CrabConfig, media_layout
@@ -166,44 +167,8 @@ def random_batch(rng: np.random.Generator, spec: BatchSpec, cfg: CrabConfig,
     return batch
 
 
-class RandomBatches(Iterator[dict]):
-    """Endless random batches; ``num_distinct`` > 0 cycles a fixed set (learnable by memorising).
-
-    State (``get_state``/``set_state``) is the number of batches already produced, so a
-    resumed iterator continues with exactly the batch the interrupted one would have given.
-    """
-
-    def __init__(self, spec: BatchSpec, cfg: CrabConfig, seed: int, *, num_distinct: int = 0,
-                 tasks: Sequence[str] = DEFAULT_TASKS):
-        self.spec, self.cfg, self.seed, self.tasks = spec, cfg, int(seed), tuple(tasks)
-        self.num_distinct = int(num_distinct)
-        self.position = 0
-
-    def _batch_at(self, index: int) -> dict[str, np.ndarray]:
-        if self.num_distinct > 0:
-            index %= self.num_distinct
-        rng = np.random.default_rng([self.seed, index])
-        return random_batch(rng, self.spec, self.cfg, self.tasks)
-
-    def bucket_specs(self) -> list[BatchSpec]:
-        """The one shape of every batch (as the records pipeline lists one per bucket)."""
-        return [self.spec]
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self._batch_at(self.position)
-        self.position += 1
-        return batch
-
-    def get_state(self) -> dict:
-        return {"kind": "random_batches", "position": self.position, "seed": self.seed}
-
-    def set_state(self, state: dict) -> None:
-        if state.get("kind") != "random_batches" or int(state.get("seed", -1)) != self.seed:
-            raise ValueError(f"data iterator state {state} was not written by RandomBatches(seed={self.seed})")
-        self.position = int(state["position"])
-
-
 def make_random_batches(spec: BatchSpec, cfg: CrabConfig, seed: int, *, num_distinct: int = 0,
                         tasks: Sequence[str] = DEFAULT_TASKS) -> RandomBatches:
     """An iterator of random batches in the :meth:`Crab.__call__` format (see :class:`RandomBatches`)."""
-    return RandomBatches(spec, cfg, seed, num_distinct=num_distinct, tasks=tasks)
+    tasks = tuple(tasks)
+    return RandomBatches(spec, lambda rng: random_batch(rng, spec, cfg, tasks), seed, num_distinct=num_distinct)

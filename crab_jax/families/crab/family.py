@@ -49,6 +49,7 @@ FAMILY = Family(
     model_config=presets.model_config,
     build_model=build_model,
     forward_loss=forward_loss,
+    llm_path="llm",
     num_llm_layers=lambda cfg: cfg.llama.num_hidden_layers,
     vocab_sizes=lambda cfg: (cfg.llama.vocab_size, cfg.llama.padded_vocab_size),
     flops=flops.llm_flops,

@@ -35,6 +35,7 @@ from crab_jax.models.beats import Beats, BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisualEncoder
 from crab_jax.models.ilora import ILoRAConfig
 from crab_jax.models.losses import lm_loss
+from crab_jax.models.media import splice_media
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
 from crab_jax.models.seg.config import SegConfig
@@ -152,9 +153,7 @@ class Crab(nnx.Module):
           media_rows: ``[b, M, d]``.
           media_index: ``[b, S]`` row of ``media_rows`` for media slots, -1 for text.
         """
-        text = self.llm.model.embed_tokens(input_ids)
-        rows = jnp.take_along_axis(media_rows.astype(text.dtype), jnp.maximum(media_index, 0)[..., None], axis=1)
-        return jnp.where((media_index >= 0)[..., None], rows, text)
+        return splice_media(self.llm.model.embed_tokens(input_ids), media_rows, media_index)
 
     def seg_image_features(self, taps: jax.Array, is_seg: jax.Array, seg_frame: jax.Array) -> list[jax.Array]:
         """Raw CLIP tokens of the seg taps at each sample's segmentation frame, zeroed for samples

@@ -15,7 +15,7 @@ from crab_jax.checkpoints.convert.mapping import MappingTable
 from crab_jax.families.crab.config_io import sections_of
 from crab_jax.families.crab.convert.beats_table import beats_table
 from crab_jax.families.crab.convert.clip_table import clip_table
-from crab_jax.families.crab.convert.llama_table import llama_table
+from crab_jax.checkpoints.convert.tables.llama import llama_table
 from crab_jax.families.crab.convert.qformer_table import al_projector_table, vl_projector_table
 from crab_jax.families.crab.convert.seg_table import seg_table
 from crab_jax.families.crab.model import CrabConfig

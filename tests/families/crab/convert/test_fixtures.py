@@ -17,7 +17,7 @@ from crab_jax.families.crab import config_io
 from crab_jax.families.crab.convert.assemble import SEG_BUFFERS
 from crab_jax.families.crab.convert.crab_config import crab_config_from_original
 from crab_jax.families.crab.convert.crab_table import CRAB_PREFIX, crab_table
-from crab_jax.families.crab.convert.ilora_table import ilora_table
+from crab_jax.checkpoints.convert.tables.ilora import ilora_table
 from crab_jax.families.crab.model import Crab
 from crab_jax.models.state_dict import abstract_module, expected_shapes
 

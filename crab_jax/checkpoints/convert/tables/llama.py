@@ -1,12 +1,17 @@
-"""Mapping table of the HF LLaMA checkpoint (optionally with peft_hyper I-LoRA keys).
+"""Mapping table of the HF LLaMA / Qwen2 decoder (optionally with peft_hyper I-LoRA keys).
 
 HF keys -> crab_jax paths::
 
     model.embed_tokens.weight                      -> model.embed_tokens.weight      (vocab padding)
     model.layers.{layer}.self_attn.q_proj.weight   -> model.layers.{layer}.self_attn.q_proj.weight  (transpose)
+    model.layers.{layer}.self_attn.q_proj.bias     -> model.layers.{layer}.self_attn.q_proj.bias    (if biased)
     model.layers.{layer}.self_attn.q_proj.lora_B{head}.weight
                                                    -> model.layers.{layer}.self_attn.q_proj.lora_B  (stack head)
     lm_head.weight                                 -> lm_head.weight                 (transpose + vocab padding)
+
+Bias rows exist exactly where the model has a bias: q/k/v with ``attention_bias``, o with
+``attention_out_bias`` (Qwen2: q/k/v biased, o not), the MLP with ``mlp_bias``; so a stray
+bias tensor is named as a key no row matches.
 
 Scanned layers (``cfg.scan_layers``) drop ``{layer}`` from the JAX path and stack it as the
 leading axis (``stack=("layer",)``; ``lora_B`` gets ``stack=("layer", "head")``).
@@ -28,10 +33,10 @@ from typing import Mapping
 
 import numpy as np
 
+from crab_jax.checkpoints.convert.mapping import IDENTITY, LINEAR, MappingTable, Rule, Transform
+from crab_jax.checkpoints.convert.tables.ilora import ilora_rules
 from crab_jax.models.ilora import DEFAULT_TARGETS
 from crab_jax.models.llama import LlamaConfig
-from crab_jax.families.crab.convert.ilora_table import ilora_rules
-from crab_jax.checkpoints.convert.mapping import IDENTITY, LINEAR, MappingTable, Rule, Transform
 
 ATTN_PROJS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJS = ("gate_proj", "up_proj", "down_proj")
@@ -57,9 +62,20 @@ def vocab_padding(vocab_size: int, padded_size: int, *, transpose: bool) -> Tran
     return Transform(name, to_jax, to_torch)
 
 
-def _projection_rules(torch_prefix: str, jax_prefix: str, lora: bool, scanned: bool) -> list[Rule]:
+def projection_has_bias(cfg: LlamaConfig, proj: str) -> bool:
+    """Whether ``LlamaForCausalLM(cfg)``'s projection ``proj`` has a bias."""
+    if proj in MLP_PROJS:
+        return cfg.mlp_bias
+    out_bias = cfg.attention_bias if cfg.attention_out_bias is None else cfg.attention_out_bias
+    return out_bias if proj == "o_proj" else cfg.attention_bias
+
+
+def _projection_rules(torch_prefix: str, jax_prefix: str, lora: bool, bias: bool, scanned: bool) -> list[Rule]:
     """Rows of one projection; ``scanned`` turns the torch-only ``{layer}`` into the leading axis."""
-    local = ilora_rules() if lora else [Rule("weight", "weight", LINEAR), Rule("bias", "bias", IDENTITY)]
+    if lora:
+        local = ilora_rules(bias=bias)
+    else:
+        local = [Rule("weight", "weight", LINEAR)] + ([Rule("bias", "bias", IDENTITY)] if bias else [])
     extra_stack = ("layer",) if scanned else ()
     # One replace (prefix and stack together): a Rule validates its placeholders on creation.
     return [dataclasses.replace(r, torch=torch_prefix + r.torch, jax=jax_prefix + r.jax, stack=extra_stack + r.stack)
@@ -85,7 +101,7 @@ def llama_table(cfg: LlamaConfig, lora: bool, *, targets: tuple[str, ...] = DEFA
         for proj in projs:
             prefix = f"{block}.{proj}."
             rules += _projection_rules(layer_torch + prefix, layer_jax + prefix, lora and proj in targets,
-                                       cfg.scan_layers)
+                                       projection_has_bias(cfg, proj), cfg.scan_layers)
     return MappingTable("llama" + ("_ilora" if lora else ""), rules)
 
 
