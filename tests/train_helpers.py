@@ -37,6 +37,11 @@ def small_config(**overrides):
     c.checkpoint.async_save = True
     c.metrics.tensorboard = False
     c.metrics.progress_bar = False
+    return apply_overrides(c, overrides)
+
+
+def apply_overrides(c, overrides):
+    """``{"a.b.c": value}`` set on the ConfigDict ``c`` (dotted keys, as ``--config.a.b.c=value``)."""
     for key, value in overrides.items():
         node = c
         *parents, last = key.split(".")

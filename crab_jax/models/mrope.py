@@ -77,7 +77,7 @@ def row_positions(tokens: np.ndarray, cfg: RopeTokens, image_grids: list, video_
     for _ in range(sum(remain.values())):
         ends = {}
         for kind, tok in ids.items():
-            if remain[kind] > 0 and tok in tokens[st:] :
+            if remain[kind] > 0 and tok in tokens[st:]:
                 ends[kind] = tokens.index(tok, st)
         if not ends:
             break

@@ -183,6 +183,10 @@ class MappingTable:
             return out
         raise MappingError(f"[{self.family}] no mapping row for crab_jax parameter {key!r}")
 
+    def unmatched_jax(self, keys: Iterable[str]) -> list[str]:
+        """The crab_jax parameter names no row matches, in order (``inspect``)."""
+        return [k for k in keys if not any(rule.match_jax(k) is not None for rule in self.rules)]
+
     def rule_for_jax(self, key: str) -> Rule:
         for rule in self.rules:
             if rule.match_jax(key) is not None:

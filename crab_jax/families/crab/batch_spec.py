@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from crab_jax.data.batch_shapes import check_shapes
 from crab_jax.data.random_batches import RandomBatches
 from crab_jax.data.text.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
 from crab_jax.families.crab.examples import MEL_BINS
@@ -80,12 +81,7 @@ class BatchSpec:
 
 def check_batch(batch: dict, spec: BatchSpec, num_mask_tokens: int, *, source: str = "batch") -> None:
     """Raises naming the first key whose shape differs from ``spec`` (or that is missing)."""
-    for key, (shape, _) in spec.shapes(num_mask_tokens).items():
-        if key not in batch:
-            raise KeyError(f"{source}: missing key {key!r} (expected shape {shape})")
-        if tuple(batch[key].shape) != shape:
-            raise ValueError(f"{source}: {key!r} has shape {tuple(batch[key].shape)}, expected {shape} "
-                             f"from the BatchSpec {spec}")
+    check_shapes(batch, spec.shapes(num_mask_tokens), spec, source)
 
 
 def _random_sample(rng: np.random.Generator, cfg: CrabConfig, spec: BatchSpec, task: str, base_vocab: int):

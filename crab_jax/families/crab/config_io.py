@@ -17,13 +17,13 @@ as lists; both are restored on reading, so ``from_json(to_json(cfg)) == cfg``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Mapping
 
 import jax.numpy as jnp
-import numpy as np
+
+from crab_jax.config.dataclass_json import dataclass_kwargs, to_plain
 
 from crab_jax.families.crab.model import CrabConfig
 from crab_jax.io.paths import as_path
@@ -47,39 +47,11 @@ SECTIONS = {
     "seg": SegConfig,
 }
 OPTIONAL_SECTIONS = ("lora", "seg")  # may be null in a full config
-_DTYPE_FIELDS = ("dtype", "param_dtype")
 _CRAB_FIELDS = ("special_token_ids", "pad_token_id", "llm_tap", "seg_taps", "mask_position_offset", "dtype")
 
 
-def to_plain(value: Any) -> Any:
-    """A JSON-ready copy: dataclasses -> dicts, tuples -> lists, dtypes -> names."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, (np.dtype, type)):  # np.dtype, jnp.float32, np.float32
-        return jnp.dtype(value).name
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _fields(cls, d: Mapping[str, Any], section: str) -> dict[str, Any]:
-    """``d`` as constructor arguments of ``cls``: lists -> tuples, dtype names -> dtypes."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"config section {section!r}: unknown field(s) {unknown} for {cls.__name__}")
-    out = {}
-    for k, v in d.items():
-        if k in _DTYPE_FIELDS and v is not None:
-            v = jnp.dtype(v)
-        elif isinstance(v, list):
-            v = tuple(v)
-        out[k] = v
-    return out
+    return dataclass_kwargs(cls, d, f"config section {section!r}")
 
 
 def section_to_config(name: str, d: Mapping[str, Any] | None):

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from crab_jax.config.sections import DataConfig
+from crab_jax.data.batch_shapes import check_shapes
 from crab_jax.data.random_batches import RandomBatches
 from crab_jax.families.crab_plus.layout import thinker_batch
 from crab_jax.families.crab_plus.model import CrabPlusConfig
@@ -82,12 +83,7 @@ def spec_for(data: DataConfig, cfg: CrabPlusConfig, batch: int) -> BatchSpec:
 
 def check_batch(batch: dict, spec: BatchSpec, cfg: CrabPlusConfig, source: str = "batch") -> None:
     """Raises naming the first key whose shape differs from ``spec`` (or that is missing)."""
-    for key, (shape, _) in spec.shapes(cfg).items():
-        if key not in batch:
-            raise KeyError(f"{source}: missing key {key!r} (expected shape {shape})")
-        if tuple(batch[key].shape) != shape:
-            raise ValueError(f"{source}: {key!r} has shape {tuple(batch[key].shape)}, expected {shape} "
-                             f"from the BatchSpec {spec}")
+    check_shapes(batch, spec.shapes(cfg), spec, source)
 
 
 def _random_row(rng: np.random.Generator, cfg: CrabPlusConfig, spec: BatchSpec, base_vocab: int):

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train_helpers import REPO, compile_cache
+from tests.train_helpers import REPO, apply_overrides, compile_cache
 
 STEPS, EVERY = 6, 3
 TOWERS = ("model", "visual", "audio_tower")
@@ -37,13 +37,7 @@ def tiny_config(**overrides):
     c.metrics.log_every = 1
     c.metrics.tensorboard = False
     c.metrics.progress_bar = False
-    for key, value in overrides.items():
-        node = c
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from crab_jax.checkpoints.convert.family_converter import CheckpointCheck
-from crab_jax.checkpoints.convert.mapping import MappingError
 from crab_jax.families.crab.convert.crab_table import COMPONENT_PREFIXES, COMPONENTS, full_crab_name, tables_for
 from crab_jax.families.crab.convert.to_torch import check_against_config, read_sections
 from crab_jax.models.beats import BeatsConfig
@@ -69,11 +68,6 @@ def check_checkpoint(folder: str, arrays: Mapping[str, tuple[tuple[int, ...], np
     except ValueError as e:  # MappingError, or a config whose model cannot be built
         problems = str(e)
     table = tables_for(sections, components)
-    unmatched = []
-    for k in arrays:
-        try:
-            table.rule_for_jax(k)
-        except MappingError:
-            unmatched.append(k)
+    unmatched = table.unmatched_jax(arrays)
     return CheckpointCheck(about=f"config sections: {[k for k in config_json if k != 'format']}; "
                                  f"components: {components}", problems=problems, unmatched=unmatched)

@@ -24,9 +24,8 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-import jax.numpy as jnp
-import numpy as np
 
+from crab_jax.config.dataclass_json import dataclass_kwargs, to_plain
 from crab_jax.families.crab_plus.model import CrabPlusConfig, ThinkerTokens
 from crab_jax.io.paths import as_path
 from crab_jax.models.ilora import ILoRAConfig
@@ -40,7 +39,6 @@ PARTS = ("base", "adapter")  # what ``contents`` may list, in this order
 # CrabPlusConfig field -> the config class of that nested section.
 SECTIONS = {"text": LlamaConfig, "vision": QwenVisionConfig, "audio": QwenAudioConfig, "lora": ILoRAConfig,
             "tokens": ThinkerTokens}
-_DTYPE_FIELDS = ("dtype", "param_dtype")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,37 +63,8 @@ def check_contents(contents: Sequence[str], cfg: CrabPlusConfig) -> tuple[str, .
     return tuple(p for p in PARTS if p in contents)
 
 
-def to_plain(value: Any) -> Any:
-    """A JSON-ready copy: dataclasses -> dicts, tuples -> lists, dtypes -> names."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, (np.dtype, type)):  # np.dtype, jnp.float32, np.float32
-        return jnp.dtype(value).name
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _fields(cls, d: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``d`` as constructor arguments of ``cls``: lists -> tuples, dtype names -> dtypes."""
-    if not isinstance(d, Mapping):
-        raise ValueError(f"{CONFIG_FILE}: {where} must be an object, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{CONFIG_FILE}: {where}: unknown field(s) {unknown} for {cls.__name__}")
-    out = {}
-    for k, v in d.items():
-        if k in _DTYPE_FIELDS and v is not None:
-            v = jnp.dtype(v)
-        elif isinstance(v, list):
-            v = tuple(v)
-        out[k] = v
-    return out
+    return dataclass_kwargs(cls, d, f"{CONFIG_FILE}: {where}")
 
 
 def thinker_to_json(cfg: CrabPlusConfig) -> dict:

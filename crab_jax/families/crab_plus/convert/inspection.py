@@ -8,7 +8,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from crab_jax.checkpoints.convert.family_converter import CheckpointCheck
-from crab_jax.checkpoints.convert.mapping import MappingError
 from crab_jax.families.crab_plus.convert import config_io
 from crab_jax.families.crab_plus.convert.thinker_table import (HF_PREFIX, TOWERS, skipped_reason, thinker_table)
 from crab_jax.families.crab_plus.convert.to_torch import check_arrays
@@ -54,12 +53,7 @@ def check_checkpoint(folder: str, arrays: Mapping[str, tuple[tuple[int, ...], np
     except ValueError as e:  # MappingError, or a config whose model cannot be built
         problems = str(e)
     table = thinker_table(canonical_config(config.thinker))
-    unmatched = []
-    for k in arrays:
-        try:
-            table.rule_for_jax(k)
-        except MappingError:
-            unmatched.append(k)
+    unmatched = table.unmatched_jax(arrays)
     lora = config.thinker.lora
     about = (f"Crab+ thinker; contents: {list(config.contents)}; I-LoRA: "
              + (f"r {lora.r}, {lora.num_heads} heads, alpha {lora.alpha:g}" if lora else "none")
