@@ -5,7 +5,7 @@ Writes a synthetic checkpoint (random values, LLaMA-2-7B widths: hidden 4096, ML
 safetensors shards, then runs ``to-jax`` and ``to-torch --format hf-llama`` each in a fresh
 process and reports wall time and peak RSS as a ratio to the model's size in the output
 dtype. The baseline RSS of a process that only imports the converter (jax, orbax, torch)
-is measured too, and the ratio is also given without it.
+is measured too, and the ratio is also given without it (both: :mod:`benchmarks.rss`).
 
     python -m benchmarks.convert_llama7b --layers 8 --workdir /tmp/convert_bench
 """
@@ -16,31 +16,14 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 
+from benchmarks.rss import baseline, measure, rss_table
 from crab_jax.checkpoints.convert.writers import write_hf_shards
 
 HIDDEN, MLP, HEADS, VOCAB = 4096, 11008, 32, 32000
-
-# Peak RSS from VmHWM: ru_maxrss would carry the parent's high-water mark across fork/exec.
-_RUN = """
-import sys, time
-t = time.time()
-from crab_jax.cli.convert_weights.cli import main
-if len(sys.argv) > 1:
-    code = main(sys.argv[1:])
-else:  # baseline: import what a conversion imports, convert nothing
-    import jax, flax, orbax.checkpoint, torch
-    from crab_jax.cli.convert_weights.cli import family_converter
-    family_converter([])  # the default family's converter and everything it imports
-    code = 0
-hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
-print("RESULT", code, time.time() - t, hwm * 1024)
-"""
 
 
 def llama_specs(layers: int, dtype, seed: int):
@@ -75,16 +58,6 @@ def write_source(folder: str, layers: int) -> int:
     return sum(int(np.prod(s)) for _, s, _, _ in specs)
 
 
-def run(args) -> tuple[float, int]:
-    out = subprocess.run([sys.executable, "-c", _RUN, *args], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
-    if out.returncode or not line or line[-1].split()[1] != "0":
-        raise RuntimeError(f"{args}: failed\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    _, _, wall, rss = line[-1].split()
-    return float(wall), int(rss)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=8, help="decoder layers (32 = LLaMA-2-7B; default 8 fits 24 GB)")
@@ -97,14 +70,11 @@ def main(argv=None):
     params = write_source(src, args.layers)
     print(f"wrote synthetic source: {args.layers} layers, {params / 1e9:.2f} B params (fp16) in {time.time() - t:.0f} s")
     model_bytes = params * (2 if args.dtype == "bf16" else 4)
-    _, base = run([])
-    rows = [("to-jax", run(["to-jax", "--llama", src, "--out", ckpt, "--dtype", args.dtype])),
-            ("to-torch hf-llama", run(["to-torch", ckpt, "--format", "hf-llama", "--out", back]))]
+    base = baseline()
+    rows = [("to-jax", model_bytes, measure(["to-jax", "--llama", src, "--out", ckpt, "--dtype", args.dtype])),
+            ("to-torch hf-llama", model_bytes, measure(["to-torch", ckpt, "--format", "hf-llama", "--out", back]))]
     print(f"model size in {args.dtype}: {model_bytes / 2**30:.2f} GiB; import-only baseline RSS {base / 2**30:.2f} GiB")
-    print("| step | wall s | peak RSS GiB | RSS / model | (RSS - baseline) / model |")
-    print("|---|---|---|---|---|")
-    for name, (wall, rss) in rows:
-        print(f"| {name} | {wall:.1f} | {rss / 2**30:.2f} | {rss / model_bytes:.2f} | {(rss - base) / model_bytes:.2f} |")
+    print("\n".join(rss_table(rows, base)))
     shutil.rmtree(args.workdir, ignore_errors=True)
 
 

@@ -17,8 +17,9 @@ def get_config():
     c = paper_config()
     # A v4 slice: shard every weight over every chip (fsdp); LoRA keeps the optimizer state small.
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-    # Global batch 256 on v4-32 (16 chips): 16 micro-batches of 1 sample per chip fit in 32 GiB
-    # (`python -m crab_jax.aot_compile --config configs/crab_plus_tpu_v4.py --topology v4-32`,
-    # docs/benchmarks.md "Crab+"); placeholder until measured.
-    c.train.micro_batches = 16
+    # Global batch 256 on v4-32 (16 chips): 8 micro-batches of 2 samples per chip need 28.5 GiB
+    # of the 32 GiB HBM, 16 micro-batches of 1 sample 16.9 GiB (`python -m crab_jax.aot_compile
+    # --config configs/crab_plus_tpu_v4.py --topology v4-32`, docs/benchmarks.md "Crab+ AOT").
+    # Other slices: micro_batches = global_batch / (2 x chips).
+    c.train.micro_batches = 8
     return c

@@ -108,9 +108,10 @@ class Family:
       unused_modules: ``(model section, data section) -> module paths`` (``"seg_module"``) a run
         never uses (its branches and tasks say so): a converted checkpoint may lack them, their
         frozen weights then keep the seed's values. None: every module is used.
-      flops: ``(model_cfg, seq_len, trainable_paths, *, remat) -> flops`` with ``per_token`` (training
+      flops: ``(model_cfg, batch spec, trainable_paths, *, remat) -> flops`` with ``per_token`` (training
         model FLOPs per token, the MFU numerator), ``recompute_per_token`` (remat's extra forward) and
-        ``layer_per_token`` (one decoder layer's share; the AOT check multiplies scanned loops out).
+        ``scan_uncounted_per_token`` (what scanned layer stacks run beyond their first iteration:
+        XLA counts a loop body once, the AOT check adds it back).
     Data:
       load_tokenizer: ``folder -> tokenizer`` with the family's added tokens.
       base_vocab_of: ``tokenizer -> int`` text ids before the added tokens.

@@ -17,16 +17,18 @@ Reported numbers, all PER CHIP (the partitioned SPMD program runs once on every 
   the chip's HBM.
 * ``xla_flops``: XLA's ``cost_analysis()["flops"]`` of the compiled program (every op:
   encoders, attention, softmax, optimizer ...). XLA counts a loop body ONCE, so with
-  ``model.scan_layers`` (one ``while`` over the decoder layers) and with gradient
-  accumulation (``train.micro_batches > 1``) it is far below what runs.
-* ``model_flops``: the analytic training FLOPs of the LLM (:mod:`crab_jax.training.metrics`:
-  ``2 fwd + 2 N_t`` per token; no remat recomputation, no encoders) x global tokens per
-  step (every position of every bucket counted) / chips. This is what MFU divides.
-* ``recompute_flops``: one more forward through the decoder layers when ``model.remat`` is
+  ``model.scan_layers`` (one ``while`` over each layer stack: the decoder, and the towers a
+  family scans) and with gradient accumulation (``train.micro_batches > 1``) it is far below
+  what runs.
+* ``model_flops``: the family's analytic training FLOPs per token (``Family.flops``:
+  ``2 fwd + 2 N_t``; no remat recomputation; Crab: the LLM, Crab+: all three towers) x global
+  tokens per step (every position of every bucket counted) / chips. This is what MFU divides.
+* ``recompute_flops``: one more forward through the rematted layers when ``model.remat`` is
   ``full`` (0 otherwise); executed, but not model FLOPs.
 * ``executed_flops``: an estimate of what the chip really runs: ``xla_flops`` with its
-  loops multiplied out (the ``layers - 1`` decoder layers XLA did not count are added with
-  the analytic per-layer FLOPs incl. recomputation; the accumulation body x micro-batches).
+  loops multiplied out (every scanned stack's iterations after the first, which XLA did not
+  count, are added with the analytic per-layer FLOPs incl. recomputation; the accumulation
+  body x micro-batches).
   Without scan and accumulation it is exactly ``xla_flops``.
 * ``predicted_mfu = model_flops / executed_flops``: the MFU of a step that ran every FLOP
   it executes at the chip's peak: a compute-bound upper bound (real runs lose more to
@@ -147,12 +149,15 @@ def aot_model_config(run: RunConfig, family: Family):
     return family.model_config(run.model, None)
 
 
+def batch_spec(run: RunConfig, setup):
+    """The global batch's static shapes (the family's random source for the run's data config)."""
+    return setup.family.batch.spec(run.data, setup.model_cfg, int(run.train.global_batch))
+
+
 def abstract_batch(run: RunConfig, setup) -> dict:
     """The global batch as ``ShapeDtypeStruct`` s placed as the trainer places real batches."""
     run = RunConfig.from_config(run)
-    family = setup.family
-    spec = family.batch.spec(run.data, setup.model_cfg, int(run.train.global_batch))
-    shapes = family.batch.shapes(spec, setup.model_cfg)
+    shapes = setup.family.batch.shapes(batch_spec(run, setup), setup.model_cfg)
     shardings = batch_shardings({k: s for k, (s, _) in shapes.items()}, setup.mesh)
     return {k: jax.ShapeDtypeStruct(s, d, sharding=shardings[k]) for k, (s, d) in shapes.items()}
 
@@ -213,21 +218,22 @@ def xla_cost(compiled) -> dict:
 def analytic_flops(run: RunConfig, setup, num_chips: int) -> dict:
     """Model FLOPs per chip per step (the family's ``flops``), the remat recomputation on top of
     them, and the share of one decoder layer (see the module docstring)."""
-    seq = int(run.data.seq_len)
-    tokens = int(run.train.global_batch) * seq
-    f = setup.family.flops(setup.model_cfg, seq, setup.trainable_paths, remat=run.model.remat)
+    spec = batch_spec(run, setup)
+    tokens = spec.batch * spec.seq_len
+    f = setup.family.flops(setup.model_cfg, spec, setup.trainable_paths, remat=run.model.remat)
     return {"tokens_per_step": tokens, "model_flops_per_token": f.per_token,
             "model_flops": f.per_token * tokens / num_chips, "recompute_flops": f.recompute_per_token * tokens / num_chips,
-            "layer_flops": f.layer_per_token * tokens / num_chips}
+            "scan_uncounted_flops": f.scan_uncounted_per_token * tokens / num_chips}
 
 
-def executed_flops(xla_flops: float, flops: dict, *, layers: int, scan_layers: bool, micro_batches: int) -> float:
+def executed_flops(xla_flops: float, flops: dict, *, scan_layers: bool, micro_batches: int) -> float:
     """XLA's count with its loops multiplied out: the train step runs the first micro-batch, then
-    (``micro_batches > 1``) a scan whose body XLA counts once; inside, a scanned decoder runs one
-    layer body that XLA counts once. The missing ``layers - 1`` layers are added analytically."""
+    (``micro_batches > 1``) a scan whose body XLA counts once; inside, every scanned layer stack
+    runs one body that XLA counts once. What the stacks' other iterations run
+    (``scan_uncounted_flops``, analytic) is added."""
     per_micro = xla_flops / (2 if micro_batches > 1 else 1)
     if scan_layers:
-        per_micro += (layers - 1) * flops["layer_flops"] / micro_batches
+        per_micro += flops["scan_uncounted_flops"] / micro_batches
     return per_micro * micro_batches
 
 
@@ -245,8 +251,7 @@ def aot_report(config, tpu: TpuSlice, devices=None) -> dict:
         cost = {"flops": float("nan"), "bytes_accessed": float("nan")}
     seconds = time.perf_counter() - t0
     flops = analytic_flops(config, setup, tpu.num_chips)
-    executed = executed_flops(cost["flops"], flops, layers=setup.family.num_llm_layers(setup.model_cfg),
-                               scan_layers=bool(config.model.scan_layers),
+    executed = executed_flops(cost["flops"], flops, scan_layers=bool(config.model.scan_layers),
                               micro_batches=int(config.train.micro_batches))
     return {
         "topology": tpu.name, "topology_name": tpu.topology_name, "chips": tpu.num_chips,
@@ -259,7 +264,7 @@ def aot_report(config, tpu: TpuSlice, devices=None) -> dict:
         "xla_flops_per_chip": cost["flops"],
         "xla_bytes_accessed_per_chip": cost["bytes_accessed"],
         "executed_flops_per_chip": executed,
-        **{f"{k}_per_chip" if k.endswith("flops") else k: v for k, v in flops.items() if k != "layer_flops"},
+        **{f"{k}_per_chip" if k.endswith("flops") else k: v for k, v in flops.items() if k != "scan_uncounted_flops"},
         "peak_flops_per_chip": tpu.peak_flops,
         "ideal_step_time_s": flops["model_flops"] / tpu.peak_flops,
         "predicted_step_time_s": executed / tpu.peak_flops,
@@ -292,13 +297,13 @@ def format_report(r: dict) -> str:
     lines += [
         "FLOPs per chip per step:",
         f"  XLA cost_analysis        {r['xla_flops_per_chip']:.4g}  (loop bodies counted ONCE: the scanned "
-        "decoder layers and the accumulation loop are undercounted)",
-        f"  analytic model FLOPs     {r['model_flops_per_chip']:.4g}  (crab_jax.training.metrics: LLM 2*fwd + 2*N_t per "
+        "layer stacks and the accumulation loop are undercounted)",
+        f"  analytic model FLOPs     {r['model_flops_per_chip']:.4g}  (the family's flops: 2*fwd + 2*N_t per "
         f"token x {r['tokens_per_step']} tokens / {r['chips']} chips; what MFU divides)",
         f"  remat recompute          {r['recompute_flops_per_chip']:.4g}  (NOT in the model FLOPs: one more "
-        "decoder forward with remat=full)",
+        "forward of the rematted layers with remat=full)",
         f"  executed (estimate)      {r['executed_flops_per_chip']:.4g}  (XLA's count with its loops multiplied "
-        "out: + (layers-1) analytic decoder layers, x micro-batches)",
+        "out: + the scanned stacks' other iterations (analytic), x micro-batches)",
     ]
     if r["predicted_mfu"] is None:  # no compiled program: no XLA count
         lines.append(f"at {r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s peak: model FLOPs alone "

@@ -201,10 +201,9 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
                 tokens = float(np.asarray(local["attention_mask"]).sum()) * jax.process_count()
                 metrics = summarize(aux, tuple(run.data.tasks))
                 metrics.update(step=step, step_time_s=dt, tokens_per_s=tokens / dt)
-                seq_len = int(np.shape(local["attention_mask"])[1])
-                if seq_len not in flops_per_token:
-                    flops_per_token[seq_len] = family.flops(model_cfg, seq_len, setup.trainable_paths).per_token
-                u = mfu(flops_per_token[seq_len], tokens, dt, jax.device_count(), peak)
+                if key not in flops_per_token:  # the bucket's sequence length and media slots
+                    flops_per_token[key] = family.flops(model_cfg, spec, setup.trainable_paths).per_token
+                u = mfu(flops_per_token[key], tokens, dt, jax.device_count(), peak)
                 if u is not None:
                     metrics["mfu"] = u
                 # A SIGTERM reaches one host first: every process must leave after the same step

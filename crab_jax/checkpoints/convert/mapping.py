@@ -227,7 +227,8 @@ class MappingTable:
             slot[index] = (tkey, value)
 
         out: dict[str, np.ndarray] = {}
-        for jkey, slot in parts.items():
+        for jkey in list(parts):
+            slot = parts.pop(jkey)  # dropped as it is stacked: each leaf is held once, not twice
             rule = rules[jkey]
             if not rule.stack:
                 out[jkey] = slot[()][1]

@@ -22,6 +22,7 @@ import dataclasses
 import re
 from typing import Sequence
 
+from crab_jax.families.crab.batch_spec import BatchSpec
 from crab_jax.families.crab.model import CrabConfig
 
 
@@ -32,17 +33,19 @@ class LlmFlops:
     per_token: model FLOPs (the MFU numerator), ``2 fwd + 2 N_t``.
     recompute_per_token: one more forward through the decoder layers (``remat='full'``; executed,
       not model FLOPs).
-    layer_per_token: one decoder layer's share of ``per_token + recompute_per_token`` (the LM head
-      excluded): what a scanned layer loop runs per iteration.
+    scan_uncounted_per_token: what a scanned decoder (``scan_layers``) runs beyond its first
+      iteration, ``(L - 1)`` layers' share of ``per_token + recompute_per_token`` (the LM head
+      excluded): XLA's cost analysis counts a loop body once, the AOT check adds this back.
     """
 
     per_token: float
     recompute_per_token: float
-    layer_per_token: float
+    scan_uncounted_per_token: float
 
 
-def llm_flops(cfg: CrabConfig, seq_len: int, trainable_paths: Sequence[str], *, remat: str = "none") -> LlmFlops:
-    """The FLOPs of the module docstring for ``seq_len``-token sequences."""
+def llm_flops(cfg: CrabConfig, spec: BatchSpec, trainable_paths: Sequence[str], *, remat: str = "none") -> LlmFlops:
+    """The FLOPs of the module docstring for the bucket's ``spec.seq_len``-token sequences."""
+    seq_len = spec.seq_len
     ll = cfg.llama
     d, L = ll.hidden_size, ll.num_hidden_layers
     q, kv = ll.num_attention_heads * ll.head_dim, ll.num_key_value_heads * ll.head_dim
@@ -66,4 +69,4 @@ def llm_flops(cfg: CrabConfig, seq_len: int, trainable_paths: Sequence[str], *, 
     recompute = fwd_layers if remat == "full" else 0.0
     # The LM head's part of ``per_token`` (2 fwd + a weight gradient when it trains); the rest is the layers'.
     head_part = 4.0 * head_params + (2.0 * head_params if head_trains else 0.0)
-    return LlmFlops(per_token, recompute, (per_token - head_part + recompute) / L)
+    return LlmFlops(per_token, recompute, (L - 1) * (per_token - head_part + recompute) / L)

@@ -4,7 +4,7 @@ A batch is what :meth:`CrabPlusThinker.__call__` reads (:mod:`crab_jax.families.
 builds it from processor outputs)::
 
     input_ids, attention_mask, labels, media_index   [b, S]           int32
-    position_ids                                     [3, b, S]        int32  (M-RoPE streams)
+    position_ids                                     [b, 3, S]        int32  (M-RoPE streams)
     rope_deltas                                      [b, 1]           int32  (generation only)
     pixel_slices                                     [b, V, h*w, K]   float32 (V temporal slices)
     audio_chunks                                     [b, C, 2W, mel]  float32 (W = n_window)
@@ -57,7 +57,7 @@ class BatchSpec:
         window = 2 * cfg.audio.n_window
         return dict(
             {k: ((b, s), i32) for k in ("input_ids", "attention_mask", "labels", "media_index")},
-            position_ids=((3, b, s), i32), rope_deltas=((b, 1), i32),
+            position_ids=((b, 3, s), i32), rope_deltas=((b, 1), i32),
             pixel_slices=((b, self.visual_slots, cfg.patches_per_slice, cfg.patch_dim), f32),
             audio_chunks=((b, self.audio_chunk_slots, window, cfg.audio.num_mel_bins), f32),
             audio_chunk_frames=((b, self.audio_chunk_slots), i32),

@@ -1,7 +1,7 @@
 """Pure, jit-able generation for :class:`~crab_jax.families.crab_plus.model.CrabPlusThinker`.
 
 Input: a prompt batch in the :mod:`crab_jax.families.crab_plus.layout` format (``input_ids,
-attention_mask, media_index [b, P]``, ``position_ids [3, b, P]``, ``rope_deltas [b, 1]``, the
+attention_mask, media_index [b, P]``, ``position_ids [b, 3, P]``, ``rope_deltas [b, 1]``, the
 media arrays). The KV cache holds ``P + max_new_tokens`` slots: one compile per (batch
 shapes, :class:`DecodeConfig`).
 
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from crab_jax.families.crab_plus.model import CrabPlusThinker
+from crab_jax.families.crab_plus.model import CrabPlusThinker, stream_major
 from crab_jax.models.decoding import TRACES, DecodeConfig, prepare_for_inference, select_tokens
 from crab_jax.models.llama import KVCache
 
@@ -73,7 +73,7 @@ def generate(model: CrabPlusThinker, batch: Mapping[str, jax.Array], dcfg: Decod
     embeds = model.embed(batch["input_ids"], model.media_rows(batch), batch.get("media_index"))
     full_mask = jnp.concatenate([batch["attention_mask"].astype(jnp.int32), jnp.ones((b, n_new), jnp.int32)], axis=1)
     cache = KVCache.init(cfg.text, b, p + n_new)
-    logits, _, cache = model.decode(embeds, full_mask, batch["position_ids"].astype(jnp.int32), cache)
+    logits, _, cache = model.decode(embeds, full_mask, stream_major(batch["position_ids"]), cache)
     deltas = batch["rope_deltas"].reshape(b).astype(jnp.int32)
 
     def cond(c: _Carry):

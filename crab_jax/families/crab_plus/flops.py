@@ -5,8 +5,9 @@ per token per forward plus the attention products over the full (unmasked) key l
 training = ``2 fwd + 2 N_t`` for a tower the gradient flows through (its own I-LoRA weights
 train, so activation gradients run through it), ``fwd`` for a frozen tower with nothing to
 train. The towers' FLOPs are per sample, so they are spread over the ``seq_len`` LLM tokens
-of a sample with the family's default media (:data:`DEFAULT_FRAMES` frames = temporal slices
-at ``frame_size``², :data:`DEFAULT_AUDIO_SECONDS` of audio): an estimate for mixed tasks.
+of a sample of the bucket (:class:`~crab_jax.families.crab_plus.batch_spec.BatchSpec`: its
+``visual_slots`` temporal slices at ``frame_size``² and ``audio_chunk_slots`` audio chunks,
+every slot counted, as every position of the bucket is).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from crab_jax.families.crab_plus.batch_spec import DEFAULT_AUDIO_SECONDS, DEFAULT_FRAMES, audio_slots_for
+from crab_jax.families.crab_plus.batch_spec import BatchSpec
 from crab_jax.families.crab_plus.model import CrabPlusConfig
 from crab_jax.models.ilora import ILoRAConfig
 
@@ -22,12 +23,12 @@ from crab_jax.models.ilora import ILoRAConfig
 @dataclasses.dataclass(frozen=True)
 class ThinkerFlops:
     """per_token: model FLOPs per LLM token; recompute_per_token: remat's extra forward (all
-    towers); layer_per_token: one LLM decoder layer's share (the AOT check multiplies scanned
-    loops out)."""
+    towers); scan_uncounted_per_token: what the three scanned stacks (``scan_layers``) run beyond
+    their first iteration — XLA's cost analysis counts a loop body once, the AOT check adds this."""
 
     per_token: float
     recompute_per_token: float
-    layer_per_token: float
+    scan_uncounted_per_token: float
 
 
 def _adapter(lora: ILoRAConfig | None, name: str, fan_in: int, fan_out: int) -> float:
@@ -43,9 +44,9 @@ def _tower(fwd_params: float, attn: float, adapters: float, trains: bool, remat:
     return (2.0 * fwd + 2.0 * adapters if trains else fwd), (fwd if remat and trains else 0.0)
 
 
-def thinker_flops(cfg: CrabPlusConfig, seq_len: int, trainable_paths: Sequence[str], *,
+def thinker_flops(cfg: CrabPlusConfig, spec: BatchSpec, trainable_paths: Sequence[str], *,
                   remat: str = "none") -> ThinkerFlops:
-    lora = cfg.lora
+    seq_len = spec.seq_len
     trains = {t: any(p.startswith(t + ".") and "lora_" in p for p in trainable_paths)
               for t in ("model", "visual", "audio_tower")}
     full = remat != "none"
@@ -56,7 +57,7 @@ def thinker_flops(cfg: CrabPlusConfig, seq_len: int, trainable_paths: Sequence[s
     shapes = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d), "gate_proj": (d, m),
               "up_proj": (d, m), "down_proj": (m, d)}
     layer = sum(i * o for i, o in shapes.values())
-    lora_layer = sum(_adapter(lora, n, i, o) for n, (i, o) in shapes.items()) if trains["model"] else 0.0
+    lora_layer = sum(_adapter(cfg.tower_lora("text"), n, i, o) for n, (i, o) in shapes.items()) if trains["model"] else 0.0
     head = d * t.vocab_size
     llm_layers, llm_recompute = _tower(L * (layer + lora_layer), 4.0 * L * seq_len * q, L * lora_layer, True, full)
     llm = llm_layers + 4.0 * head  # the LM head: forward + activation gradient
@@ -68,26 +69,33 @@ def thinker_flops(cfg: CrabPlusConfig, seq_len: int, trainable_paths: Sequence[s
                "v": (v.hidden_size, v.hidden_size), "proj": (v.hidden_size, v.hidden_size),
                "gate_proj": (v.hidden_size, v.intermediate_size), "up_proj": (v.hidden_size, v.intermediate_size),
                "down_proj": (v.intermediate_size, v.hidden_size)}
-    v_lora = sum(_adapter(lora, n, i, o) for n, (i, o) in vshapes.items())
-    v_params = patches * (cfg.patch_dim * v.hidden_size + v.depth * (sum(i * o for i, o in vshapes.values()) + v_lora))
+    v_lora = sum(_adapter(cfg.tower_lora("vision"), n, i, o) for n, (i, o) in vshapes.items())
+    v_blocks = patches * v.depth * (sum(i * o for i, o in vshapes.values()) + v_lora)
     merged = patches // v.merge_unit
-    v_params += merged * (v.merge_unit * v.hidden_size) * (v.merge_unit * v.hidden_size + v.out_hidden_size)
+    v_ends = (patches * cfg.patch_dim * v.hidden_size  # patch embedding and merger: outside the block stack
+              + merged * (v.merge_unit * v.hidden_size) * (v.merge_unit * v.hidden_size + v.out_hidden_size))
     full_blocks = len(v.fullatt_block_indexes)
     v_attn = 4.0 * patches * v.hidden_size * (full_blocks * patches + (v.depth - full_blocks) * window)
-    vis, vis_re = _tower(v_params, v_attn, patches * v.depth * v_lora, trains["visual"], full)
-    slices = -(-DEFAULT_FRAMES // v.temporal_patch_size)
+    vis_stack = _tower(v_blocks, v_attn, patches * v.depth * v_lora, trains["visual"], full)
+    vis, vis_re = (x + y for x, y in zip(vis_stack, _tower(v_ends, 0.0, 0.0, trains["visual"], full)))
+    slices = spec.visual_slots
     # Audio, per chunk of 2 * n_window mel frames (n_window frames after the conv).
     a = cfg.audio
     w, da = a.n_window, a.d_model
     ashapes = {"q_proj": (da, da), "k_proj": (da, da), "v_proj": (da, da), "out_proj": (da, da),
                "fc1": (da, a.encoder_ffn_dim), "fc2": (a.encoder_ffn_dim, da)}
-    a_lora = sum(_adapter(lora, n, i, o) for n, (i, o) in ashapes.items())
-    a_params = (2 * w * 3 * a.num_mel_bins * da + w * 3 * da * da
-                + w * a.encoder_layers * (sum(i * o for i, o in ashapes.values()) + a_lora)
-                + (w // 2) * da * a.output_dim)
-    aud, aud_re = _tower(a_params, 4.0 * a.encoder_layers * w * w * da, w * a.encoder_layers * a_lora,
-                         trains["audio_tower"], full)
-    chunks, _ = audio_slots_for(cfg, DEFAULT_AUDIO_SECONDS)
+    a_lora = sum(_adapter(cfg.tower_lora("audio"), n, i, o) for n, (i, o) in ashapes.items())
+    a_layers = w * a.encoder_layers * (sum(i * o for i, o in ashapes.values()) + a_lora)
+    a_ends = 2 * w * 3 * a.num_mel_bins * da + w * 3 * da * da + (w // 2) * da * a.output_dim  # convs, projection
+    aud_stack = _tower(a_layers, 4.0 * a.encoder_layers * w * w * da, w * a.encoder_layers * a_lora,
+                       trains["audio_tower"], full)
+    aud, aud_re = (x + y for x, y in zip(aud_stack, _tower(a_ends, 0.0, 0.0, trains["audio_tower"], full)))
+    chunks = spec.audio_chunk_slots
     towers = (slices * vis + chunks * aud) / seq_len
     recompute = llm_recompute + (slices * vis_re + chunks * aud_re) / seq_len
-    return ThinkerFlops(llm + towers, recompute, (llm_layers + llm_recompute) / L)
+    # Every stack but its first iteration (a vision block's share averages its windowed and full
+    # attention blocks).
+    uncounted = ((L - 1) / L * (llm_layers + llm_recompute)
+                 + (v.depth - 1) / v.depth * slices * sum(vis_stack) / seq_len
+                 + (a.encoder_layers - 1) / a.encoder_layers * chunks * sum(aud_stack) / seq_len)
+    return ThinkerFlops(llm + towers, recompute, uncounted)

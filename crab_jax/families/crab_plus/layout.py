@@ -13,7 +13,9 @@ gathers:
   token averages;
 * ``media_index [b, S]``: for every image / video / audio placeholder, its row in
   ``concat(visual rows, audio rows)`` (-1 for text), in the order the original fills them;
-* ``position_ids [3, b, S]``: :func:`crab_jax.models.mrope.rope_index`; ``rope_deltas [b, 1]``:
+* ``position_ids [b, 3, S]``: :func:`crab_jax.models.mrope.rope_index` (its ``[3, b, S]`` made
+  batch-major, as every batch array is: micro-batches and the data sharding split axis 0);
+  ``rope_deltas [b, 1]``:
   what a generated token at cache slot ``j`` adds to ``j`` for its position (the original's
   ``rope_deltas``: max position + 1 - valid length - pads).
 
@@ -145,7 +147,7 @@ def thinker_batch(inputs: Mapping[str, np.ndarray], cfg: CrabPlusConfig, *, visu
                               video_grid_thw=inputs.get("video_grid_thw"), video_second_per_grid=steps,
                               audio_mel_frames=frames or None)
     out = {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32),
-           "position_ids": positions.astype(np.int32),
+           "position_ids": positions.swapaxes(0, 1).astype(np.int32),
            # The original's decode-step offset: slot + rope_deltas is a new token's position.
            "rope_deltas": (deltas - (~mask).sum(-1, keepdims=True)).astype(np.int32), "media_index": media_index, "pixel_slices": pixel, **audio}
     if "labels" in inputs:

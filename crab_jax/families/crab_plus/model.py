@@ -67,6 +67,10 @@ class ThinkerTokens:
         return (self.image, self.video, self.audio)
 
 
+# The towers I-LoRA may go in (``CrabPlusConfig.lora_towers``), by their config field.
+LORA_TOWERS = ("text", "vision", "audio")
+
+
 @dataclasses.dataclass(frozen=True)
 class CrabPlusConfig:
     """The thinker's three towers, its adapters and token ids (``hf_config.thinker_config_from_hf``).
@@ -75,6 +79,8 @@ class CrabPlusConfig:
       temporal slice has the patch grid ``slice_grid``.
     dtype: compute dtype of every tower (weights keep their param dtype); logits and the loss
       are float32.
+    lora_towers: the towers that get ``lora`` (any of :data:`LORA_TOWERS`; the released recipe:
+      all three). ``("text",)`` is I-LoRA in the LLM only: the vision and audio towers are plain.
     """
 
     text: LlamaConfig
@@ -86,16 +92,27 @@ class CrabPlusConfig:
     seconds_per_chunk: int = 2
     frame_size: int = 224
     dtype: Any = jnp.float32
+    lora_towers: tuple[str, ...] = LORA_TOWERS
 
     def __post_init__(self):
         dtype = jnp.dtype(self.dtype)
         object.__setattr__(self, "dtype", dtype)
+        towers = (self.lora_towers,) if isinstance(self.lora_towers, str) else tuple(self.lora_towers)
+        unknown = [t for t in towers if t not in LORA_TOWERS]
+        if unknown:
+            raise ValueError(f"CrabPlusConfig.lora_towers: unknown tower(s) {unknown}; each must be one of "
+                             f"{list(LORA_TOWERS)}")
+        object.__setattr__(self, "lora_towers", towers)
         # One source of truth: every tower computes in the thinker's dtype.
         for name in ("text", "vision", "audio"):
             object.__setattr__(self, name, dataclasses.replace(getattr(self, name), dtype=dtype))
         if self.frame_size % (self.vision.patch_size * self.vision.spatial_merge_size):
             raise ValueError(f"frame_size {self.frame_size} is not a multiple of patch_size x spatial_merge_size "
                              f"= {self.vision.patch_size * self.vision.spatial_merge_size}")
+
+    def tower_lora(self, tower: str) -> ILoRAConfig | None:
+        """The adapter config ``tower`` (one of :data:`LORA_TOWERS`) is built with (None: plain linears)."""
+        return self.lora if tower in self.lora_towers else None
 
     @property
     def slice_grid(self) -> tuple[int, int]:
@@ -140,12 +157,12 @@ class CrabPlusThinker(nnx.Module):
 
     def __init__(self, cfg: CrabPlusConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.model = LlamaModel(cfg.text, cfg.lora, rngs=rngs)
+        self.model = LlamaModel(cfg.text, cfg.tower_lora("text"), rngs=rngs)
         self.lm_head = Linear(cfg.text.hidden_size, cfg.text.padded_vocab_size, use_bias=False,
                               axes=("embed", "vocab"), dtype=cfg.dtype, param_dtype=cfg.text.param_dtype,
                               rngs=rngs, kernel_init=normal_init(0.02))
-        self.visual = QwenVisionEncoder(cfg.vision, cfg.lora, rngs=rngs)
-        self.audio_tower = QwenAudioEncoder(cfg.audio, cfg.lora, rngs=rngs)
+        self.visual = QwenVisionEncoder(cfg.vision, cfg.tower_lora("vision"), rngs=rngs)
+        self.audio_tower = QwenAudioEncoder(cfg.audio, cfg.tower_lora("audio"), rngs=rngs)
 
     # -- towers --------------------------------------------------------------------------
     def encode_visual(self, pixel_slices: jax.Array) -> jax.Array:
@@ -199,16 +216,21 @@ class CrabPlusThinker(nnx.Module):
     def __call__(self, batch: Mapping[str, jax.Array]) -> ThinkerOutput:
         """One static-shape batch (:mod:`crab_jax.families.crab_plus.layout`).
 
-        Keys: ``input_ids, attention_mask [b, S]``, ``position_ids [3, b, S]``, ``labels [b, S]``
+        Keys: ``input_ids, attention_mask [b, S]``, ``position_ids [b, 3, S]``, ``labels [b, S]``
         (optional), ``media_index [b, S]`` (row of the media rows, -1 for text); media (either may
         be absent or have 0 slots): ``pixel_slices [b, V, h*w, patch_dim]``; ``audio_chunks
         [b, C, 2*n_window, mel]``, ``audio_chunk_frames [b, C]``, ``audio_pool_index [b, Ta, 2]``.
         """
         rows = self.media_rows(batch)
         embeds = self.embed(batch["input_ids"], rows, batch.get("media_index"))
-        logits, hidden, _ = self.decode(embeds, batch["attention_mask"], batch["position_ids"])
+        logits, hidden, _ = self.decode(embeds, batch["attention_mask"], stream_major(batch["position_ids"]))
         loss = lm_loss(logits, batch["labels"]) if "labels" in batch else None
         return ThinkerOutput(logits, hidden, embeds, loss)
+
+
+def stream_major(position_ids: jax.Array) -> jax.Array:
+    """A batch's ``[b, 3, S]`` position ids -> the decoder's ``[3, b, S]`` (stream first, as M-RoPE reads them)."""
+    return jnp.swapaxes(position_ids, 0, 1).astype(jnp.int32)
 
 
 def build_model(cfg: CrabPlusConfig, rngs: nnx.Rngs) -> CrabPlusThinker:

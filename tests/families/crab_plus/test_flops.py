@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from crab_jax.families.crab_plus.batch_spec import DEFAULT_AUDIO_SECONDS, DEFAULT_FRAMES, audio_slots_for
+from crab_jax.families.crab_plus.batch_spec import DEFAULT_AUDIO_SECONDS, DEFAULT_FRAMES, BatchSpec, audio_slots_for
 from crab_jax.families.crab_plus.flops import thinker_flops
 from crab_jax.families.crab_plus.model import CrabPlusThinker
 from crab_jax.families.crab_plus.presets import tiny_thinker_config
@@ -117,8 +117,15 @@ class Thinker:
         return self.chunks * self.cfg.audio.n_window
 
 
+def spec_of(cfg) -> BatchSpec:
+    """One sample of SEQ tokens with the family's default media (what the programs below encode)."""
+    chunks, tokens = audio_slots_for(cfg, DEFAULT_AUDIO_SECONDS)
+    return BatchSpec(batch=1, seq_len=SEQ, visual_slots=-(-DEFAULT_FRAMES // cfg.vision.temporal_patch_size),
+                     audio_chunk_slots=chunks, audio_token_slots=tokens)
+
+
 def per_sample(cfg, paths) -> float:
-    return thinker_flops(cfg, SEQ, paths).per_token * SEQ
+    return thinker_flops(cfg, spec_of(cfg), paths).per_token * SEQ
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +175,25 @@ def test_tower_adapters_change_the_count_when_they_train(adapted):
 def test_remat_recomputes_the_forward_of_every_tower_that_trains(adapted):
     cfg = adapted.cfg
     paths = adapted.lora_paths()
-    f = thinker_flops(cfg, SEQ, paths, remat="full")
-    assert thinker_flops(cfg, SEQ, paths).recompute_per_token == 0.0
+    f = thinker_flops(cfg, spec_of(cfg), paths, remat="full")
+    assert thinker_flops(cfg, spec_of(cfg), paths).recompute_per_token == 0.0
     llm_fwd = adapted.llm_forward() - 2 * cfg.text.hidden_size * cfg.text.vocab_size * SEQ  # the head is not rematted
     towers = adapted.visual_forward() + adapted.audio_forward()
     assert f.recompute_per_token * SEQ == pytest.approx(llm_fwd + towers, rel=RTOL)
     # frozen towers recompute nothing
-    frozen_towers = thinker_flops(cfg, SEQ, adapted.lora_paths("model."), remat="full")
+    frozen_towers = thinker_flops(cfg, spec_of(cfg), adapted.lora_paths("model."), remat="full")
     assert frozen_towers.recompute_per_token * SEQ == pytest.approx(llm_fwd, rel=RTOL)
+
+
+def test_scan_uncounted_is_what_the_scanned_programs_leave_out(plain):
+    """With ``scan_layers`` each stack is one loop whose body the program (and XLA's cost analysis)
+    holds once; ``scan_uncounted_per_token`` must be exactly the matmuls the unscanned programs
+    have beyond the scanned ones (frozen towers: once; the LLM trains: twice)."""
+    cfg = plain.cfg
+    scanned = Thinker(dataclasses.replace(cfg, **{t: dataclasses.replace(getattr(cfg, t), scan_layers=True)
+                                                  for t in ("text", "vision", "audio")}))
+    missing = {part: getattr(plain, f"{part}_forward")() - getattr(scanned, f"{part}_forward")()
+               for part in ("llm", "visual", "audio")}
+    assert all(v > 0 for v in missing.values()), missing  # negative control: the scan does hide layers
+    got = thinker_flops(cfg, spec_of(cfg), []).scan_uncounted_per_token * SEQ
+    assert got == pytest.approx(2 * missing["llm"] + missing["visual"] + missing["audio"], rel=RTOL)

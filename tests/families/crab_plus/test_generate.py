@@ -42,7 +42,7 @@ def _assert_ids(ids, ref, ties, name):
 def test_batched_generation_is_the_originals(setup, crab_plus_manifest):
     """Right-padded batch: the shorter row's first token comes from a pad slot, as in the original."""
     model, arrays, batch, dcfg = setup
-    np.testing.assert_array_equal(batch["position_ids"], arrays["prefill_position_ids"])
+    np.testing.assert_array_equal(batch["position_ids"].swapaxes(0, 1), arrays["prefill_position_ids"])
     np.testing.assert_array_equal(batch["rope_deltas"], arrays["rope_deltas"])
     gen = jit_generate(model, batch, dcfg, keep_logits=True)
     _assert_ids(gen.tokens, arrays["generated_ids"], _near_ties(crab_plus_manifest), "batched")
@@ -59,8 +59,8 @@ def _row(batch, i, length, pad_left: int = 0):
     out = {}
     for k, v in batch.items():
         if k == "position_ids":
-            v = v[:, i:i + 1, :length]
-            out[k] = np.concatenate([np.ones((3, 1, pad_left), v.dtype), v], axis=2)
+            v = v[i:i + 1, :, :length]
+            out[k] = np.concatenate([np.ones((1, 3, pad_left), v.dtype), v], axis=2)
         elif k in ("input_ids", "attention_mask", "media_index"):
             v = v[i:i + 1, :length]
             fill = {"input_ids": 0, "attention_mask": 0, "media_index": -1}[k]

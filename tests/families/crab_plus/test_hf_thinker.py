@@ -123,8 +123,8 @@ def test_rope_index_matches_hf(case, padding, hf, cfg, inputs, batches):
                              video_second_per_grid=x.get("video_second_per_grid"), **kwargs)
     np.testing.assert_array_equal(pos, ref_pos)
     np.testing.assert_array_equal(deltas, ref_deltas)
-    # The batch carries them as the model reads them; HF's forward stores deltas - pads.
-    np.testing.assert_array_equal(batches[case, padding]["position_ids"], ref_pos)
+    # The batch carries them batch-major ([b, 3, S]); HF's forward stores deltas - pads.
+    np.testing.assert_array_equal(batches[case, padding]["position_ids"].swapaxes(0, 1), ref_pos)
     pads = (1 - x["attention_mask"]).sum(-1, keepdims=True)
     np.testing.assert_array_equal(batches[case, padding]["rope_deltas"], ref_deltas - pads)
     # Text and audio take one position on all three streams; image / video blocks do not.

@@ -33,7 +33,8 @@ def case(request, crab_plus_fixtures_dir, crab_plus_manifest):
 def test_positions_and_deltas_are_the_originals(case):
     """M-RoPE position ids (pads 1) and the decode offsets are exact."""
     _, model, arrays, batch, _ = case
-    np.testing.assert_array_equal(np.asarray(batch["position_ids"]), arrays["position_ids"])
+    # The batch is batch-major [b, 3, S]; the original's position ids are [3, b, S].
+    np.testing.assert_array_equal(np.asarray(batch["position_ids"]).swapaxes(0, 1), arrays["position_ids"])
     np.testing.assert_array_equal(np.asarray(batch["rope_deltas"]), arrays["rope_deltas"])
 
 

@@ -137,3 +137,35 @@ def test_checkpoint_and_resume_reproduce_the_uninterrupted_run(runs):
         ckpt.close()
     resumed = [h["loss"] for h in first.history + second.history]
     np.testing.assert_allclose(resumed, [h["loss"] for h in full.history], rtol=1e-6)
+
+
+def _one_step_loss(overrides: dict, rows=None) -> float:
+    """The loss of one train step of ``tiny_config(**overrides)`` on the first random batch
+    (optionally only its ``rows``), from the initial state."""
+    from crab_jax.data.sources import train_iterator
+    from crab_jax.parallel.mesh import to_global
+    from crab_jax.training.setup import build_setup, initial_state, resolve, run_model_config
+    from crab_jax.training.step import batch_shardings, jit_train_step, make_train_step
+
+    run, family = resolve(tiny_config(**{"train.global_batch": 4, **overrides}))
+    local = next(train_iterator(run, family, run_model_config(run, family), None, progress=False))
+    if rows is not None:
+        local = {k: np.asarray(v)[rows] for k, v in local.items()}
+        run, family = resolve(tiny_config(**{**overrides, "train.global_batch": len(rows)}))
+    setup, _, _ = build_setup(run, model_cfg=run_model_config(run, family))
+    shapes = {k: np.shape(v) for k, v in local.items()}
+    step = jit_train_step(setup, make_train_step(setup, micro_batches=int(run.train.micro_batches), with_seg=False,
+                                                 num_tasks=len(run.data.tasks),
+                                                 router_groups=int(run.metrics.router_layer_groups)), shapes)
+    _, aux = step(initial_state(run, setup), to_global(local, batch_shardings(shapes, setup.mesh)))
+    return float(aux["loss"])
+
+
+def test_gradient_accumulation_splits_every_batch_array_by_row(cache):
+    """``train.micro_batches = 2``: micro-batch j takes rows j, j + 2 of EVERY batch array —
+    the M-RoPE ``position_ids [b, 3, S]`` included — so its loss is the mean of the two halves'."""
+    same = {"model.lora.dropout": 0.0}
+    accumulated = _one_step_loss({**same, "train.micro_batches": 2})
+    halves = [_one_step_loss(same, rows=[j, j + 2]) for j in (0, 1)]
+    assert accumulated == pytest.approx(np.mean(halves), rel=1e-5), (accumulated, halves)
+    assert abs(halves[0] - halves[1]) > 1e-4  # the halves differ, so a wrong split would show

@@ -90,14 +90,15 @@ def _examples(by_value: Mapping[int, list[str]], shapes, word: str) -> str:
                      for v, keys in sorted(by_value.items()))
 
 
-def layout_problems(layout: AdapterLayout, lora: ILoRAConfig, *, told_by: str) -> list[str]:
-    """How the file's layout differs from the model's I-LoRA (empty: it fits)."""
+def layout_problems(layout: AdapterLayout, lora: ILoRAConfig, *, r_from: str, heads_from: str) -> list[str]:
+    """How the file's layout differs from the model's I-LoRA (empty: it fits); each line names
+    where the model's value came from (``r_from`` / ``heads_from``: an option or a config file)."""
     out = []
     if layout.r != lora.r:
-        out.append(f"the file is an adapter of rank {layout.r}, the model's I-LoRA has rank {lora.r} ({told_by})")
+        out.append(f"the file is an adapter of rank {layout.r}, the model's I-LoRA has rank {lora.r} ({r_from})")
     if layout.heads != lora.num_heads:
         out.append(f"the file's adapters have {layout.heads} heads, the model's I-LoRA has {lora.num_heads} "
-                   f"({told_by})")
+                   f"({heads_from})")
     return out
 
 

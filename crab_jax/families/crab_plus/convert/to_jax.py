@@ -136,8 +136,7 @@ def resolve_lora(src: ConfigSource, opts: LoraOptions, layout, adapter: str | No
     lora = ILoRAConfig(r=int(r), alpha=float(alpha), num_heads=int(heads), dropout=float(dropout),
                        **({"targets": known.targets} if known else {}))
     if layout is not None:
-        told = r_from if r_from == heads_from else f"rank from {r_from}, heads from {heads_from}"
-        problems = layout_problems(layout, lora, told_by=told)
+        problems = layout_problems(layout, lora, r_from=r_from, heads_from=heads_from)
         if problems:
             raise MappingError(f"{adapter}: an adapter for another I-LoRA:\n  " + "\n  ".join(problems))
     return lora, [f"I-LoRA: r {lora.r} ({r_from}), {lora.num_heads} heads ({heads_from}), alpha {lora.alpha:g} "
