@@ -17,6 +17,8 @@ the reason (missing, 0 bytes, undecodable, truncated, too few frames).
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from typing import Sequence
 
@@ -71,7 +73,7 @@ def _scale_graph(stream, width: int, height: int):
     return graph
 
 
-def _count_frames(container, stream) -> int:
+def count_frames(container, stream) -> int:
     """Frames in the file as decord's index sees them: the container's count when it has
     one, else the number of video packets (demuxing only, no decoding)."""
     if stream.frames and stream.frames > 0:
@@ -92,6 +94,28 @@ def decode_video(path: str | os.PathLike, num_frames: int, size: int = CLIP_SIZE
       ``min_frames`` frames, or a file that ends before the last wanted frame (truncated).
     """
     path = check_file(path, "video")
+    with open_video(path) as (container, stream):
+        try:
+            vlen = count_frames(container, stream)
+        except Exception as e:
+            raise BadRecordError(path, f"cannot read video packets ({type(e).__name__}: {e})") from e
+        if vlen < min_frames:
+            raise BadRecordError(path, f"video has {vlen} frame(s); at least {min_frames} needed")
+        indices = uniform_indices(vlen, num_frames)
+        wanted = {int(i): k for k, i in enumerate(indices)}
+        frames: list[np.ndarray | None] = [None] * len(indices)
+        graph = _scale_graph(stream, size, size)
+        for i, frame in frames_through(container, stream, path, int(indices[-1])):
+            if i in wanted:
+                graph.push(frame)
+                frames[wanted[i]] = graph.pull().to_ndarray()
+        return np.stack(frames).astype(np.uint8), indices, vlen
+
+
+@contextlib.contextmanager
+def open_video(path: str):
+    """``(container, first video stream)`` of ``path``, closed on exit; BadRecordError naming the
+    file when it cannot be opened or has no video stream."""
     try:
         container = av.open(path)
     except Exception as e:  # av.error.* (InvalidDataError, ...) and OSError
@@ -101,35 +125,26 @@ def decode_video(path: str | os.PathLike, num_frames: int, size: int = CLIP_SIZE
             raise BadRecordError(path, "no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        try:
-            vlen = _count_frames(container, stream)
-        except Exception as e:
-            raise BadRecordError(path, f"cannot read video packets ({type(e).__name__}: {e})") from e
-        if vlen < min_frames:
-            raise BadRecordError(path, f"video has {vlen} frame(s); at least {min_frames} needed")
-        indices = uniform_indices(vlen, num_frames)
-        wanted = {int(i): k for k, i in enumerate(indices)}
-        frames: list[np.ndarray | None] = [None] * len(indices)
-        graph = _scale_graph(stream, size, size)
-        last = int(indices[-1])
-        decoded = 0
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                decoded = i + 1
-                if i in wanted:
-                    graph.push(frame)
-                    frames[wanted[i]] = graph.pull().to_ndarray()
-                if i >= last:
-                    break
-        except Exception as e:
-            raise BadRecordError(path, f"video decoding failed after {decoded} frame(s) "
-                                       f"({type(e).__name__}: {e})") from e
-        if decoded <= last:
-            raise BadRecordError(path, f"truncated video: {decoded} frame(s) decoded, "
-                                       f"the index lists {vlen} and frame {last} is needed")
-        return np.stack(frames).astype(np.uint8), indices, vlen
+        yield container, stream
     finally:
         container.close()
+
+
+def frames_through(container, stream, path: str, last: int):
+    """Yields ``(index, av.VideoFrame)`` for frames 0..``last`` in decode order; BadRecordError when
+    decoding fails or the stream ends before frame ``last`` (a truncated file)."""
+    decoded = 0
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            decoded = i + 1
+            yield i, frame
+            if i >= last:
+                return
+    except BadRecordError:
+        raise
+    except Exception as e:
+        raise BadRecordError(path, f"video decoding failed after {decoded} frame(s) ({type(e).__name__}: {e})") from e
+    raise BadRecordError(path, f"truncated video: {decoded} frame(s) decoded, frame {last} is needed")
 
 
 # ---------------------------------------------------------------------------- images

@@ -96,7 +96,7 @@ def check_video(record: Record, data_root: str, problems: dict, checked: set) ->
         with av.open(path) as c:
             if not c.streams.video:
                 raise BadRecordError(path, "no video stream")
-            vlen = M._count_frames(c, c.streams.video[0])
+            vlen = M.count_frames(c, c.streams.video[0])
     except BadRecordError as e:
         problems[_category(e)].append((e.path, e.reason))
         return

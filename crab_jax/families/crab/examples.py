@@ -157,7 +157,7 @@ def video_frame_count(record: Record, data_root: str) -> int:
     try:
         if not container.streams.video:
             raise BadRecordError(path, "no video stream")
-        vlen = M._count_frames(container, container.streams.video[0])
+        vlen = M.count_frames(container, container.streams.video[0])
     except BadRecordError:
         raise
     except Exception as e:

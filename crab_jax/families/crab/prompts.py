@@ -8,9 +8,6 @@ instruction and the target are tokenised as **two separate strings** with
 ``tokenizer.tokenize`` + ``convert_tokens_to_ids`` and concatenated; no BOS/EOS is added
 (``<s>`` comes from the template text, ``</s>`` from the target text); labels are -100 on
 the instruction.
-
-Crab+ (spec B.1/B.3) uses a Qwen chat with a list of content items; :func:`crab_plus_content`
-gives that list (lead text, media items, instruction) for a Crab+ record.
 """
 
 from __future__ import annotations
@@ -192,68 +189,6 @@ def load_tokenizer(path: str | os.PathLike, *, use_fast: bool | None = None):
     return tokenizer
 
 
-# --------------------------------------------------------------------------- Crab+
-
-CRAB_PLUS_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
-                    "perceiving auditory and visual inputs, as well as generating text and speech.")
-L_VA = "This is a video and an audio:"
-L_IA = "This is an image and an audio:"
-L_2V = "These are two videos and an audio:"
-L_2A = "This is a video and two audio clips:"
-_EMOTION = "Please judge the person's emotion at the moment."
-_SEG_BOX = ("Please identify the category of the object producing the sound in the video frame. Then, provide "
-            "the bounding box and three pixel points of the object that is making the sound within the frame.")
-R_REF = ('Please analyze the video frame and audio to find the object described as <des>{d}</des>. Answer with '
-         '"true" or "false" whether the object exists. If it exists, respond with a sentence identifying the '
-         "object's name, its bounding box, and three pixel points; if not, state that the object is absent.")
-
-
-def crab_plus_instruction(record: Record) -> str:
-    """The instruction text item of a Crab+ record (spec B.3)."""
-    task, f = record.task, record.fields
-    fixed = {
-        "a2v": "Please listen to the audio and indicate which of the two videos matches what you hear.",
-        "v2a": "Please view the video and indicate which of the two audio clips matches what you see.",
-        "ks": "Please identify the action taking place in the video.",
-        "ucf": "Please identify the action taking place in the video.",
-        "ave": AVE_QUESTION, "unav": AVE_QUESTION, "avvp": AVVP_QUESTION,
-        "avcap": "Please describe this video and audio.", "s4": _SEG_BOX, "ms3": _SEG_BOX,
-        "arig": "Please recognize the category of object that makes the sound and then output its bounding box.",
-    }
-    if task in fixed:
-        return fixed[task]
-    if task in ("meld", "mer24", "cremad", "mafw", "dfew"):
-        return _EMOTION
-    if task == "avqa":
-        return f"Please answer this question: {f['question']}"
-    if task == "avqa_thu":
-        return f"Please answer the question based on the options: {f['question_text']}, options:{f['multi_choice']}"
-    if task == "ref_avs":
-        d = f["description"] if record.mode == "train" else f["object"]
-        return R_REF.format(d=str(d).lower())
-    raise ValueError(f"{record.source}: no Crab+ prompt for task {task!r}")
-
-
-def crab_plus_content(record: Record) -> list[dict[str, Any]]:
-    """The user content list: lead text, media items in the task's order, instruction.
-
-    Media items carry paths relative to the data root: ``{"type": "video", "video": path,
-    "nframes": n}``, ``{"type": "audio", "audio": path}``, ``{"type": "image", "image": path}``.
-    """
-    video = lambda p: {"type": "video", "video": p, "nframes": record.num_frames}
-    audio = lambda p: {"type": "audio", "audio": p}
-    if record.task == "a2v":
-        items = [{"type": "text", "text": L_2V}, audio(record.audios[0])] + [video(v) for v in record.videos]
-    elif record.task == "v2a":
-        items = [{"type": "text", "text": L_2A}, video(record.videos[0])] + [audio(a) for a in record.audios]
-    elif record.image_path is not None:
-        items = [{"type": "text", "text": L_IA}, {"type": "image", "image": record.image_path},
-                 audio(record.audios[0])]
-    else:
-        items = [{"type": "text", "text": L_VA}, video(record.videos[0]), audio(record.audios[0])]
-    return items + [{"type": "text", "text": crab_plus_instruction(record)}]
-
-
 def ordinal(idx: int) -> str:
     """0 -> ``"first"`` ... 9 -> ``"tenth"``."""
     return ORDINALS[idx]
@@ -262,6 +197,5 @@ def ordinal(idx: int) -> str:
 __all__ = [
     "SYSTEM_MESSAGE", "H_AV", "H_IA", "TokenizedPrompt",
     "crab_instruction", "crab_target", "llama2_chat", "tokenize_pair", "tokenize_record", "build_crab_text",
-    "add_multimodal_tokens", "load_tokenizer", "crab_plus_instruction", "crab_plus_content",
-    "ordinal",
+    "add_multimodal_tokens", "load_tokenizer", "ordinal",
 ]

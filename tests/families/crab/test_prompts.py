@@ -90,17 +90,6 @@ def test_add_multimodal_tokens_refuses_partial():
         P.add_multimodal_tokens(tok)
 
 
-def test_crab_plus_content_order():
-    rec = Record(family="crab_plus", task="v2a", mode="train", split="train", source="s", videos=("v.mp4",),
-                   num_frames=10, audios=("a1.wav", "a2.wav"))
-    items = P.crab_plus_content(rec)
-    assert [i["type"] for i in items] == ["text", "video", "audio", "audio", "text"]
-    assert items[0]["text"] == "This is a video and two audio clips:"
-    ref = Record(family="crab_plus", task="ref_avs", mode="test", split="test_s", source="s",
-                   image_path="i.jpg", audios=("a.wav",), fields={"object": "The Guitar"})
-    assert "<des>the guitar</des>. Answer with \"true\" or \"false\"" in P.crab_plus_instruction(ref)
-
-
 # ------------------------------------------------------------------------- parity
 
 
