@@ -6,8 +6,10 @@ q,k,v,o,gate,up,down of every tower; only the adapters train.
 weight decay 0, 5 epochs, bf16, remat (gradient checkpointing) and scanned layers; global
 batch 256 x 2048 tokens with 10 frames at 224 px and 10 s of audio per sample (AV-UIE v2's
 video tasks). Weights come from a converted checkpoint: ``--config.model.init_checkpoint=DIR``
-(``python -m tools.convert_weights --family crab_plus to-jax``). AV-UIE v2 records are the next
-step; until then the run trains on random batches of those shapes.
+(``python -m tools.convert_weights --family crab_plus to-jax --tokenizer ...``); data: AV-UIE v2
+under ``--config.data.path=ROOT`` (``ROOT/AVUIE_2/<task>/train.json``, all 19 tasks) with
+``--config.data.tokenizer=DIR/tokenizer``; ``--config.data.source=random`` trains on random
+batches of the AOT shapes instead.
 """
 
 from crab_jax.families.crab_plus.recipes import paper_config

@@ -16,7 +16,7 @@ import pytest
 
 from crab_jax.data.records.crab import CRAB_TASKS
 from crab_jax.data.records.record import CrabLayout
-from crab_jax.evaluation.record_scoring import metric_key
+from crab_jax.evaluation.scoring import metric_key
 from crab_jax.families.crab.family import FAMILY
 from crab_jax.families.crab.predictions import SKIP_SPECIAL_TOKEN_TASKS
 from tests.avuie_layout import REF_AVS_TEST_SPLITS, write_avuie_root

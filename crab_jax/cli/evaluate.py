@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.data_root and not os.path.isdir(args.data_root):
         return _fail(f"--data-root {args.data_root} is not a folder")
     report = score_files(family, tasks, files, data_root=args.data_root, skip_unparsable=args.skip_unparsable)
-    print(format_report(report))
+    print(format_report(report, family.headline))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:

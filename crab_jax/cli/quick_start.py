@@ -5,9 +5,11 @@
 optionally ``tokenizer/`` from ``to-jax --tokenizer``) or a training run's workdir (its latest
 committed checkpoint over its ``model.init_checkpoint``). The requests come from exactly one of:
 
-* ``--input samples.json``: the original's quick-start input (``data/example.json``: a list of
-  ``{"task": ..., "video_path" / "image_path" / "audio_path" / "mask_path" / "question" /
-  "exp": ...}``, paths relative to ``--media-root``);
+* ``--input samples.json``: requests on the user's own clips, paths relative to
+  ``--media-root``, in the family's format (``family.read_quick_start``): Crab, the original's
+  quick-start input (``data/example.json``: ``{"task": ..., "video_path" / "image_path" /
+  "audio_path" / "mask_path" / "question" / "exp": ...}``); Crab+,
+  :mod:`crab_jax.data.records.crab_plus_requests` (the AV-UIE v2 test prompt of the task);
 * ``--data-root ROOT --tasks T,...``: a dataset's records of those tasks (``--split``, default
   ``test``; Crab: the AV-UIE layout, ``family.read_records``), media relative to ROOT. An
   entry the reader rejects is logged with its file and reason, counted, and written as a
@@ -38,7 +40,6 @@ from crab_jax.cli.workdir_model import load_model, saved_run_config
 from crab_jax.config.schema import get_config
 from crab_jax.config.sections import DataConfig, RunConfig
 from crab_jax.data.errors import BadRecordError
-from crab_jax.data.records.quick_start import read_quick_start
 from crab_jax.data.sources import gt_as_answer, prepare_data
 from crab_jax.evaluation.converted_model import load_converted_model
 from crab_jax.evaluation.quick_start import DEFAULT_LENGTH_MULTIPLE, QuickStartOptions, run_quick_start
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default=DEFAULT_FAMILY, choices=families.names(),
                    help="model family of a converted folder (a workdir's run config names its own)")
     p.add_argument("--max-new-tokens", type=int, default=0,
-                   help="generated tokens per sample (default 0: the original's per task, Crab: 500 text, 100 masks)")
+                   help="generated tokens per sample (default 0: the original's per task; Crab: 500 text, 100 masks; Crab+: 512)")
     p.add_argument("--batch-size", type=int, default=1, help="samples per generation batch (pads are masked)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the original); > 0 samples")
     p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0 = all)")
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--length-multiple", type=int, default=DEFAULT_LENGTH_MULTIPLE,
                    help="prompt lengths are bucketed to multiples of this (one compile per bucket)")
+    p.add_argument("--right-padding", action="store_true",
+                   help="pad each batch's prompts on the right, as the original Crab+ inference does (batches of "
+                        "4): its shorter prompts then generate after pad tokens. Only to reproduce its numbers; "
+                        "the default left padding gives every sample its batch-of-1 answer (Crab refuses it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -212,9 +217,20 @@ def check_request_args(args) -> None:
     parse_tasks(args.tasks)
 
 
-def read_samples(input_file: str, media_root: str) -> Requests:
-    """The quick-start samples of ``--input``."""
-    records = read_quick_start(input_file).records
+def weights_family(weights: str, family_name: str):
+    """The family of ``--weights``: a workdir's run names its own, a converted folder is ``--family``'s."""
+    path = as_path(weights)
+    if (path / "checkpoints").is_dir():
+        return resolve(saved_run_config(path))[1]
+    return families.get(family_name)
+
+
+def read_samples(family, input_file: str, media_root: str) -> Requests:
+    """The requests of ``--input`` in the family's format (Crab: the original's quick-start
+    samples; Crab+: AV-UIE v2 test prompts on the user's clips)."""
+    if family.read_quick_start is None:
+        raise UsageError(f"model family {family.name!r} reads no --input requests; use --data-root ROOT --tasks ...")
+    records = family.read_quick_start(input_file).records
     if not records:
         raise UsageError(f"--input {input_file}: no samples")
     return Requests(records, media_root)
@@ -228,11 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = QuickStartOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                     seed=args.seed, length_multiple=args.length_multiple,
+                                    padding="right" if args.right_padding else "left",
                                     progress=not args.no_progress)
         check_request_args(args)
         # A bad samples file is refused before any weight is read; dataset records are read with
         # the weights' family (a workdir's run names its own).
-        requests = read_samples(args.input, args.media_root) if args.input else None
+        requests = read_samples(weights_family(args.weights, args.family), args.input,
+                                args.media_root) if args.input else None
         loaded = load_weights(args.weights, args.family, args.tokenizer)
         tokenizer = load_tokenizer(loaded, args.tokenizer, args.weights)
         if requests is None:

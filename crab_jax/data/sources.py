@@ -7,8 +7,9 @@ Sources (``data.source``):
   files, no tokenizer.
 * ``synthetic``: the built-in synthetic audio-visual dataset (:mod:`crab_jax.data.synthetic`).
   On first use it is generated into ``data.path`` (default
-  ``<cache>/synthetic/seed<S>-train<N>-test<M>-<tasks>``, ``<cache>`` = ``data.cache_dir`` or
-  ``~/.cache/crab_jax``; later runs with the same parameters reuse it), and a word-level
+  ``<cache>/synthetic/v<F>-seed<S>-train<N>-test<M>-<tasks>``, ``<cache>`` = ``data.cache_dir`` or
+  ``~/.cache/crab_jax``; later runs with the same parameters reuse it), in both record layouts
+  (AV-UIE, AVUIE_2; the family's ``read_records`` reads its own), and a word-level
   tokenizer is built from every instruction + target text of its records
   (``family.record_texts``; both splits, so no held-out answer word is ``<unk>``) into
   ``<cache>/tokenizers/synthetic-<hash>``, unless ``data.tokenizer`` names a folder.
@@ -111,7 +112,7 @@ def prepare_data(data: DataConfig, family, *, progress: bool) -> DataSetup:
         if data.tokenizer:
             tok_dir = _folder(data.tokenizer)
         else:
-            tok_dir, texts = synthetic_tokenizer_dir(root, tasks, cache, family.record_texts)
+            tok_dir, texts = synthetic_tokenizer_dir(root, tasks, cache, family.record_texts, family.read_records)
             write_tokenizer_once(texts, tok_dir, family.added_tokens)
     else:
         if not data.path and not data.prepared:
@@ -193,7 +194,7 @@ def heldout_split(run: RunConfig, family, model_cfg, setup: DataSetup) -> Heldou
     per_process_batch(batch, "eval.batch_size")
     tasks = tuple(run.data.tasks)
     if setup.source == "synthetic":
-        records, errors = heldout_records(setup.root, tasks, seed=int(run.data.seed)), []
+        records, errors = heldout_records(setup.root, tasks, family.read_records, seed=int(run.data.seed)), []
     else:  # AV-UIE: the test prompts, the stored ground truth as the reference answer
         records, errors = family.read_records(setup.root, tasks, "test", seed=int(run.data.seed))
         records = gt_as_answer(records)

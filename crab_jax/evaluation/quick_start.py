@@ -6,8 +6,9 @@ are exactly the training pipeline's. Then:
 1. Records are grouped by their generation budget (``--max-new-tokens``, else
    ``family.default_max_new_tokens(task)``: Crab's 500 for text tasks, 100 for segmentation);
    each group has one :class:`~crab_jax.models.decoding.DecodeConfig`.
-2. Within a group, decoded examples wait in length buckets (:class:`Bucket`: expanded length
-   rounded up to ``length_multiple``, and the fbank frames per audio segment); a full bucket
+2. Within a group, decoded examples wait in length buckets (expanded length rounded up to
+   ``length_multiple``; the batch's :class:`Bucket` takes its examples' longest fbank / media
+   sizes, which the models mask exactly); a full bucket
    of ``batch_size`` is left-padded into one batch, cut to its prompts
    (``family.batch.prompt_batch``: a dataset record carries its reference as the target,
    a quick-start request has none) and generated (``family.generate``, compiled once per
@@ -66,6 +67,10 @@ class QuickStartOptions:
     temperature / top_k / top_p: sampling (temperature 0 = greedy, the original's default).
     seed: sampling seed (batch ``k`` uses ``fold_in(key(seed), k)``).
     length_multiple: prompt lengths are bucketed to multiples of this.
+    padding: side the prompts of a batch are padded on: ``"left"`` (every row generates as it
+      would alone) or ``"right"`` (the original Crab+'s test collator, to reproduce its numbers:
+      a shorter row generates after its pads; ``family.batch.prompt_batch`` refuses it where the
+      family's original never did it).
     progress: show a progress bar (samples/s).
     """
 
@@ -76,6 +81,7 @@ class QuickStartOptions:
     top_p: float = 1.0
     seed: int = 0
     length_multiple: int = DEFAULT_LENGTH_MULTIPLE
+    padding: str = "left"
     progress: bool = True
 
     def __post_init__(self):
@@ -83,6 +89,8 @@ class QuickStartOptions:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.max_new_tokens < 0:
             raise ValueError(f"--max-new-tokens must be >= 0 (0: the task's default), got {self.max_new_tokens}")
+        if self.padding not in ("left", "right"):
+            raise ValueError(f"padding must be 'left' or 'right', got {self.padding!r}")
         if self.length_multiple < 1:
             raise ValueError(f"length_multiple must be >= 1, got {self.length_multiple}")
 
@@ -107,12 +115,19 @@ def budget_of(family: Family, task: str, options: QuickStartOptions) -> int:
     return int(family.default_max_new_tokens(task))
 
 
-def bucket_of(builder, example, length_multiple: int) -> Bucket:
-    """The example's batch shape: expanded length rounded up, fbank frames (audio-free: the
-    builder's shortest segment, so every batch has a valid audio buffer)."""
+def seq_bucket(builder, example, length_multiple: int) -> int:
+    """The example's token length rounded up to ``length_multiple``: examples of one such length
+    are batched together."""
     info = builder.example_plan_info(example)
-    seq = -(-int(info.expanded_len) // length_multiple) * length_multiple
-    return Bucket(seq, int(info.fbank_frames) or int(builder.min_fbank_frames))
+    return -(-int(info.expanded_len) // length_multiple) * length_multiple
+
+
+def bucket_of(builder, examples: Sequence, seq_len: int) -> Bucket:
+    """The batch shape of ``examples``: ``seq_len`` tokens, their longest fbank / media sizes
+    (audio-free: the builder's shortest segment, so every batch has a valid audio buffer)."""
+    infos = [builder.example_plan_info(ex) for ex in examples]
+    return Bucket(int(seq_len), max(int(i.fbank_frames) for i in infos) or int(builder.min_fbank_frames),
+                  max(int(i.media_slots) for i in infos))
 
 
 def decode_config(eos: int, pad: int, budget: int, options: QuickStartOptions) -> DecodeConfig:
@@ -146,12 +161,14 @@ class _Run:
         self.result.failed += 1
         self.bar.update(1)
 
-    def generate(self, items: list, bucket: Bucket, dcfg: DecodeConfig) -> None:
-        """``items`` = ``[(index, record, example)]`` of one bucket -> their lines."""
-        batch = collate_padded(self.builder, [ex for _, _, ex in items], bucket, self.options.batch_size)
+    def generate(self, items: list, seq_len: int, dcfg: DecodeConfig) -> None:
+        """``items`` = ``[(index, record, example)]`` of one token length -> their lines."""
+        examples = [ex for _, _, ex in items]
+        batch = collate_padded(self.builder, examples, bucket_of(self.builder, examples, seq_len),
+                               self.options.batch_size)
         rng = jax.random.fold_in(jax.random.key(self.options.seed), self.batches)
         self.batches += 1
-        prompt = self.family.batch.prompt_batch(batch, self.model_cfg).batch
+        prompt = self.family.batch.prompt_batch(batch, self.model_cfg, padding=self.options.padding).batch
         generation = self.family.generate(self.model, prompt, dcfg, rng)
         records = [rec for _, rec, _ in items]
         for (index, record, _), pred in zip(items, self.family.predictions(generation, records, self.tokenizer)):
@@ -208,19 +225,19 @@ def run_quick_start(family: Family, model, model_cfg, builder, tokenizer, record
                    options, bar)
         for budget, items in groups.items():
             dcfg = decode_config(run.eos, run.pad, budget, options)
-            pending: dict[Bucket, list] = collections.defaultdict(list)
+            pending: dict[int, list] = collections.defaultdict(list)
             for index, record in items:
                 try:
                     example = builder.build(record, index)
                 except BadRecordError as e:
                     run.fail(index, record, e)
                     continue
-                bucket = bucket_of(builder, example, options.length_multiple)
-                pending[bucket].append((index, record, example))
-                if len(pending[bucket]) == options.batch_size:
-                    run.generate(pending.pop(bucket), bucket, dcfg)
-            for bucket in sorted(pending):
-                run.generate(pending[bucket], bucket, dcfg)
+                seq = seq_bucket(builder, example, options.length_multiple)
+                pending[seq].append((index, record, example))
+                if len(pending[seq]) == options.batch_size:
+                    run.generate(pending.pop(seq), seq, dcfg)
+            for seq in sorted(pending):
+                run.generate(pending[seq], seq, dcfg)
         for offset, (task, error) in enumerate(read_errors):
             writer.add(len(records) + offset, read_error_line(task, error))
             run.result.unreadable += 1

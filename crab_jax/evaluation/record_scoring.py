@@ -11,23 +11,17 @@ means ... are not means of per-sample values), flattened to ``{"task/metric": {m
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
 from crab_jax.evaluation.prediction_lines import prediction_line, record_metadata
-from crab_jax.evaluation.scoring import Context
+from crab_jax.evaluation.scoring import Context, metric_key
 from crab_jax.families.base import Family
 from crab_jax.metrics.tables import UnusableRow
 
 log = logging.getLogger("crab_jax.evaluation")
-
-
-def metric_key(task: str, name: str) -> str:
-    """``"s4", "J (mIoU)"`` -> ``"s4/J_mIoU"`` (a scalar name for metric writers)."""
-    return f"{task}/" + re.sub(r"[^\w@.\-/]+", "_", name).strip("_")
 
 
 class RecordScorer:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Sequence
+import re
+from typing import Mapping, Sequence
 
 from crab_jax.evaluation.predictions import missing_fields, read_predictions
 from crab_jax.families.base import Family
@@ -166,8 +167,38 @@ def format_table(table: TaskTable) -> str:
     return "\n".join(out)
 
 
-def format_report(report: Report) -> str:
-    """Every table, then the unusable lines (numbers and the first reasons) and the ignored count."""
+def metric_key(task: str, name: str) -> str:
+    """``"s4", "J (mIoU)"`` -> ``"s4/J_mIoU"`` (a scalar name for metric writers and headlines)."""
+    return f"{task}/" + re.sub(r"[^\w@.\-/]+", "_", name).strip("_")
+
+
+def summary_rows(report: Report, headline: Mapping[str, Sequence[str]]) -> list[tuple[str, str, float, int]]:
+    """The paper's summary: per task ``(task, metric, value, n)`` of its headline metric (the first
+    of ``headline[task]`` the table has, by :func:`metric_key` name; else the table's first row)."""
+    out = []
+    for table in report.tables:
+        rows = [m for m in table.metrics if m.value is not None]
+        if not rows:
+            continue
+        named = {metric_key(table.task, m.name).split("/", 1)[1]: m for m in rows}
+        pick = next((named[k] for k in headline.get(table.task, ()) if k in named), rows[0])
+        out.append((table.task, pick.name, pick.value, pick.n))
+    return out
+
+
+def format_summary(rows: Sequence[tuple[str, str, float, int]]) -> str:
+    if not rows:
+        return "== summary\n(nothing scored)"
+    width = max(len(t) for t, *_ in rows)
+    metric = max(len(m) for _, m, *_ in rows)
+    out = ["== summary (one number per task)"]
+    out += [f"{t:<{width}}  {m:<{metric}}  {_value(v):>8}  {n:>6}" for t, m, v, n in rows]
+    return "\n".join(out)
+
+
+def format_report(report: Report, headline: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Every table, the summary (with ``headline``: the family's metric per task), then the
+    unusable lines (numbers and the first reasons) and the ignored count."""
     tail = []
     if report.unusable:
         tail.append(f"{len(report.unusable)} lines unusable (line numbers {line_numbers(report.unusable)})")
@@ -176,7 +207,8 @@ def format_report(report: Report) -> str:
             tail.append(f"  ... and {len(report.unusable) - 10} more (all of them in --json)")
     if report.ignored:
         tail.append(f"{report.ignored} lines of other tasks ignored")
-    return "\n\n".join([format_table(t) for t in report.tables] + (["\n".join(tail)] if tail else []))
+    summary = [format_summary(summary_rows(report, headline))] if headline is not None else []
+    return "\n\n".join([format_table(t) for t in report.tables] + summary + (["\n".join(tail)] if tail else []))
 
 
 def report_json(report: Report) -> dict:

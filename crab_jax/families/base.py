@@ -55,15 +55,39 @@ class BatchFormat:
     random_batches: ``(spec, model_cfg, seed, *, num_distinct, tasks) -> iterator`` of well-formed
       random batches (with ``get_state`` / ``set_state``).
     check: ``(batch, spec, model_cfg, source)``: raises naming the first key whose shape differs.
-    prompt_batch: ``(batch, model_cfg) -> (prompt batch, answers [list of id arrays], has_answer [b])``:
-      a training-format batch cut to its prompts (same shapes) for generation.
+    prompt_batch: ``(batch, model_cfg, *, padding="left") -> (prompt batch, answers [list of id
+      arrays], has_answer [b])``: a training-format batch cut to its prompts (same shapes) for
+      generation, the prompts padded on ``padding``'s side (``"right"``: only a family whose
+      original right-pads its generation batches accepts it, to reproduce its numbers).
     """
 
     spec: Callable[[DataConfig, Any, int], BatchSpec]
     shapes: Callable[[BatchSpec, Any], dict]
     random_batches: Callable[..., Iterator[dict]]
     check: Callable[..., None]
-    prompt_batch: Callable[[Mapping[str, Any], Any], Any]
+    prompt_batch: Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterTower:
+    """A stack of I-LoRA layers whose router usage the train step logs (per task, layer group, head).
+
+    name: the tower's word in the metric names, ``router/<task>/<name>/group<g>/head<h>``
+      (``"vision"``, ``"audio"``); ``""`` is the LLM's ``router/<task>/group<g>/head<h>``.
+    path: first element of the module path of the tower's I-LoRA layers (``"visual"``); ``""``:
+      every I-LoRA layer.
+    num_layers: ``model_cfg -> int``, the tower's layers (usage per contiguous group of them).
+    row_valid: ``(batch, model_cfg) -> [b, n]`` (bool or 0/1) which of each sample's ``n`` gate
+      rows are real (not a padding token, padded patch, empty slot, ...). One layer's gates,
+      whatever the tower's batch layout (``[b*V, h*w, k]``, ``[b*C, W, k]``, ``[b, S, k]``; a
+      scanned stack adds a leading ``[L]``), are read row-major as ``[b, n, k]``: row ``j`` of
+      sample ``i`` is the ``j``-th of its rows in that layout.
+    """
+
+    name: str
+    path: str
+    num_layers: Callable[[Any], int]
+    row_valid: Callable[[Mapping[str, Any], Any], Any]
 
 
 # ----------------------------------------------------------------------------- quick-start predictions
@@ -103,6 +127,8 @@ class Family:
       llm_path: module path of the LLM (``"llm"``, ``"model"``): the train step's router usage
         is taken over the I-LoRA gates under it, whose tokens are the batch's ``[b, S]``
         (encoder towers' gates are per patch / frame). ``""``: every I-LoRA layer.
+      router_towers: the :class:`RouterTower` s with I-LoRA besides the LLM (Crab+: vision,
+        audio), logged next to it (:func:`all_router_towers`); they need a non-empty ``llm_path``.
       vocab_sizes: ``model_cfg -> (vocab_size, padded_vocab_size)`` of the LLM's embeddings /
         head (converted checkpoints are zero-padded between the two).
       unused_modules: ``(model section, data section) -> module paths`` (``"seg_module"``) a run
@@ -133,10 +159,18 @@ class Family:
         command adds the prediction).
       task_scorers: task -> ``(ctx: ScoringContext) -> TaskScorer`` for every task it can score.
     Quick start (``python -m crab_jax.infer --weights DIR``, :mod:`crab_jax.evaluation.quick_start`):
+      read_quick_start: ``requests file -> ReadResult`` of the family's requests on a user's own
+        clips (``infer --input``; paths relative to ``--media-root``); None: ``--data-root`` only.
       checkpoint_config: ``converted checkpoint dir -> model_cfg`` as stored next to its params.
       default_max_new_tokens: ``task -> int``, the original's generation budget of the task.
       predictions: ``(generation, records, tokenizer) -> list of SamplePrediction`` (one per
         record, the generation's first rows) as the original decodes and masks them.
+    SAM2 second stage (``python -m crab_jax.segment``, :mod:`crab_jax.evaluation.sam2_stage`):
+      mask_prompts: ``(task, predicted text) -> prompt or None`` (None: the task has no mask):
+        the family's parse of an answer into a SAM2 prompt, an object with ``valid`` (bool),
+        ``reason`` (str or None), ``negative`` (bool: an all-zero mask, SAM2 not run), ``box``
+        (``(x1, y1, x2, y2)`` or None) and ``points`` (``((x, y), ...)``, labels 1), in the
+        pixels of the 224x224 frame SAM2 segments.
     Conversion:
       converter: the family's torch <-> JAX converter (:class:`~crab_jax.checkpoints.convert.family_converter.FamilyConverter`).
     """
@@ -167,3 +201,16 @@ class Family:
     predictions: Callable[..., list[SamplePrediction]] | None = None
     unused_modules: Callable[[ModelConfig, DataConfig], tuple[str, ...]] | None = None
     llm_path: str = ""
+    read_quick_start: Callable[[str], Any] | None = None
+    router_towers: tuple[RouterTower, ...] = ()
+    mask_prompts: Callable[[str, str], Any] | None = None
+
+
+def all_router_towers(family: Family) -> tuple[RouterTower, ...]:
+    """The towers whose router usage the train step logs: the LLM (``llm_path``, its
+    ``num_llm_layers``, rows = the batch's ``attention_mask``) then ``family.router_towers``."""
+    if family.router_towers and not family.llm_path:
+        raise ValueError(f"family {family.name!r}: router_towers need llm_path (an empty one would take "
+                         "the other towers' gates as the LLM's)")
+    llm = RouterTower("", family.llm_path, family.num_llm_layers, lambda batch, cfg: batch["attention_mask"])
+    return (llm, *family.router_towers)

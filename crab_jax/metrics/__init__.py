@@ -11,4 +11,9 @@ README section 7), so numbers are comparable with the paper's:
 * :mod:`.boxes`: ARIG box IoU, the repository's CIoU kernels and the cIoU / AUC summary.
 * :mod:`.captions`: AV captioning BLEU@1-4, METEOR, ROUGE-L, CIDEr (pycocoevalcap), with
   :mod:`.ptb_tokenizer` as the Java-free tokenizer.
+* :mod:`.classification`: accuracy (WAR), UAR, weighted F1 and MUSIC-AVQA's per-type accuracy
+  (Crab+'s label tasks, spec B.7). :mod:`.masks` also holds Crab+'s fixed-threshold J / F and
+  null S of the SAM2 stage's binary masks (spec B.6).
+* :mod:`.tables`: the task-scorer protocol and the helpers scorers share (line counts, the
+  prediction text, reading a reference file).
 """

@@ -24,6 +24,9 @@ import math
 import numpy as np
 
 EVENT_IOU_THRESHOLD = 0.5
+# The LLP benchmark's columns (AvvpScores summary key -> the paper's name), per level.
+PAPER_COLUMNS = {"audio": "Audio", "visual": "Visual", "audio_visual": "Audio-Visual", "type_at_av": "Type@AV",
+                 "event_at_av": "Event@AV"}
 
 
 def _labels(x, name: str) -> np.ndarray:
@@ -135,3 +138,10 @@ class AvvpScores:
             out[level] = {"audio": f_a, "visual": f_v, "audio_visual": f_av,
                           "type_at_av": (f_a + f_v + f_av) / 3, "event_at_av": f}
         return out
+
+    def paper_rows(self) -> list[tuple[str, float, int]]:
+        """The benchmark table: ``[("segment Audio", value, videos), ..., ("event Event@AV", ...)]``,
+        the :data:`PAPER_COLUMNS` at segment level, then at event level."""
+        s = self.summary()
+        return [(f"{level.replace('_level', '')} {name}", float(s[level][key]), int(s["videos"]))
+                for level in ("segment_level", "event_level") for key, name in PAPER_COLUMNS.items()]

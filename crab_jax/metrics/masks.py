@@ -12,6 +12,10 @@ the F curve of such a map differs from the one of the real logits, see the fixtu
 * F: :func:`eval_fmeasure` — β² = 0.3 F over :data:`FMEASURE_THRESHOLDS` (``prob >= t``), the
   curves of the images **with an object** averaged, then the maximum; 0.0 when none has one.
 * Ref-AVS null split: :func:`null_s` — ``sqrt(|P| / (H·W))`` (lower is better).
+* Crab+'s SAM2 stage (spec B.6) scores **binary** masks instead of logits:
+  :func:`binary_jf` (fixed-threshold J and F with its empty-mask conventions) and
+  :func:`null_s_over_background` (``sqrt(|P| / |¬P|)``, infinite for a full-image mask), with the
+  accumulators :class:`BinaryJFScores` and :class:`BackgroundNullScores`.
 * The scripts call these once per frame (N = 1) and average the per-frame values:
   :class:`BinaryMaskScores` (a frame without an object adds its F of 0.0 to the mean) and
   :class:`NullScores`. Frames for which the model produced no mask are skipped by the scripts:
@@ -232,6 +236,97 @@ class NullScores:
     def summary(self) -> dict:
         """``{"S": mean S, "frames": n}`` (lower is better; NaN when no frame was added)."""
         return {"S": _mean(self.values), "frames": len(self.values)}
+
+
+# ----------------------------------------------------------------------------------- Crab+ (SAM2 stage, B.6)
+
+
+def _binary_pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
+    """Two ``[H, W]`` masks as bool (nonzero = foreground, the scripts' ``astype(bool)``)."""
+    p, g = np.asarray(pred), np.asarray(gt)
+    if p.ndim != 2 or p.shape != g.shape:
+        raise ValueError(f"binary masks: expected pred and gt [H, W] of one shape, got {p.shape} and {g.shape}")
+    return p.astype(bool), g.astype(bool)
+
+
+def binary_jf(pred, gt) -> tuple[float, float]:
+    """``inference_3.py``'s ``calculate_metrics``: J and F (β² = 0.3, no threshold sweep) of one frame.
+
+    Args:
+      pred, gt: ``[H, W]`` binary masks (bool or 0/1 / 0/255; nonzero = foreground).
+    Returns:
+      ``(J, F)`` in float64: ``J = |P ∩ G| / |P ∪ G|``, 1 when the union is empty;
+      precision ``TP / |P|`` (1 when ``|P| = 0``, then TP = 0 too), recall ``TP / |G|`` (1 when
+      ``|G| = 0``); ``F = 1.3·P·R / (0.3·P + R)``, 0 when ``P + R = 0``. So an empty prediction on
+      an empty ground truth scores (1, 1) and an empty prediction on an object (0, 0).
+    """
+    p, g = _binary_pair(pred, gt)
+    tp, union = int((p & g).sum()), int((p | g).sum())
+    n_pred, n_gt = int(p.sum()), int(g.sum())
+    jaccard = tp / union if union else 1.0
+    precision = tp / n_pred if n_pred else 1.0
+    recall = tp / n_gt if n_gt else 1.0
+    if precision + recall == 0:
+        return jaccard, 0.0
+    f = (1 + FMEASURE_BETA2) * precision * recall / (FMEASURE_BETA2 * precision + recall)
+    return jaccard, f
+
+
+def null_s_over_background(pred) -> float:
+    """``inference_ref_3.py``'s ``calculate_s_metric``: ``sqrt(|P| / |¬P|)`` of one ``[H, W]``
+    binary mask (float64), ``inf`` when the mask covers the whole image. Differs from Crab's
+    :func:`null_s` (``|P| / (H·W)``)."""
+    p = np.asarray(pred)
+    if p.ndim != 2 or p.size == 0:
+        raise ValueError(f"null S: expected a mask [H, W], got shape {p.shape}")
+    p = p.astype(bool)
+    background = int((~p).sum())
+    return math.inf if background == 0 else math.sqrt(int(p.sum()) / background)
+
+
+class BinaryJFScores:
+    """Crab+ S4 / MS3 / Ref-AVS (seen, unseen): :func:`binary_jf` per frame, plain means."""
+
+    def __init__(self):
+        self.jaccards: list[float] = []
+        self.fscores: list[float] = []
+
+    def add(self, pred, gt) -> tuple[float, float]:
+        """Scores one frame (``[H, W]`` binary masks); returns ``(J, F)``."""
+        j, f = binary_jf(pred, gt)
+        self.add_scores(j, f)
+        return j, f
+
+    def add_scores(self, jaccard: float, fscore: float) -> None:
+        """Adds a frame's already known ``(J, F)`` (e.g. 0, 0 for an unusable prediction)."""
+        self.jaccards.append(float(jaccard))
+        self.fscores.append(float(fscore))
+
+    def summary(self) -> dict:
+        """``{"J": mean J, "F": mean F, "frames": n}`` (NaN means when no frame was added)."""
+        return {"J": _mean(self.jaccards), "F": _mean(self.fscores), "frames": len(self.jaccards)}
+
+
+class BackgroundNullScores:
+    """Crab+ Ref-AVS null split: the mean of the finite :func:`null_s_over_background` values (the
+    script leaves infinite ones out of its mean and counts them)."""
+
+    def __init__(self):
+        self.values: list[float] = []
+        self.infinite = 0
+
+    def add(self, pred) -> float:
+        """Scores one frame's ``[H, W]`` binary mask; returns its S (maybe ``inf``)."""
+        s = null_s_over_background(pred)
+        if math.isinf(s):
+            self.infinite += 1
+        else:
+            self.values.append(s)
+        return s
+
+    def summary(self) -> dict:
+        """``{"S": mean finite S, "frames": finite frames, "infinite": frames left out}``."""
+        return {"S": _mean(self.values), "frames": len(self.values), "infinite": self.infinite}
 
 
 # ----------------------------------------------------------------------------------- AVSS

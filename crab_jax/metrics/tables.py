@@ -6,7 +6,9 @@ evaluation: :mod:`crab_jax.evaluation.generation`)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
+
+from crab_jax.data.errors import BadRecordError
 
 
 class UnusableRow(ValueError):
@@ -84,3 +86,52 @@ class TaskScorer(Protocol):
     def add(self, row: Mapping[str, Any], ctx: ScoringContext) -> None: ...
 
     def table(self) -> TaskTable: ...
+
+
+# ----------------------------------------------------------------------------- helpers for scorers
+
+
+class LineCounts:
+    """The scored / unparsable / skipped counts every task scorer keeps (a base class: a scorer
+    calls :meth:`count` once per line and builds its table with :meth:`make_table`)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.scored = self.unparsable = self.skipped = 0
+
+    def count(self, parsed: bool, ctx: ScoringContext) -> bool:
+        """Counts one line; False when it is unparsable and skipped (do not score it)."""
+        if not parsed:
+            self.unparsable += 1
+            if ctx.skip_unparsable:
+                self.skipped += 1
+                return False
+        self.scored += 1
+        return True
+
+    def make_table(self, metrics, notes=()) -> TaskTable:
+        return TaskTable(self.name, tuple(metrics), self.scored, self.unparsable, self.skipped, notes=tuple(notes))
+
+
+def prediction_text(row: Mapping[str, Any]) -> str | None:
+    """The generated text ``predict``, or None for a line whose media failed (``error``).
+
+    Raises:
+      UnusableRow: neither ``error`` nor ``predict``.
+    """
+    if row.get("error"):
+        return None
+    text = row.get("predict")
+    if text is None:
+        raise UnusableRow("no 'predict' (the generated text)")
+    return str(text)
+
+
+def read_reference(ctx: ScoringContext, path: str, what: str, load: Callable[[str], Any]) -> Any:
+    """``load(file)`` of the file ``ctx.locate`` finds for ``path``; a missing or unreadable file
+    raises :class:`UnusableRow` naming ``what`` and the file."""
+    found = ctx.locate(path, what)
+    try:
+        return load(found)
+    except (BadRecordError, OSError, ValueError) as e:
+        raise UnusableRow(f"cannot read {what} {found}: {e}") from None

@@ -118,6 +118,16 @@ class PromptBatch:
     has_answer: np.ndarray
 
 
+def exact_match(generated: np.ndarray, reference: np.ndarray, eos_id: int) -> float:
+    """1.0 when the two id sequences agree up to their first ``eos_id`` (EOS and after ignored)."""
+    def upto_eos(ids):
+        ids = np.asarray(ids)
+        hits = np.flatnonzero(ids == eos_id)
+        return ids[: hits[0]] if len(hits) else ids
+
+    return float(np.array_equal(upto_eos(generated), upto_eos(reference)))
+
+
 def generated_ids(gen_tokens: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
     """Per row, the generated ids up to and including EOS."""
     return [np.asarray(gen_tokens[i, : int(lengths[i])]) for i in range(len(lengths))]

@@ -132,6 +132,12 @@ def conv_output_frames(mel_frames):
     return xp.where(mel_frames > 0, (mel_frames - 1) // 2 + 1, 0)
 
 
+def conv_frame_valid(chunk_frames: jax.Array, cfg: QwenAudioConfig) -> jax.Array:
+    """``[...]`` mel frames per chunk slot -> ``[..., W]`` bool: which conv frames (the layers'
+    rows) of each chunk are valid (none of an unused slot)."""
+    return jnp.arange(cfg.frames_per_chunk) < conv_output_frames(chunk_frames)[..., None]
+
+
 def audio_lengths(valid_frames):
     """``(aftercnn_lens, token_lens)`` for ``L`` valid mel frames (int or ``[clips]`` array).
 
@@ -362,7 +368,7 @@ class QwenAudioEncoder(nnx.Module):
 
     def frame_valid(self, chunk_frames: jax.Array) -> jax.Array:
         """``[n]`` mel frames -> ``[n, W]`` bool: which conv frames of each chunk are valid."""
-        return jnp.arange(self.cfg.frames_per_chunk)[None, :] < conv_output_frames(chunk_frames)[:, None]
+        return conv_frame_valid(chunk_frames, self.cfg)
 
     def encode(self, h: jax.Array, key_valid: jax.Array) -> jax.Array:
         """The layers: ``h [b, s, d]``, attention within each row over ``key_valid [b, s]`` keys."""

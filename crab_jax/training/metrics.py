@@ -2,7 +2,9 @@
 
 On device every quantity is a *sum* plus a *count* so micro-batches and steps add up
 exactly; the host divides. Router usage is the mean gate per I-LoRA head over the real
-(non-padding) tokens of the samples of one task, per contiguous group of decoder layers.
+rows (non-padding tokens; an encoder tower's real patches / frames) of the samples of one
+task, per contiguous group of a tower's layers, for every tower of
+:func:`crab_jax.families.base.all_router_towers`.
 
 MFU (model FLOPs utilisation) = training FLOPs per token (the family's ``flops_per_token``,
 e.g. :mod:`crab_jax.families.crab.flops`) x tokens per step / step time / (devices x peak
@@ -26,6 +28,8 @@ from crab_jax.parallel.accelerators import by_device_kind
 
 # Step metrics named ``<prefix><name>`` are per-task sums of a per-sample value (divided by samples).
 TASK_SUM_PREFIX = "per_sample/"
+# Keys of the step's router usage sums / counts; an encoder tower's add ``/<tower>``.
+ROUTER_SUM, ROUTER_COUNT = "router_sum", "router_count"
 
 
 # -- on device ----------------------------------------------------------------------------------
@@ -37,43 +41,69 @@ def per_task_sums(values: jax.Array, task_id: jax.Array, num_tasks: int) -> jax.
     return jnp.tensordot(onehot, values.astype(jnp.float32), axes=(0, 0))
 
 
+# Containers of a tower's layer list in module paths (LLaMA / audio ``layers``, vision ``blocks``).
+_LAYER_LISTS = ("layers", "blocks")
+
+
 def _layer_of(path) -> int | None:
     for i, p in enumerate(path[:-1]):
-        if str(p) == "layers" and isinstance(path[i + 1], int):
+        if str(p) in _LAYER_LISTS and isinstance(path[i + 1], int):
             return int(path[i + 1])
     return None
 
 
-def router_usage_sums(intermediates, attention_mask: jax.Array, task_id: jax.Array, *, num_tasks: int,
-                      num_layers: int, groups: int, scope: str = "") -> tuple[jax.Array, jax.Array] | None:
-    """Sum over samples of each sample's mean gate, ``[num_tasks, groups, k]``, and the count
-    ``[num_tasks, groups]`` (samples x projections) to divide by. None without gates.
+def router_keys(tower: str = "") -> tuple[str, str]:
+    """The step's ``(sum, count)`` keys of a tower's router usage (``""``: the LLM's)."""
+    suffix = f"/{tower}" if tower else ""
+    return ROUTER_SUM + suffix, ROUTER_COUNT + suffix
 
-    ``scope``: only gates under this module path (the family's ``llm_path``) count."""
-    mask = attention_mask.astype(jnp.float32)  # [b, S]
-    denom = jnp.maximum(mask.sum(1), 1.0)      # [b]
-    onehot = jax.nn.one_hot(task_id, num_tasks, dtype=jnp.float32)  # [b, T]
-    total, count = None, None
+
+def tower_gates(intermediates, scope: str = "") -> list[tuple[int, jax.Array]]:
+    """``(first layer, gates)`` of every I-LoRA call recorded under the module path ``scope``
+    (``""``: all): an unscanned layer's ``[rows..., k]`` (first layer from its path), or a scanned
+    stack's ``[L, rows..., k]`` (first layer 0)."""
+    out = []
     for path, var in nnx.to_flat_state(intermediates):
         if str(path[-1]) != GATES_INTERMEDIATE or (scope and str(path[0]) != scope):
             continue
-        for gates in var.get_value():
-            layer = _layer_of(path)
-            if gates.ndim == 4:   # scanned: [L, b, S, k]
-                per_sample = jnp.einsum("lbsk,bs->lbk", gates, mask) / denom[None, :, None]
-                group_of = jnp.arange(gates.shape[0]) * groups // num_layers
-                group_onehot = jax.nn.one_hot(group_of, groups, dtype=jnp.float32)  # [L, G]
-                sums = jnp.einsum("lbk,bt,lg->tgk", per_sample, onehot, group_onehot)
-                counts = jnp.einsum("bt,lg->tg", onehot, group_onehot)
-            else:                 # [b, S, k] of layer `layer`
-                per_sample = jnp.einsum("bsk,bs->bk", gates, mask) / denom[:, None]
-                g = 0 if layer is None else layer * groups // num_layers
-                sel = jax.nn.one_hot(g, groups, dtype=jnp.float32)
-                sums = jnp.einsum("bk,bt,g->tgk", per_sample, onehot, sel)
-                counts = jnp.einsum("bt,g->tg", onehot, sel)
-            total = sums if total is None else total + sums
-            count = counts if count is None else count + counts
-    return None if total is None else (total, count)
+        layer = _layer_of(path)
+        out.extend((0 if layer is None else layer, gates) for gates in var.get_value())
+    return out
+
+
+def router_usage_sums(gates: Sequence[tuple[int, jax.Array]], row_valid: jax.Array, task_id: jax.Array, *,
+                      num_tasks: int, num_layers: int, groups: int) -> tuple[jax.Array, jax.Array] | None:
+    """Sum over samples of each sample's mean gate over its valid rows, ``[num_tasks, groups, k]``,
+    and the count ``[num_tasks, groups]`` (samples with a valid row x projections) to divide by.
+    None without gates.
+
+    gates: :func:`tower_gates` of one tower; each array holds ``b * n`` rows per layer, read
+      row-major as ``[L, b, n, k]`` (``L = 1`` for an unscanned layer).
+    row_valid: ``[b, n]`` which rows of each sample count (the LLM: ``attention_mask``).
+    """
+    if not gates:
+        return None
+    mask = row_valid.astype(jnp.float32)       # [b, n]
+    b, n = mask.shape
+    real = mask.sum(1)                         # [b]
+    denom = jnp.maximum(real, 1.0)
+    # A sample without a real row of the tower (no audio, an all-padding row) counts nowhere.
+    onehot = jax.nn.one_hot(task_id, num_tasks, dtype=jnp.float32) * (real > 0)[:, None]  # [b, T]
+    total, count = None, None
+    for first, g in gates:
+        k = g.shape[-1]
+        if g.size % (b * n * k):
+            raise ValueError(f"router gates {g.shape} do not hold b x n = {b} x {n} rows per layer "
+                             f"(the tower's row_valid is {mask.shape})")
+        stacked = g.reshape(g.size // (b * n * k), b, n, k)  # [L, b, n, k]
+        per_sample = jnp.einsum("lbnk,bn->lbk", stacked, mask) / denom[None, :, None]
+        group_of = (first + np.arange(stacked.shape[0])) * groups // num_layers
+        group_onehot = jax.nn.one_hot(group_of, groups, dtype=jnp.float32)  # [L, G]
+        sums = jnp.einsum("lbk,bt,lg->tgk", per_sample, onehot, group_onehot)
+        counts = jnp.einsum("bt,lg->tg", onehot, group_onehot)
+        total = sums if total is None else total + sums
+        count = counts if count is None else count + counts
+    return total, count
 
 
 # -- host side ------------------------------------------------------------------------------------
@@ -82,7 +112,12 @@ def router_usage_sums(intermediates, attention_mask: jax.Array, task_id: jax.Arr
 def summarize(sums: Mapping[str, np.ndarray], tasks: Sequence[str]) -> dict[str, float]:
     """Turns the step's sums into named scalars: every scalar (``loss`` and the family's loss
     terms, ``grad_norm``, ``lr``), ``task/<t>/lm_loss`` (per token), ``task/<t>/<name>`` (per
-    sample, for the family's per-sample values) and ``router/<t>/group<g>/head<h>``."""
+    sample, for the family's per-sample values) and the mean router gate of each I-LoRA head
+    over the real rows of task ``t``'s samples, per group ``g`` of contiguous layers:
+    ``router/<t>/group<g>/head<h>`` for the LLM (tokens) and
+    ``router/<t>/<tower>/group<g>/head<h>`` for an encoder tower (``vision``: patches of the
+    used frame slots, ``audio``: conv frames of the used chunks; the family's ``router_towers``),
+    so TensorBoard lists each task's towers side by side."""
     out = {k: float(v) for k, v in sums.items() if np.ndim(v) == 0}
     nll, tok = np.asarray(sums["task_nll"]), np.asarray(sums["task_tokens"])
     n = np.asarray(sums["task_samples"])
@@ -93,13 +128,17 @@ def summarize(sums: Mapping[str, np.ndarray], tasks: Sequence[str]) -> dict[str,
             for key, values in per_sample.items():
                 out[f"task/{name}/{key}"] = float(values[t] / n[t])
             out[f"task/{name}/samples"] = float(n[t])
-    if "router_sum" in sums:
-        rs, rc = np.asarray(sums["router_sum"]), np.asarray(sums["router_count"])
+    towers = [k[len(ROUTER_SUM) + 1:] if k != ROUTER_SUM else "" for k in sums
+              if k == ROUTER_SUM or k.startswith(ROUTER_SUM + "/")]
+    for tower in towers:
+        sum_key, count_key = router_keys(tower)
+        rs, rc = np.asarray(sums[sum_key]), np.asarray(sums[count_key])
+        where = f"{tower}/" if tower else ""
         for t, name in enumerate(tasks):
             for g in range(rs.shape[1]):
                 if rc[t, g] > 0:
                     for h in range(rs.shape[2]):
-                        out[f"router/{name}/group{g}/head{h}"] = float(rs[t, g, h] / rc[t, g])
+                        out[f"router/{name}/{where}group{g}/head{h}"] = float(rs[t, g, h] / rc[t, g])
     return out
 
 

@@ -21,7 +21,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from crab_jax.parallel.mesh import BATCH_AXES, batch_sharding, replicated
 from crab_jax.models.losses import per_sample_lm_sums
-from crab_jax.training.metrics import TASK_SUM_PREFIX, per_task_sums, router_usage_sums
+from crab_jax.families.base import all_router_towers
+from crab_jax.training.metrics import TASK_SUM_PREFIX, per_task_sums, router_keys, router_usage_sums, tower_gates
 from crab_jax.models.state_dict import flat_leaves
 from crab_jax.training.state import TrainSetup, TrainState, fresh_rng_vars
 
@@ -48,8 +49,8 @@ def tree_all_finite(tree) -> jax.Array:
 def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, num_tasks: int,
                     router_groups: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The un-jitted step (see :func:`jit_train_step`)."""
-    family = setup.family
-    num_layers = family.num_llm_layers(setup.model_cfg)
+    family, cfg = setup.family, setup.model_cfg
+    towers = [(t, t.num_layers(cfg)) for t in all_router_towers(family)]
 
     def loss_fn(params, frozen, rng_vars, batch):
         model = setup.merge(params, frozen, rng_vars)
@@ -65,10 +66,13 @@ def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, nu
         }
         for name, values in out.per_sample.items():
             aux[f"{TASK_SUM_PREFIX}{name}"] = per_task_sums(values, task_id, num_tasks)
-        usage = router_usage_sums(inter, batch["attention_mask"], task_id, num_tasks=num_tasks,
-                                  num_layers=num_layers, groups=router_groups, scope=family.llm_path)
-        if usage is not None:
-            aux["router_sum"], aux["router_count"] = usage
+        for tower, num_layers in towers:  # the LLM, then the family's encoder towers
+            gates = tower_gates(inter, tower.path)
+            if gates:  # a tower without I-LoRA (or without media in this bucket) logs nothing
+                usage = router_usage_sums(gates, tower.row_valid(batch, cfg), task_id, num_tasks=num_tasks,
+                                          num_layers=num_layers, groups=router_groups)
+                sum_key, count_key = router_keys(tower.name)
+                aux[sum_key], aux[count_key] = usage
         return out.loss, aux
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

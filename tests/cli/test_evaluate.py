@@ -78,7 +78,10 @@ def test_crab_jax_predictions_of_several_tasks_with_gt_masks(tmp_path, capsys):
     assert data["tasks"]["s4"]["unparsable"] == 1
     assert data["tasks"]["avqa"]["metrics"][0] == {"name": "accuracy", "value": 1.0, "n": 1}
     assert data["ignored"] == 1
-    assert "1 lines of other tasks ignored" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 lines of other tasks ignored" in printed
+    summary = printed.split("== summary", 1)[1].splitlines()[1:3]  # one headline row per task
+    assert [row.split()[0] for row in summary] == ["s4", "avqa"] and "0.5000" in summary[0], summary
     # without --data-root the GT masks are looked for next to the predictions: none there
     assert main(["--task", "s4", "--predictions", f]) == 1
     assert "GT mask 'avs/0.png' not found" in capsys.readouterr().out

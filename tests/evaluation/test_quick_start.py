@@ -62,7 +62,7 @@ def stub_family(calls):
                                         finished=True, mask_tokens=6 if logits is not None else 0, mask_logits=logits))
         return out
 
-    def prompt_batch(batch, cfg):
+    def prompt_batch(batch, cfg, *, padding="left"):
         return SimpleNamespace(batch={**batch, "prompt_only": True})
 
     return SimpleNamespace(name="stub", generate=generate, predictions=predictions, pad_token_id=lambda cfg: 0,

@@ -126,3 +126,52 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="one frame per call"):
         M.BinaryMaskScores().add(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)))
     assert M.NullScores().summary()["frames"] == 0
+
+
+# ----------------------------------------------------------------------------- Crab+ (SAM2 stage, B.6)
+
+
+def test_binary_jf_by_hand():
+    pred = np.zeros((4, 4), bool)
+    gt = np.zeros((4, 4), np.uint8)
+    pred[0, :3] = True  # 3 predicted
+    gt[0, 1:4] = 255  # 4 annotated (0/255 as the PNGs hold them), 2 of them predicted
+    gt[1, 0] = 255
+    j, f = M.binary_jf(pred, gt)
+    assert j == pytest.approx(2 / 5)
+    p, r = 2 / 3, 2 / 4
+    assert f == pytest.approx(1.3 * p * r / (0.3 * p + r))
+
+
+def test_binary_jf_empty_conventions():
+    empty, obj = np.zeros((3, 3), bool), np.eye(3, dtype=bool)
+    assert M.binary_jf(empty, empty) == (1.0, 1.0)  # union empty: J 1; P = R = 1
+    assert M.binary_jf(empty, obj) == (0.0, 0.0)  # P 1 (nothing predicted), R 0 -> F 0
+    assert M.binary_jf(obj, empty) == (0.0, 0.0)  # P 0, R 1 (nothing to find) -> F 0
+    assert M.binary_jf(obj, ~obj) == (0.0, 0.0)  # P + R = 0
+    with pytest.raises(ValueError, match="one shape"):
+        M.binary_jf(empty, np.zeros((3, 4)))
+
+
+def test_null_s_over_background_differs_from_crab():
+    pred = np.zeros((4, 4), np.uint8)
+    pred[0] = 1  # 4 of 16 pixels
+    assert M.null_s_over_background(pred) == pytest.approx(np.sqrt(4 / 12))
+    assert M.null_s(np.where(pred > 0, 10.0, -10.0)) == pytest.approx(np.sqrt(4 / 16), abs=1e-6)
+    assert M.null_s_over_background(np.zeros((4, 4))) == 0.0
+    assert M.null_s_over_background(np.ones((4, 4))) == float("inf")
+
+
+def test_crab_plus_accumulators():
+    jf = M.BinaryJFScores()
+    empty, obj = np.zeros((2, 2), bool), np.ones((2, 2), bool)
+    assert jf.add(obj, obj) == (1.0, 1.0)
+    jf.add_scores(0.0, 0.0)
+    assert jf.summary() == {"J": 0.5, "F": 0.5, "frames": 2}
+    null = M.BackgroundNullScores()
+    null.add(empty)
+    null.add(np.array([[1, 0], [0, 0]]))  # sqrt(1/3)
+    assert null.add(obj) == float("inf")
+    s = null.summary()
+    assert s["S"] == pytest.approx(np.sqrt(1 / 3) / 2) and (s["frames"], s["infinite"]) == (2, 1)
+    assert np.isnan(M.BackgroundNullScores().summary()["S"])

@@ -9,7 +9,7 @@ and keeps nothing, so a converter holds at most the tensor it is working on plus
   weights_only=True)``; after a tensor is copied out its mapped pages are handed back to the
   kernel (``madvise(MADV_DONTNEED)``), for the same reason. A BEATs-style
   ``{'cfg': ..., 'model': state_dict}`` file is recognised: the tensors are ``model`` and
-  ``extra['cfg']`` holds the config;
+  ``extra['cfg']`` holds the config; so is SAM 2's ``{'model': state_dict}``;
 * a Hugging Face directory — ``config.json`` plus ``model.safetensors`` /
   ``pytorch_model.bin`` or the sharded form with ``model.safetensors.index.json`` /
   ``pytorch_model.bin.index.json`` (each key is read from the shard the index names).
@@ -185,8 +185,9 @@ class TorchFile(TensorFile):
             obj = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
         except Exception as e:
             raise ValueError(f"{self.path}: not a readable torch checkpoint ({e})") from e
-        if subkey is None and isinstance(obj, dict) and {"cfg", "model"} <= set(obj) and isinstance(obj["model"], dict):
-            subkey = "model"
+        if (subkey is None and isinstance(obj, dict) and isinstance(obj.get("model"), dict)
+                and ({"cfg", "model"} <= set(obj) or set(obj) == {"model"})):
+            subkey = "model"  # BEATs' {'cfg', 'model'}, SAM 2's {'model'}
         if subkey is not None:
             if not isinstance(obj, dict) or subkey not in obj:
                 raise ValueError(f"{self.path}: expected a dict with key {subkey!r}, found "

@@ -20,8 +20,11 @@ from crab_jax.checkpoints.convert.inspection import inspect_path
 from crab_jax.checkpoints.convert.mapping import MappingError
 from crab_jax.checkpoints.convert.output import (DTYPE_CHOICES, TOKENIZER_DIR, check_tokenizer_dir, output_dtype,
                                                  summary, write_checkpoint)
+from crab_jax.checkpoints.sam2.converter import CONVERTER as SAM2_CONVERTER
 
 DEFAULT_FAMILY = "crab"
+# Shared models converted on their own, selected with --family like a family's weights.
+SHARED_MODEL_CONVERTERS = {"sam2": SAM2_CONVERTER}
 COMMANDS = ("to-jax", "to-torch", "from-run", "inspect")
 _RAW = argparse.RawDescriptionHelpFormatter
 
@@ -29,9 +32,11 @@ _RAW = argparse.RawDescriptionHelpFormatter
 def _add_family_argument(parser: argparse.ArgumentParser, default=DEFAULT_FAMILY) -> None:
     """``--family``: before the subcommand or after it (``default=SUPPRESS`` there, so a
     subcommand that does not repeat it keeps the one given before)."""
-    parser.add_argument("--family", metavar="NAME", default=default, choices=families.names(),
+    parser.add_argument("--family", metavar="NAME", default=default,
+                        choices=families.names() + tuple(SHARED_MODEL_CONVERTERS),
                         help=f"model family whose weights are converted (default: {DEFAULT_FAMILY}; "
-                        f"known: {', '.join(families.names())})")
+                        f"known: {', '.join(families.names())}), or a shared model: "
+                        f"{', '.join(SHARED_MODEL_CONVERTERS)}")
 
 
 def _add_tokenizer_argument(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +51,7 @@ def family_converter(argv: Sequence[str]) -> FamilyConverter:
     pre = argparse.ArgumentParser(prog="crab-convert-weights", add_help=False, allow_abbrev=False)
     _add_family_argument(pre)
     name = pre.parse_known_args(argv)[0].family
-    converter = families.get(name).converter
+    converter = SHARED_MODEL_CONVERTERS.get(name) or families.get(name).converter
     if converter is None:
         pre.error(f"--family {name}: this model family has no weight converter")
     return converter

@@ -291,6 +291,10 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray:
     return A.load_audio(check_file(path, "audio"))
 
 
+# AudioSpec kinds :func:`audio_segments` cuts (Crab's); ``"crab_plus"`` crops are the family's own.
+SEGMENT_KINDS = ("clip", "avqa", "frame", "seconds")
+
+
 def audio_segments(spec, audio: np.ndarray):
     """Cuts a decoded ``[samples]`` waveform by a record's :class:`~crab_jax.data.records.record.AudioSpec`
     (Crab family) into :class:`~crab_jax.data.media.audio.AudioSegments`.

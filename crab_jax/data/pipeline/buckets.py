@@ -1,6 +1,6 @@
 """Static-shape buckets and the per-epoch batch plan (what every process computes alike).
 
-A *bucket* is ``(seq_len, fbank_frames)``: one compiled shape. ``seq_len`` is the smallest of
+A *bucket* is ``(seq_len, fbank_frames, media_slots)``: one compiled shape. ``seq_len`` is the smallest of
 the configured token buckets that holds the sample after placeholder expansion (longer than
 the largest: bad record); ``fbank_frames`` is the longest audio feature length per segment
 (:class:`PlanInfo`, from the family's example builder) among the records of that token
@@ -34,19 +34,25 @@ class PlanInfo:
 
     Attributes:
       expanded_len: tokens after placeholder expansion (text tokens + media rows).
-      fbank_frames: fbank frames per audio segment as the model reads them (0 without audio).
+      fbank_frames: fbank frames per audio segment as the model reads them (0 without audio);
+        a family without fbanks puts its audio length here (Crab+: valid mel frames).
+      media_slots: a second media buffer size the family sizes per bucket (Crab+: temporal
+        slices of frames); 0 when it has none (Crab: its frame slots are fixed per run).
     """
 
     expanded_len: int
     fbank_frames: int
+    media_slots: int = 0
 
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Bucket:
-    """One static batch shape: token length and fbank frames per audio segment."""
+    """One static batch shape: token length, fbank frames per audio segment, media slots
+    (the longest of the token bucket's records, see :class:`PlanInfo`)."""
 
     seq_len: int
     fbank_frames: int
+    media_slots: int = 0
 
 
 def choose_seq_bucket(length: int, seq_buckets: Sequence[int], source: str) -> int:
@@ -67,8 +73,8 @@ def assign_buckets(infos: Sequence[PlanInfo | None], sources: Sequence[str], seq
                    fallback_fbank_frames: int) -> tuple[list[Bucket | None], list[BadRecordError]]:
     """Bucket of each record (None for a bad one) and the too-long records as errors.
 
-    Every record of a token bucket gets the same fbank length: the longest of them (see the
-    module docstring).
+    Every record of a token bucket gets the same fbank length and media slots: the longest of
+    them (see the module docstring).
     """
     seqs, errors = [], []
     for info, src in zip(infos, sources):
@@ -84,7 +90,8 @@ def assign_buckets(infos: Sequence[PlanInfo | None], sources: Sequence[str], seq
         if seq is not None:
             members[seq].append(info)
     fbank = {seq: longest_fbank_frames(m, fallback_fbank_frames) for seq, m in members.items()}
-    return [None if seq is None else Bucket(seq, fbank[seq]) for seq in seqs], errors
+    slots = {seq: max(int(i.media_slots) for i in m) for seq, m in members.items()}
+    return [None if seq is None else Bucket(seq, fbank[seq], slots[seq]) for seq in seqs], errors
 
 
 @dataclasses.dataclass(frozen=True)

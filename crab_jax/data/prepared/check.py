@@ -51,8 +51,9 @@ def native_audio_rate(path: str) -> int:
         return int(c.streams.audio[0].sample_rate)
 
 
-def check_audio(record: Record, data_root: str, min_fbank_frames: int, problems: dict, checked: set) -> None:
-    path = resolve(data_root, record.audios[0])
+def check_audio(record: Record, path: str, min_fbank_frames: int, problems: dict, checked: set) -> None:
+    """Decodability and sample rate of the audio file ``path``; for Crab's segment rules also
+    the segment length (Crab+'s crops pad every clip to >= 1 s: never too short)."""
     if path not in checked:
         checked.add(path)
         try:
@@ -66,7 +67,7 @@ def check_audio(record: Record, data_root: str, min_fbank_frames: int, problems:
         except Exception as e:  # av errors
             problems["undecodable"].append((path, f"cannot open audio ({type(e).__name__}: {e})"))
             return
-    if record.audio is None:
+    if record.audio is None or record.audio.kind not in M.SEGMENT_KINDS:
         return
     key = (path, record.audio)
     if key in checked:
@@ -86,8 +87,7 @@ def check_audio(record: Record, data_root: str, min_fbank_frames: int, problems:
                                             f"{min_fbank_frames}"))
 
 
-def check_video(record: Record, data_root: str, problems: dict, checked: set) -> None:
-    path = resolve(data_root, record.videos[0])
+def check_video(record: Record, path: str, problems: dict, checked: set) -> None:
     if path in checked:
         return
     checked.add(path)
@@ -121,10 +121,10 @@ def check_records(records: Sequence[Record], data_root: str, min_fbank_frames: i
                   checked: set) -> None:
     """Adds the problems of the records' media files (each file once) to ``problems``."""
     for r in records:
-        if r.audios:
-            check_audio(r, data_root, min_fbank_frames, problems, checked)
-        if r.videos:
-            check_video(r, data_root, problems, checked)
+        for audio in r.audios:  # every file of a pair too (Crab+ v2a / a2v)
+            check_audio(r, resolve(data_root, audio), min_fbank_frames, problems, checked)
+        for video in r.videos:
+            check_video(r, resolve(data_root, video), problems, checked)
         for p in r.frame_paths + ((r.image_path,) if r.image_path else ()):
             check_image(resolve(data_root, p), "image", problems, checked)
         if r.mask_path:

@@ -2,14 +2,18 @@
 
 ``<avuie2>/<task>/{train,test}.json`` (``<avuie2>`` = ``CrabLayout.avuie2``): video / audio
 tasks keep file names under ``<avuie2>/<task>/{video,audio}/``, image tasks keep paths
-relative to ``<avuie2>/<task>/``.
+relative to ``<avuie2>/<task>/``. Test records of S4 / MS3 / Ref-AVS get ``mask_path``, the GT
+mask the SAM2 scripts read (:func:`crab_plus_gt_mask_path`); ``fields`` keeps what the prompts,
+the GT string and the task scorers read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from crab_jax.data.errors import BadRecordError
 from crab_jax.data.records.record import (AudioSpec, CrabLayout, ReadResult, Record, entry_field, frame_number,
                                           frozen_fields, join_path, load_json_list, read_entries, rebase)
 
@@ -34,6 +38,33 @@ _CRAB_PLUS_FIELDS = {
     "ave": ("event", "start_time", "end_time"), "unav": (), "avvp": ("event",), "avcap": (),
     "s4": ("a_obj",), "ms3": ("a_obj",), "arig": ("a_obj",), "ref_avs": (),
 }
+# Fields kept when the entry has them: what the scorers and the original's predictions lines
+# carry besides the GT string (question types, ids), per task.
+_CRAB_PLUS_OPTIONAL = {
+    "avqa": ("type", "video_id", "question_id"),
+    "avqa_thu": ("question_type", "question_relation", "video_id", "video_name", "id"),
+    "ave": ("vid",), "avvp": ("vid", "filename"), "avcap": ("video_id",),
+    "s4": ("vid", "uid"), "ms3": ("vid", "uid"), "ref_avs": ("vid", "uid", "fid", "split"),
+}
+_CRAB_PLUS_GT_MASK_TASKS = ("s4", "ms3", "ref_avs")
+
+
+def crab_plus_gt_mask_path(task: str, image_path: str, fid: Any = None) -> str | None:
+    """The GT mask file of an S4 / MS3 / Ref-AVS frame by the SAM2 scripts' rules (spec B.6), or
+    None when ``image_path`` does not have the layout they assume.
+
+    S4 / MS3: ``/frames/`` -> ``/labels_rgb/``, ``.jpg`` -> ``.png``. Ref-AVS: ``/media/`` ->
+    ``/gt_mask/``, ``.jpg`` -> ``.png``, ``/frames/`` -> ``/fid_{fid}/0000`` (frame ``3.jpg`` ->
+    ``fid_{fid}/00003.png``), applied in that order like the script's ``str.replace`` chain.
+    """
+    path = str(image_path)
+    if task in ("s4", "ms3"):
+        return path.replace("/frames/", "/labels_rgb/").replace(".jpg", ".png") if "/frames/" in path else None
+    if task == "ref_avs":
+        if fid is None or "/media/" not in path or "/frames/" not in path:
+            return None
+        return path.replace("/media/", "/gt_mask/").replace(".jpg", ".png").replace("/frames/", f"/fid_{fid}/0000")
+    raise ValueError(f"task {task!r} has no GT mask rule; known: {_CRAB_PLUS_GT_MASK_TASKS}")
 
 
 def _crab_plus_gt(task: str, f: Mapping[str, Any]) -> str | None:
@@ -67,6 +98,7 @@ def _crab_plus_gt(task: str, f: Mapping[str, Any]) -> str | None:
 
 def _build_crab_plus(task, mode, root, where, e):
     f = {k: entry_field(e, k, where) for k in _CRAB_PLUS_FIELDS[task]}
+    f.update({k: e[k] for k in _CRAB_PLUS_OPTIONAL.get(task, ()) if e.get(k) is not None})
     if task in CRAB_PLUS_IMAGE_TASKS:
         image_key = "image_path" if mode == "train" else "visual_path"
         image = join_path(root, rebase(str(entry_field(e, image_key, where)), 99))
@@ -82,12 +114,11 @@ def _build_crab_plus(task, mode, root, where, e):
         if task == "ref_avs":
             f["description" if mode == "train" else "object"] = str(
                 entry_field(e, "description" if mode == "train" else "object", where))
-            for k in ("vid", "uid", "fid", "split"):
-                if k in e:
-                    f[k] = e[k]
         if task == "arig" and mode == "test":
             f["top_left"], f["bottom_right"] = entry_field(e, "top_left", where), entry_field(e, "bottom_right", where)
         media = dict(image_path=image, audios=audio, frame_idx=idx, audio=AudioSpec("crab_plus", idx=idx))
+        if mode == "test" and task in _CRAB_PLUS_GT_MASK_TASKS:
+            media["mask_path"] = crab_plus_gt_mask_path(task, image, f.get("fid"))
     else:
         if task == "a2v":
             videos = tuple(join_path(root, "video", str(entry_field(e, k, where))) for k in ("video1_path", "video2_path"))
@@ -122,3 +153,44 @@ def read_crab_plus_task(task: str, mode: str, data_root: str | os.PathLike, *,
     rel = join_path(root, f"{mode}.json")
     entries = load_json_list(os.path.join(os.fspath(data_root), rel), rel)
     return read_entries(entries, rel, lambda where, e: _build_crab_plus(task, mode, root, where, e), strict)
+
+
+def _with_carried_targets(records: list[Record], task: str, data_root: str | os.PathLike,
+                          layout: CrabLayout) -> list[Record]:
+    """Test records whose entry also holds the task's training target field, with it as ``answer``."""
+    rel = join_path(layout.avuie2, task, "test.json")
+    entries = load_json_list(os.path.join(os.fspath(data_root), rel), rel)
+    out = []
+    for r in records:
+        e = entries[int(r.source.rpartition("#")[2])]
+        target = e.get(CRAB_PLUS_TARGET[task])
+        out.append(r if target is None else dataclasses.replace(r, answer=str(target)))
+    return out
+
+
+def read_crab_plus_records(data_root: str | os.PathLike, tasks: Sequence[str], mode: str = "train", *,
+                           layout: CrabLayout = CrabLayout(), seed: int = 0) -> tuple[list[Record], list[BadRecordError]]:
+    """Every AVUIE_2 record of ``tasks`` in ``mode`` (``train`` / ``test``), bad entries collected
+    (Crab+'s ``read_records`` hook, as ``read_records`` of :mod:`~crab_jax.data.records.select` is Crab's).
+
+    A whole annotation file that is missing or unreadable is one collected error; an unknown
+    task raises ValueError; in mode ``test`` the train-only tasks (no test file) are skipped.
+    A test entry that also holds its task's training target field (:data:`CRAB_PLUS_TARGET`; the
+    synthetic dataset's test rows do) carries it as the record's ``answer``, so a held-out
+    record can be trained on; ``gt`` stays the test GT string. ``seed`` is unused (no AVUIE_2
+    reader draws at random); it is the hook's signature.
+    """
+    records, errors = [], []
+    for task in tasks:
+        if task not in CRAB_PLUS_TASKS:
+            raise ValueError(f"data.tasks: unknown Crab+ task {task!r}; known: {CRAB_PLUS_TASKS}")
+        if mode == "test" and task in CRAB_PLUS_TRAIN_ONLY:
+            continue
+        try:
+            res = read_crab_plus_task(task, mode, data_root, layout=layout, strict=False)
+        except BadRecordError as e:  # a whole annotation file missing / unreadable
+            errors.append(e)
+            continue
+        records += _with_carried_targets(res.records, task, data_root, layout) if mode == "test" else res.records
+        errors += res.errors
+    return records, errors

@@ -1,13 +1,16 @@
-"""Writes the synthetic audio-visual dataset (tiny Crab's default data) in the real AV-UIE /
-AVSBench layouts: :func:`generate`, :func:`ensure_dataset`, :func:`load_records` and the CLI.
+"""Writes the synthetic audio-visual dataset (the tiny models' default data) in the real
+AV-UIE / AVSBench layout and in the AV-UIE v2 (``AVUIE_2``) layout: :func:`generate`,
+:func:`ensure_dataset`, :func:`load_records` and the CLI.
 
 What the clips show and which tasks they serve: :mod:`crab_jax.data.synthetic.scenes`;
-rendering: :mod:`~crab_jax.data.synthetic.render`; annotation rows: :mod:`~crab_jax.data.synthetic.records`;
-files: :mod:`~crab_jax.data.synthetic.writers`.
+rendering: :mod:`~crab_jax.data.synthetic.render`; annotation rows: :mod:`~crab_jax.data.synthetic.records`
+(AV-UIE) and :mod:`~crab_jax.data.synthetic.avuie2` (AVUIE_2); files: :mod:`~crab_jax.data.synthetic.writers`.
 
-Layout under ``OUT``: a data root in the folder layout of :mod:`crab_jax.data.records.crab`
-(``CrabLayout`` defaults), so ``read_crab_task(task, mode, OUT)`` reads it; paths
-inside the JSON files are relative to the task folder, as the readers expect::
+Layout under ``OUT``: a data root in the folder layouts of :mod:`crab_jax.data.records.crab`
+and :mod:`crab_jax.data.records.crab_plus` (``CrabLayout`` defaults), so ``read_crab_task(task,
+mode, OUT)`` and ``read_crab_plus_task(task, mode, OUT)`` read it; paths inside the JSON files
+are relative to the task folder, as the readers expect. The same samples are in both layouts
+(``ks`` only in AVUIE_2); every media file is encoded once, the AVUIE_2 copies are hard links::
 
     manifest.json                                   what was generated (see :func:`generate`)
     music_avqa/{valid_train,test}_samples.json      AVQA records (one per question)
@@ -20,11 +23,14 @@ inside the JSON files are relative to the task folder, as the readers expect::
     avs/s4_samples.json                             S4 records (both splits, field ``split``)
     avs/v1s_grounding_samples.json                  ARIG records (both splits)
     avs/v1s/<uid>/audio.wav, frames/<i>.jpg, labels_semantic/<i>.png   (i = 0..4)
+    AVUIE_2/{ave,avqa,ks}/{train,test}.json + video/<name>.mp4, audio/<name>.{mp3,wav}
+    AVUIE_2/{s4,arig}/{train,test}.json + v1s/<uid>/frames/<i>.jpg, audio.wav
+                                                    (s4 also labels_rgb/<i>.png: spec B.6's GT path)
 
 Everything is a pure function of ``(seed, task, split, index)``: sample ``i`` does not
 depend on how many samples are drawn, and the JSON files are byte-identical across runs.
 
-CLI: ``python -m crab_jax.data.synthetic --out DIR --seed 0 --num-train N --num-test M``.
+CLI: ``python -m crab_jax.data.synthetic --out DIR --seed 0 --num-train N --num-test M [--tasks ...,ks]``.
 """
 
 from __future__ import annotations
@@ -43,21 +49,22 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from crab_jax.data.synthetic import avuie2
 from crab_jax.data.synthetic.records import (LAYOUT, arig_record, ave_label_text, ave_record, avqa_label_text,
                                              avqa_records, s4_record)
 from crab_jax.data.synthetic.render import BOX_SCALE, render_audio, render_frames
-from crab_jax.data.synthetic.scenes import (AVE_UNITS, AVQA_FRAMES, AVQA_QUESTIONS, AVQA_QUESTIONS_PER_CLIP,
-                                            AVQA_SECONDS, AVS_UNITS, CLASSES, FRAME_SIZE, SAMPLE_RATE, SPLITS,
-                                            TASKS, UNIT_SAMPLES, AvsSample, sample_ave, sample_avqa_clip,
-                                            sample_avs)
+from crab_jax.data.synthetic.scenes import (ALL_TASKS, AVE_UNITS, AVQA_FRAMES, AVQA_QUESTIONS,
+                                            AVQA_QUESTIONS_PER_CLIP, AVQA_SECONDS, AVS_UNITS, CLASSES, FRAME_SIZE,
+                                            KS_UNITS, SAMPLE_RATE, SPLITS, TASKS, UNIT_SAMPLES, AvsSample, sample_ave,
+                                            sample_avqa_clip, sample_avs, sample_ks)
 from crab_jax.data.synthetic.writers import (VIDEO_CODEC, write_jpg, write_json, write_mask_png, write_mp3,
                                              write_mp4, write_text, write_wav)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: the AVUIE_2 layout and the ks task (a version-1 dataset is regenerated)
 DEFAULT_NUM_TRAIN = 128
 DEFAULT_NUM_TEST = 32
 # Top-level entries a generation owns (removed by ``overwrite``).
-OWNED_ENTRIES = ("manifest.json",) + tuple(sorted({LAYOUT[t]["root"] for t in TASKS}))
+OWNED_ENTRIES = ("manifest.json",) + tuple(sorted({LAYOUT[t]["root"] for t in TASKS} | {avuie2.ROOT}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +87,8 @@ def _jobs(tasks: Sequence[str], num_train: int, num_test: int) -> list[_Job]:
     return jobs
 
 
-def _write_avs_clip(root: pathlib.Path, task: str, s: AvsSample) -> np.ndarray:
-    """Writes ``<avs>/v1s/<uid>/``; returns the sounding object's masks ``[5, H, W]``."""
+def _write_avs_clip(root: pathlib.Path, task: str, s: AvsSample) -> tuple[pathlib.Path, np.ndarray]:
+    """Writes ``<avs>/v1s/<uid>/``; returns it and the sounding object's masks ``[5, H, W]``."""
     clip_dir = root / LAYOUT[task]["root"] / "v1s" / s.uid
     (clip_dir / "frames").mkdir(parents=True, exist_ok=True)
     (clip_dir / "labels_semantic").mkdir(parents=True, exist_ok=True)
@@ -90,35 +97,45 @@ def _write_avs_clip(root: pathlib.Path, task: str, s: AvsSample) -> np.ndarray:
         write_jpg(clip_dir / "frames" / f"{i}.jpg", frames[i])
         write_mask_png(clip_dir / "labels_semantic" / f"{i}.png", masks[i])
     write_wav(clip_dir / "audio.wav", render_audio(s.clip))
-    return masks
+    return clip_dir, masks
 
 
 def _run_job(root: pathlib.Path, seed: int, job: _Job) -> list[tuple[str, dict]]:
-    """Renders and writes one clip; returns ``(annotation file, row)`` pairs."""
+    """Renders and writes one clip (both layouts); returns ``(annotation file, row)`` pairs."""
     split = job.split
     if job.task == "ave":
         s = sample_ave(seed, split, job.index)
         base = root / LAYOUT["ave"]["root"]
+        video, audio = base / "AVE" / f"{s.vid}.mp4", base / "audio_data" / f"{s.vid}.mp3"
         frames, _ = render_frames(s.clip)
-        write_mp4(base / "AVE" / f"{s.vid}.mp4", frames, fractions.Fraction(AVE_UNITS * SAMPLE_RATE, s.clip.num_samples))
-        write_mp3(base / "audio_data" / f"{s.vid}.mp3", render_audio(s.clip))
+        write_mp4(video, frames, fractions.Fraction(AVE_UNITS * SAMPLE_RATE, s.clip.num_samples))
+        write_mp3(audio, render_audio(s.clip))
         write_text(root / LAYOUT["ave"]["labels"] / f"{s.vid}.txt", ave_label_text(s.event, s.start_time, s.end_time))
-        return [(LAYOUT["ave"][split], ave_record(s))]
+        return [(LAYOUT["ave"][split], ave_record(s))] + avuie2.ave_entries(root, s, split, video, audio)
     if job.task == "avqa":
         c = sample_avqa_clip(seed, split, job.index)
         base = root / LAYOUT["avqa"]["root"]
+        video, audio = base / "video_data" / f"{c.video_id}.mp4", base / "audio_data" / f"{c.video_id}.wav"
         frames, _ = render_frames(c.clip)
-        write_mp4(base / "video_data" / f"{c.video_id}.mp4", frames, fractions.Fraction(AVQA_FRAMES, AVQA_SECONDS))
-        write_wav(base / "audio_data" / f"{c.video_id}.wav", render_audio(c.clip))
+        write_mp4(video, frames, fractions.Fraction(AVQA_FRAMES, AVQA_SECONDS))
+        write_wav(audio, render_audio(c.clip))
         rows = avqa_records(c)[: job.num_records]
         for q in c.questions[: job.num_records]:
             write_text(root / LAYOUT["avqa"]["labels"] / f"{q.question_id}.txt", avqa_label_text(q.answer))
-        return [(LAYOUT["avqa"][split], r) for r in rows]
+        return ([(LAYOUT["avqa"][split], r) for r in rows]
+                + avuie2.avqa_entries(root, c, split, job.num_records, video, audio))
+    if job.task == "ks":
+        k = sample_ks(seed, split, job.index)
+        video = avuie2.media_file(root, "ks", "video", f"{k.vid}.mp4")
+        audio = avuie2.media_file(root, "ks", "audio", f"{k.vid}.wav")
+        frames, _ = render_frames(k.clip)
+        write_mp4(video, frames, fractions.Fraction(KS_UNITS * SAMPLE_RATE, k.clip.num_samples))
+        write_wav(audio, render_audio(k.clip))
+        return avuie2.ks_entries(k, split, video, audio)
     s = sample_avs(job.task, seed, split, job.index)
-    masks = _write_avs_clip(root, job.task, s)
-    if job.task == "s4":
-        return [(LAYOUT["s4"][split], s4_record(s, split))]
-    return [(LAYOUT["arig"][split], arig_record(s, split, masks))]
+    clip_dir, masks = _write_avs_clip(root, job.task, s)
+    crab = s4_record(s, split) if job.task == "s4" else arig_record(s, split, masks)
+    return [(LAYOUT[job.task][split], crab)] + avuie2.avs_entries(root, job.task, s, split, clip_dir, masks)
 
 
 def _prepare_out(root: pathlib.Path, overwrite: bool) -> None:
@@ -141,18 +158,18 @@ def _prepare_out(root: pathlib.Path, overwrite: bool) -> None:
 
 def _check_args(seed, num_train, num_test, tasks) -> tuple[str, ...]:
     tasks = tuple(tasks)
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in ALL_TASKS]
     if unknown or not tasks or len(set(tasks)) != len(tasks):
-        raise ValueError(f"tasks {list(tasks)}: expected a non-empty list of distinct names from {list(TASKS)}")
+        raise ValueError(f"tasks {list(tasks)}: expected a non-empty list of distinct names from {list(ALL_TASKS)}")
     if num_train < 0 or num_test < 0:
         raise ValueError(f"num_train={num_train}, num_test={num_test}: counts must be >= 0")
     if int(seed) < 0:
         raise ValueError(f"seed={seed}: must be >= 0")
-    return tuple(t for t in TASKS if t in tasks)  # canonical order: the output never depends on it
+    return tuple(t for t in ALL_TASKS if t in tasks)  # canonical order: the output never depends on it
 
 
 def build_manifest(seed: int, num_train: int, num_test: int, tasks: Sequence[str], counts: dict) -> dict:
-    """The ``manifest.json`` content: the generation's parameters, classes, layout and counts."""
+    """The ``manifest.json`` content: the generation's parameters, classes, layouts and counts."""
     return {
         "name": "crab_jax synthetic audio-visual dataset",
         "format_version": FORMAT_VERSION,
@@ -167,7 +184,8 @@ def build_manifest(seed: int, num_train: int, num_test: int, tasks: Sequence[str
                     for c in CLASSES],
         "avqa_questions": {k: {"question": q, "type": t, "answers": list(a)}
                            for k, (q, t, a) in AVQA_QUESTIONS.items()},
-        "layout": {t: LAYOUT[t] for t in tasks},
+        "layout": {t: LAYOUT[t] for t in tasks if t in LAYOUT},
+        "avuie2_layout": {t: avuie2.layout_of(t) for t in tasks},
         "counts": counts,
     }
 
@@ -182,13 +200,15 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, num_train: int = DEFAULT
         synthetic dataset there is replaced: its own entries (:data:`OWNED_ENTRIES`) are
         removed, and a folder holding anything else is refused.
       seed: the dataset seed (sample i of a task/split depends on ``(seed, task, split, i)`` only).
-      num_train, num_test: records per task and split (AVQA: questions; S4 test records
-        expand to 5 frames each in the reader).
-      tasks: subset of :data:`TASKS`.
+      num_train, num_test: samples per task and split (AVQA: questions; an S4 test clip
+        expands to 5 frame records: in the AV-UIE reader, and as 5 AVUIE_2 test rows).
+      tasks: subset of :data:`~crab_jax.data.synthetic.scenes.ALL_TASKS` (``ks``: AVUIE_2 only).
     Returns:
       the manifest dict: ``seed, num_train, num_test, tasks, media, classes, avqa_questions,
-      layout`` (per task: ``root``, ``train``/``test`` annotation files, ``labels``) and
-      ``counts`` (per task and split: records, clips).
+      layout`` (AV-UIE, per task: ``root``, ``train``/``test`` annotation files, ``labels``),
+      ``avuie2_layout`` (per task: ``root``, ``train``/``test``, ``target_field``, media
+      folders) and ``counts`` (per task and split: ``records`` = AV-UIE annotation rows,
+      ``avuie2_records`` = AVUIE_2 rows, ``clips``).
     """
     tasks = _check_args(seed, num_train, num_test, tasks)
     root = pathlib.Path(out_dir)
@@ -196,18 +216,23 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, num_train: int = DEFAULT
     for task in tasks:
         for sub in {"ave": ("AVE", "audio_data"), "avqa": ("video_data", "audio_data")}.get(task, ()):
             (root / LAYOUT[task]["root"] / sub).mkdir(parents=True, exist_ok=True)
+        for kind in ("video", "audio") if task in avuie2.VIDEO_TASKS else ():
+            (root / avuie2.layout_of(task)[kind]).mkdir(parents=True, exist_ok=True)
     files: dict[str, list[dict]] = {}
-    counts = {t: {s: {"records": 0, "clips": 0} for s in SPLITS} for t in tasks}
+    counts = {t: {s: {"records": 0, "avuie2_records": 0, "clips": 0} for s in SPLITS} for t in tasks}
     jobs = _jobs(tasks, num_train, num_test)
     for job in tqdm(jobs, desc="synthetic clips", unit="clip", disable=not progress):
         rows = _run_job(root, seed, job)
-        counts[job.task][job.split]["clips"] += 1
-        counts[job.task][job.split]["records"] += len(rows)
+        c = counts[job.task][job.split]
+        c["clips"] += 1
         for name, row in rows:
+            c["avuie2_records" if name.startswith(avuie2.ROOT + "/") else "records"] += 1
             files.setdefault(name, []).append(row)
     for task in tasks:  # every annotation file exists, even when a split is empty
         for split in SPLITS:
-            files.setdefault(LAYOUT[task][split], [])
+            if task in LAYOUT:
+                files.setdefault(LAYOUT[task][split], [])
+            files.setdefault(avuie2.annotation_file(task, split), [])
     for name, rows in sorted(files.items()):
         write_json(root / name, rows)
     manifest = build_manifest(seed, num_train, num_test, tasks, counts)
@@ -234,7 +259,8 @@ def ensure_dataset(out_dir: str | os.PathLike, seed: int = 0, num_train: int = D
 
 
 def load_records(out_dir: str | os.PathLike, task: str, split: str) -> list[dict]:
-    """The raw JSON rows of one task and split (S4 / ARIG files hold both splits: filtered by ``split``)."""
+    """The raw AV-UIE JSON rows of one task and split (S4 / ARIG files hold both splits: filtered
+    by ``split``); the AVUIE_2 rows are in ``avuie2.annotation_file(task, split)``."""
     if task not in TASKS or split not in SPLITS:
         raise ValueError(f"load_records: task {task!r} / split {split!r} not in {TASKS} / {SPLITS}")
     path = pathlib.Path(out_dir) / LAYOUT[task][split]
@@ -249,32 +275,37 @@ def load_records(out_dir: str | os.PathLike, task: str, split: str) -> list[dict
 
 def _parse_tasks(text: str) -> tuple[str, ...]:
     tasks = tuple(t.strip().lower() for t in text.split(",") if t.strip())
-    bad = [t for t in tasks if t not in TASKS]
+    bad = [t for t in tasks if t not in ALL_TASKS]
     if bad or not tasks:
-        raise argparse.ArgumentTypeError(f"--tasks {text!r}: expected a comma list from {','.join(TASKS)}")
+        raise argparse.ArgumentTypeError(f"--tasks {text!r}: expected a comma list from {','.join(ALL_TASKS)}")
     return tasks
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m crab_jax.data.synthetic",
-        description="Generate the synthetic audio-visual dataset (AVE, AVQA, S4, ARIG) in the real "
-                    "AV-UIE / AVSBench JSON + media layout: coloured shapes with their own tones, one "
-                    "object sounding per clip, so answers need both audio and frames. Deterministic "
-                    "from --seed (same seed -> identical JSON and decoded media).",
-        epilog="Layout (the folder layout crab_jax.data.records.crab reads): OUT/manifest.json, "
+        description="Generate the synthetic audio-visual dataset (AVE, AVQA, S4, ARIG; KS on request) in "
+                    "two real JSON + media layouts under one data root: AV-UIE / AVSBench (Crab) and "
+                    "AV-UIE v2 'AVUIE_2' (Crab+), the same samples in both (media encoded once, hard-"
+                    "linked). Coloured shapes with their own tones, one object sounding per clip, so "
+                    "answers need both audio and frames. Deterministic from --seed (same seed -> "
+                    "identical JSON and decoded media).",
+        epilog="Layout (the folder layouts crab_jax.data.records.crab and .crab_plus read): OUT/manifest.json, "
                "OUT/music_avqa/{valid_train,test}_samples.json + video_data/ audio_data/ converted_label/, "
                "OUT/ave/{valid_train,test}_samples.json + AVE/ audio_data/ converted_label/, "
-               "OUT/avs/{s4_samples.json,v1s_grounding_samples.json,v1s/<uid>/}.")
+               "OUT/avs/{s4_samples.json,v1s_grounding_samples.json,v1s/<uid>/}, "
+               "OUT/AVUIE_2/<task>/{train,test}.json + video/ audio/ (ave, avqa, ks) or "
+               "v1s/<uid>/{frames,labels_rgb}/ audio.wav (s4, arig).")
     p.add_argument("--out", required=True, help="output folder (created; must be empty unless --overwrite)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     p.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN,
                    help=f"train records per task (AVQA: questions, 2 per clip; default {DEFAULT_NUM_TRAIN})")
     p.add_argument("--num-test", type=int, default=DEFAULT_NUM_TEST,
-                   help=f"test records per task (S4: clips, which the reader expands to 5 frame records "
-                        f"each; default {DEFAULT_NUM_TEST})")
+                   help=f"test records per task (S4: clips, each 5 frame records: in the AV-UIE reader, "
+                        f"and 5 AVUIE_2 test rows; default {DEFAULT_NUM_TEST})")
     p.add_argument("--tasks", type=_parse_tasks, default=TASKS,
-                   help=f"comma list of tasks to generate (default {','.join(TASKS)})")
+                   help=f"comma list of tasks to generate from {','.join(ALL_TASKS)} (default "
+                        f"{','.join(TASKS)}; ks is written in the AVUIE_2 layout only)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous synthetic dataset in --out (only its own files are removed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -290,8 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = ", ".join(f"{t}: {c['train']['records']} train / {c['test']['records']} test"
-                        for t, c in m["counts"].items())
-    print(f"wrote {args.out} (seed {m['seed']}; {summary})")
+                        for t, c in m["counts"].items() if t in m["layout"])
+    plus = ", ".join(f"{t}: {c['train']['avuie2_records']} train / {c['test']['avuie2_records']} test"
+                     for t, c in m["counts"].items())
+    print(f"wrote {args.out} (seed {m['seed']}; AV-UIE: {summary or 'no task'}; AVUIE_2: {plus})")
     return 0
 
 

@@ -136,6 +136,38 @@ def score(task: str, prediction: Any, record: Any, *, gt_mask: np.ndarray | None
     return float(parse_s4_object(prediction) == normalise_label(_field(record, "a_obj", task)))
 
 
+def reference_record(task: str, reference_text: str) -> dict | None:
+    """The record fields metric ``task`` needs, parsed from a reference answer in the format the
+    answers are written in (None: unparsable). Scoring against the batch's own target text
+    needs no record files: the parsed fields are the record's."""
+    if task == "avqa":
+        answer = parse_answer(reference_text)
+        return None if answer is None else {"answer": answer}
+    if task == "ave":
+        event, span = parse_event(reference_text)
+        if event is None or span is None:
+            return None
+        return {"event": event, "start_time": span[0], "end_time": span[1]}
+    if task == "arig":
+        box = parse_box(reference_text)
+        return None if box is None else {"top_left": list(box[:2]), "bottom_right": list(box[2:])}
+    if task == "s4_category":
+        obj = parse_s4_object(reference_text)
+        return None if obj is None else {"a_obj": obj}
+    raise ValueError(f"reference_record: no text reference for metric task {task!r}")
+
+
+def text_scores(metrics: Sequence[str], text: str, reference_text: str) -> dict[str, float]:
+    """``{metric: score}`` of a generated ``text`` against the reference answer text, for each
+    text metric of :data:`TASKS` in ``metrics`` whose reference parses (others are skipped)."""
+    out = {}
+    for metric in metrics:
+        record = reference_record(metric, reference_text)
+        if record is not None:
+            out[metric] = score(metric, text, record)
+    return out
+
+
 def summary(task: str, scores: Sequence[float]) -> dict:
     """``{metric, mean, n, chance}`` (+ ``ciou@0.5`` for arig, the fraction of IoU >= 0.5)."""
     _check_task(task)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from crab_jax.data.records.crab import annotation_path
-from crab_jax.data.records.record import CrabLayout
+from crab_jax.data.records.record import CrabLayout, Record
 from crab_jax.data.synthetic.render import mask_box
 from crab_jax.data.synthetic.scenes import TASKS, AveSample, AvqaClip, AvsSample
 
@@ -55,3 +55,16 @@ def arig_record(s: AvsSample, split: str, sounding_mask: np.ndarray) -> dict:
             "mask_path": f"{base}/labels_semantic/{s.frame_idx}.png", "top_left": top_left,
             "bottom_right": bottom_right, "a_obj": s.a_obj}
 
+
+
+def heldout_target(record: Record) -> str | None:
+    """The training target this dataset wrote for a test record of its AV-UIE files whose
+    reader leaves it out: AVQA / AVE, the ``converted_label`` text (written for both splits);
+    None for any other record."""
+    file = record.source.partition("#")[0]
+    if file == LAYOUT["avqa"]["test"]:
+        return avqa_label_text(record.gt)
+    if file == LAYOUT["ave"]["test"]:
+        f = record.fields
+        return ave_label_text(f["event"], f["start_time"], f["end_time"])
+    return None

@@ -83,3 +83,18 @@ def mask_box(mask: np.ndarray, scale: int = BOX_SCALE) -> tuple[list[int], list[
     x2, y2 = int(math.ceil((cols.max() + 1) * sx)) - 1, int(math.ceil((rows.max() + 1) * sy)) - 1
     return [x1, y1], [x2, y2]
 
+
+
+def mask_points(mask: np.ndarray, n: int = 3, scale: int = BOX_SCALE) -> list[list[int]]:
+    """``n`` pixel points ``[x, y]`` inside a ``[H, W]`` mask, in ``scale``-px coordinates.
+
+    The object pixels at the quantiles ``k / (n + 1)`` of raster order (top to bottom), each
+    at its pixel's centre: pixel ``c`` covers ``[c * s, (c + 1) * s)`` at ``s = scale / H``, so
+    the point stays on the object when the mask is resized to ``scale`` (nearest neighbour).
+    """
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        raise ValueError("mask_points: the mask is empty (no object pixels)")
+    sy, sx = scale / mask.shape[0], scale / mask.shape[1]
+    picks = [rows.size * (k + 1) // (n + 1) for k in range(n)]
+    return [[int((cols[i] + 0.5) * sx), int((rows[i] + 0.5) * sy)] for i in picks]

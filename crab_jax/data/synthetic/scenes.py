@@ -20,6 +20,8 @@ Tasks (the same records, prompts and targets as the real datasets, ``shared/spec
   sounding object per frame (``labels_semantic/<i>.png``).
 * ``arig``: the same kind of clip; the box of the sounding object in one frame, in the
   224-px frame coordinates of AVSBench (``top_left``, ``bottom_right``, inclusive).
+* ``ks`` (AVUIE_2 layout only, a Kinetics-Sounds-style classification): two objects visible
+  over a whole 10-unit clip, one sounding throughout; ``action`` = the sounding object's class.
 
 Media scale (small enough for CPU, long enough for Crab's audio rules): frames are
 ``FRAME_SIZE`` px square; one nominal "second" of AVE / AVS clips is ``UNIT_SAMPLES``
@@ -36,7 +38,9 @@ import dataclasses
 
 import numpy as np
 
-TASKS = ("ave", "avqa", "s4", "arig")
+TASKS = ("ave", "avqa", "s4", "arig")      # written in both layouts (AV-UIE and AVUIE_2)
+AVUIE2_ONLY_TASKS = ("ks",)                # written in the AVUIE_2 layout only (AV-UIE has no such task)
+ALL_TASKS = TASKS + AVUIE2_ONLY_TASKS
 SPLITS = ("train", "test")
 
 FRAME_SIZE = 56            # px, square frames (tiny Crab's image size)
@@ -47,6 +51,7 @@ AVE_MIN_EVENT_UNITS = 4    # events last >= 4 units: the all-background answer i
 AVS_UNITS = 5              # S4 / ARIG: 5 frames, 5 audio units (tot = 5)
 AVQA_SECONDS = 6           # AVQA: 60 units of 1600 samples -> 2-unit windows of 3200 samples
 AVQA_FRAMES = 10
+KS_UNITS = 10              # KS: 10 frames, 10 audio units (Crab+'s ks crop: tot = 10)
 COUNT_WORDS = ("zero", "one", "two", "three")
 
 
@@ -142,7 +147,7 @@ class Clip:
 
 def sample_rng(seed: int, task: str, split: str, index: int) -> np.random.Generator:
     """The random stream of one sample: independent of every other sample and of the counts."""
-    return np.random.default_rng([int(seed), TASKS.index(task), SPLITS.index(split), int(index)])
+    return np.random.default_rng([int(seed), ALL_TASKS.index(task), SPLITS.index(split), int(index)])
 
 
 def _draw(rng: np.random.Generator, lo_hi: tuple[int, int]) -> int:
@@ -292,3 +297,21 @@ def sample_avs(task: str, seed: int, split: str, index: int) -> AvsSample:
     vid = f"{task}-{split}-{index:05d}"
     return AvsSample(clip, vid, f"{vid}_0_{AVS_UNITS * 1000}", clip.sounding_class.name, frame_idx)
 
+
+
+@dataclasses.dataclass(frozen=True)
+class KsSample:
+    """One KS clip: ``action`` is the class of the object heard (the other one is silent)."""
+
+    clip: Clip
+    vid: str
+    action: str
+
+
+def sample_ks(seed: int, split: str, index: int) -> KsSample:
+    """KS: two objects visible throughout, one sounding throughout; which class sounds."""
+    rng = sample_rng(seed, "ks", split, index)
+    tracks, sounding = _two_object_tracks(rng, KS_UNITS)
+    n = KS_UNITS * UNIT_SAMPLES
+    clip = _clip(rng, tracks, sounding, KS_UNITS, n, (0, n))
+    return KsSample(clip, f"ks-{split}-{index:05d}", clip.sounding_class.name)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fractions
 import json
+import os
 import pathlib
+import shutil
 import wave
 
 import av
@@ -87,3 +89,13 @@ def write_text(path: pathlib.Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
 
+
+
+def link_file(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """``dst`` as a hard link of ``src`` (the same encoded bytes under a second layout's path);
+    a copy where the file system has no hard links."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

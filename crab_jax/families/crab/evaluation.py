@@ -21,10 +21,9 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from crab_jax.data.records import crab_answers as A
 from crab_jax.data.synthetic import metrics as SM
 from crab_jax.families.crab.decoding import Generation
-from crab_jax.models.decoding import DecodeConfig, PromptBatch, decode_texts, generated_ids
+from crab_jax.models.decoding import DecodeConfig, PromptBatch, decode_texts, exact_match, generated_ids
 from crab_jax.models.llama import position_ids_from_mask
 from crab_jax.models.losses import IGNORE_INDEX
 
@@ -70,33 +69,12 @@ def strip_answers(batch: Mapping[str, Any], pad_id: int) -> PromptBatch:
     return PromptBatch(out, answers, has)
 
 
-def prompt_batch(batch: Mapping[str, Any], cfg) -> PromptBatch:
-    """The family hook: :func:`strip_answers` with the model's pad id."""
+def prompt_batch(batch: Mapping[str, Any], cfg, *, padding: str = "left") -> PromptBatch:
+    """The family hook: :func:`strip_answers` with the model's pad id (left padding only: Crab's
+    decoding starts every row at the last slot)."""
+    if padding != "left":
+        raise ValueError(f"Crab generates from left-padded prompts only (padding={padding!r} asked)")
     return strip_answers(batch, cfg.pad_token_id)
-
-
-def reference_record(task: str, reference_text: str) -> dict | None:
-    """The record fields a metric task needs, parsed from the reference answer (None: unparsable)."""
-    if task == "avqa":
-        answer = A.parse_answer(reference_text)
-        return None if answer is None else {"answer": answer}
-    if task == "ave":
-        event, span = A.parse_event(reference_text)
-        if event is None or span is None:
-            return None
-        return {"event": event, "start_time": span[0], "end_time": span[1]}
-    if task == "arig":
-        box = A.parse_box(reference_text)
-        return None if box is None else {"top_left": list(box[:2]), "bottom_right": list(box[2:])}
-    if task == "s4_category":
-        obj = A.parse_s4_object(reference_text)
-        return None if obj is None else {"a_obj": obj}
-    raise ValueError(f"reference_record: no text reference for metric task {task!r}")
-
-
-def _strip_eos(ids: np.ndarray, eos_id: int) -> np.ndarray:
-    hits = np.flatnonzero(ids == eos_id)
-    return ids[: hits[0]] if len(hits) else ids
 
 
 def score_sample(task: str, *, text: str, reference_text: str, generated: np.ndarray, reference: np.ndarray,
@@ -109,7 +87,7 @@ def score_sample(task: str, *, text: str, reference_text: str, generated: np.nda
     generation has fewer than 6 mask tokens has no mask and scores 0 (the original skips such
     samples; here they count, so the number is not inflated by refusing to answer).
     """
-    out = {"exact_match": float(np.array_equal(_strip_eos(generated, eos_id), _strip_eos(reference, eos_id)))}
+    out = {"exact_match": exact_match(generated, reference, eos_id)}
     for metric in METRIC_TASKS.get(task, ()):
         if metric == "s4":
             if gt_mask is None:
@@ -117,11 +95,8 @@ def score_sample(task: str, *, text: str, reference_text: str, generated: np.nda
             has_mask = mask_valid and pred_mask is not None
             out["s4"] = SM.score("s4", pred_mask, None, gt_mask=gt_mask) if has_mask else 0.0
             continue
-        if not tokenizer_available:
-            continue
-        record = reference_record(metric, reference_text)
-        if record is not None:
-            out[metric] = SM.score(metric, text, record)
+        if tokenizer_available:
+            out.update(SM.text_scores((metric,), text, reference_text))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flax import nnx
 
 from crab_jax.config.sections import DataConfig
+from crab_jax.data.records.quick_start import read_quick_start
 from crab_jax.data.records.select import read_records
 from crab_jax.families.base import BatchFormat, Family
 from crab_jax.families.crab.convert.converter import CONVERTER
@@ -72,4 +73,5 @@ FAMILY = Family(
     prediction_metadata=scoring.prediction_metadata,
     task_scorers=scoring.TASK_SCORERS,
     unused_modules=presets.unused_modules,
+    read_quick_start=read_quick_start,
 )

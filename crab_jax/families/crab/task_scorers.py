@@ -20,55 +20,18 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from crab_jax.data.errors import BadRecordError
 from crab_jax.data.media.decode import AVSS_NUM_CLASSES, load_avss_mask, load_binary_mask
 from crab_jax.data.records import crab_answers as A
 from crab_jax.families.crab import references as R
-from crab_jax.metrics import avvp, boxes, captions, masks
-from crab_jax.metrics.tables import MetricRow, ScoringContext, TaskTable, UnusableRow
+from crab_jax.metrics import avvp, boxes, captions, classification, masks
+from crab_jax.metrics.ave import AveSegmentScorer
+from crab_jax.metrics.tables import LineCounts as _Counts
+from crab_jax.metrics.tables import MetricRow, ScoringContext, UnusableRow, prediction_text
+from crab_jax.metrics.tables import read_reference as _open
 
 TEXT_FIELDS = (("predict", "error"), ("reference", "output"))
 # Logit magnitude of a mask that is wrong at every pixel (what a missing mask is scored as).
 _WRONG_LOGIT = 1e4
-# The LLP benchmark's columns (AvvpScores summary key -> the paper's name), per level.
-AVVP_METRICS = {"audio": "Audio", "visual": "Visual", "audio_visual": "Audio-Visual", "type_at_av": "Type@AV",
-                "event_at_av": "Event@AV"}
-# The caption metrics reported (the kernel's names), in the paper's order.
-CAPTION_METRICS = ("BLEU@1", "BLEU@2", "BLEU@3", "BLEU@4", "METEOR", "ROUGE-L", "CIDEr")
-# MUSIC-AVQA's question groups in the paper's column order (spec A.6.3).
-AVQA_GROUPS = (("Audio", ("Counting", "Comparative")), ("Visual", ("Counting", "Location")),
-               ("Audio-Visual", ("Existential", "Counting", "Location", "Comparative", "Temporal")))
-
-
-class _Counts:
-    """The scored / unparsable / skipped counts every scorer keeps."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.scored = self.unparsable = self.skipped = 0
-
-    def count(self, parsed: bool, ctx: ScoringContext) -> bool:
-        """Counts one line; False when it is unparsable and skipped (do not score it)."""
-        if not parsed:
-            self.unparsable += 1
-            if ctx.skip_unparsable:
-                self.skipped += 1
-                return False
-        self.scored += 1
-        return True
-
-    def _table(self, metrics, notes=()) -> TaskTable:
-        return TaskTable(self.name, tuple(metrics), self.scored, self.unparsable, self.skipped, notes=tuple(notes))
-
-
-def prediction_text(row: Mapping[str, Any]) -> str | None:
-    """The generated text, or None for a line whose media failed (``error``)."""
-    if row.get("error"):
-        return None
-    text = row.get("predict")
-    if text is None:
-        raise UnusableRow("no 'predict' (the generated text)")
-    return str(text)
 
 
 # ----------------------------------------------------------------------------- text tasks
@@ -91,47 +54,14 @@ class AvqaScorer(_Counts):
             self.correct.setdefault(types[:2], []).append(int(pred == answer))
 
     def table(self):
-        every = [v for vs in self.correct.values() for v in vs]
-        rows = [MetricRow("accuracy", _mean(every), len(every))]
-        known = set()
-        for modality, kinds in AVQA_GROUPS:
-            in_modality = [v for t, vs in self.correct.items() if t[0] == modality for v in vs]
-            for kind in kinds:
-                known.add((modality, kind))
-                vs = self.correct.get((modality, kind), [])
-                if vs:
-                    rows.append(MetricRow(f"{modality}/{kind}", _mean(vs), len(vs)))
-            if in_modality:
-                rows.append(MetricRow(f"{modality}/avg", _mean(in_modality), len(in_modality)))
-        for t, vs in sorted(self.correct.items()):  # types outside the paper's groups
-            if t not in known:
-                rows.append(MetricRow("/".join(t), _mean(vs), len(vs)))
-        return self._table(rows)
+        return self.make_table([MetricRow(*r) for r in classification.grouped_accuracy(self.correct)])
 
 
-class AveScorer(_Counts):
+class AveScorer(AveSegmentScorer):
     """Segment accuracy: equal slots over 10 x videos (unparsable: all background)."""
 
-    required_fields = TEXT_FIELDS
-
     def __init__(self, ctx: ScoringContext, name: str = "ave"):
-        super().__init__(name)
-        self.equal = self.slots = 0
-
-    def add(self, row, ctx):
-        event, start, end = R.ave_reference(row)
-        text = prediction_text(row)
-        pred = None if text is None else A.parse_ave(text)
-        if not self.count(pred is not None, ctx):
-            return
-        gt = A.ave_slots(A.normalise_label(event), (start, end))
-        pred = pred if pred is not None else [None] * len(gt)
-        self.equal += sum(p == g for p, g in zip(pred, gt))
-        self.slots += len(gt)
-
-    def table(self):
-        return self._table([MetricRow("segment accuracy", self.equal / self.slots if self.slots else float("nan"),
-                                      self.slots // A.AVE_SLOTS)])
+        super().__init__(name, reference=R.ave_reference, parse=A.parse_ave, required_fields=TEXT_FIELDS)
 
 
 class AvvpScorer(_Counts):
@@ -159,14 +89,12 @@ class AvvpScorer(_Counts):
         self.scores.add(pred.audio, pred.visual, gt.audio, gt.visual)
 
     def table(self):
-        s = self.scores.summary()
-        rows = [MetricRow(f"{level.replace('_level', '')} {AVVP_METRICS[key]}", float(s[level][key]), int(s["videos"]))
-                for level in ("segment_level", "event_level") for key in AVVP_METRICS]
+        rows = [MetricRow(*r) for r in self.scores.paper_rows()]
         notes = []
         if self.unknown:
             listed = ", ".join(f"{k!r} x{v}" for k, v in sorted(self.unknown.items()))
             notes.append(f"event classes outside the LLP list (left out of the predictions): {listed}")
-        return self._table(rows, notes)
+        return self.make_table(rows, notes)
 
 
 class ArigScorer(_Counts):
@@ -187,7 +115,7 @@ class ArigScorer(_Counts):
 
     def table(self):
         s = self.scores.summary()
-        return self._table([MetricRow(k, float(s[k]), int(s["n"])) for k in ("mIoU", "cIoU", "AUC")])
+        return self.make_table([MetricRow(k, float(s[k]), int(s["n"])) for k in ("mIoU", "cIoU", "AUC")])
 
 
 class CaptionScorer(_Counts):
@@ -212,26 +140,18 @@ class CaptionScorer(_Counts):
 
     def table(self):
         if not self.predictions:
-            return self._table([])
+            return self.make_table([])
         scores = captions.caption_scores(self.predictions, self.references)
         n = len(self.predictions)
         rows = [MetricRow(k, float(v), n) for k, v in scores.items()
-                if k in CAPTION_METRICS and v is not None]
+                if k in captions.METRIC_NAMES and v is not None]
         notes = [f"captions tokenised by {scores['tokenizer']}"] if scores.get("tokenizer") else []
         if scores.get("METEOR", 0) is None:
             notes.append("METEOR not computed: it runs pycocoevalcap's Java jar (needs `java` on PATH)")
-        return self._table(rows, notes)
+        return self.make_table(rows, notes)
 
 
 # ----------------------------------------------------------------------------- masks
-
-
-def _open(ctx: ScoringContext, path: str, what: str, load):
-    found = ctx.locate(path, what)
-    try:
-        return load(found)
-    except (BadRecordError, OSError, ValueError) as e:
-        raise UnusableRow(f"cannot read {what} {found}: {e}") from None
 
 
 def predicted_logits(row: Mapping[str, Any], ctx: ScoringContext) -> np.ndarray | None:
@@ -280,7 +200,7 @@ class BinaryMaskScorer(_Counts):
 
     def table(self):
         s = self.scores.summary()
-        return self._table([MetricRow("J (mIoU)", float(s["J"]), int(s["frames"])),
+        return self.make_table([MetricRow("J (mIoU)", float(s["J"]), int(s["frames"])),
                             MetricRow("F", float(s["F"]), int(s["frames"]))])
 
 
@@ -316,7 +236,7 @@ class RefAvsScorer(BinaryMaskScorer):
         s = self.splits["test_n"].summary()
         if s["frames"]:
             rows.append(MetricRow("null S (lower is better)", float(s["S"]), int(s["frames"])))
-        return self._table(rows)
+        return self.make_table(rows)
 
 
 def _class_map(path: str) -> np.ndarray:
@@ -355,11 +275,7 @@ class AvssScorer(_Counts):
     def table(self):
         s = self.scores.summary()
         n = int(s["frames"])
-        return self._table([MetricRow(k, float(s[k]), n) for k in ("mIoU", "F", "mIoU_noBg", "F_noBg")])
-
-
-def _mean(values) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")
+        return self.make_table([MetricRow(k, float(s[k]), n) for k in ("mIoU", "F", "mIoU_noBg", "F_noBg")])
 
 
 def _binary(name: str):

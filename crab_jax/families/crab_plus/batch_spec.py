@@ -65,10 +65,16 @@ class BatchSpec:
             task_id=((b,), i32))
 
 
+def audio_slots_for_frames(cfg: CrabPlusConfig, mel_frames: int) -> tuple[int, int]:
+    """``(chunk slots, token slots)`` holding a clip of ``mel_frames`` valid frames (at least one
+    chunk, so a batch without audio still has a well-formed buffer)."""
+    frames = max(int(mel_frames), 1)
+    return -(-frames // (2 * cfg.audio.n_window)), audio_token_count(frames)
+
+
 def audio_slots_for(cfg: CrabPlusConfig, seconds: float) -> tuple[int, int]:
     """``(chunk slots, token slots)`` holding ``seconds`` of audio."""
-    frames = int(round(seconds * MEL_FRAMES_PER_SECOND))
-    return -(-frames // (2 * cfg.audio.n_window)), audio_token_count(frames)
+    return audio_slots_for_frames(cfg, int(round(seconds * MEL_FRAMES_PER_SECOND)))
 
 
 def spec_for(data: DataConfig, cfg: CrabPlusConfig, batch: int) -> BatchSpec:

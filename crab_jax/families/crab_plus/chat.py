@@ -274,15 +274,23 @@ def stack_samples(samples: Iterable[ChatSample], pad_id: int) -> dict[str, np.nd
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """The Qwen2.5-Omni fast tokenizer from a local folder (never downloads). Refuses one whose
-    added tokens are not :data:`~crab_jax.families.crab_plus.tokens.ADDED_TOKENS` in order
-    (the ids would not match the checkpoint)."""
+    """The Qwen2.5-Omni fast tokenizer from a local folder (never downloads).
+
+    A tokenizer without any of :data:`~crab_jax.families.crab_plus.tokens.ADDED_TOKENS` (the
+    synthetic data's word tokenizer) gets them appended, in order; one that has them must have
+    all of them in order, right after its text ids (else the ids would not match the
+    checkpoint's), and is refused otherwise.
+    """
     from transformers import AutoTokenizer  # heavy; only where a tokenizer is built
 
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: tokenizer folder not found")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+    vocab = tokenizer.get_vocab()
+    if not any(t in vocab for t in ADDED_TOKENS):
+        tokenizer.add_special_tokens({"additional_special_tokens": list(ADDED_TOKENS)},
+                                     replace_additional_special_tokens=False)
     ids = [tokenizer.convert_tokens_to_ids(t) for t in ADDED_TOKENS]
     if ids != list(range(ids[0], ids[0] + len(ADDED_TOKENS))) or tokenizer.unk_token_id in ids:
         raise ValueError(f"{path}: the Qwen2.5-Omni added tokens are missing or out of order: "

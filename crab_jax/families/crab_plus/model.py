@@ -36,14 +36,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from crab_jax.families.base import LossOutput
+from crab_jax.families.base import LossOutput, RouterTower
 from crab_jax.models.ilora import ILoRAConfig
 from crab_jax.models.layers import Linear, normal_init
 from crab_jax.models.llama import KVCache, LlamaConfig, LlamaModel
 from crab_jax.models.losses import lm_loss
 from crab_jax.models.media import splice_media
 from crab_jax.models.mrope import RopeTokens
-from crab_jax.models.qwen_audio import QwenAudioConfig, QwenAudioEncoder
+from crab_jax.models.qwen_audio import QwenAudioConfig, QwenAudioEncoder, conv_frame_valid
 from crab_jax.models.qwen_vision import QwenVisionConfig, QwenVisionEncoder
 
 
@@ -231,6 +231,35 @@ class CrabPlusThinker(nnx.Module):
 def stream_major(position_ids: jax.Array) -> jax.Array:
     """A batch's ``[b, 3, S]`` position ids -> the decoder's ``[3, b, S]`` (stream first, as M-RoPE reads them)."""
     return jnp.swapaxes(position_ids, 0, 1).astype(jnp.int32)
+
+
+def visual_row_valid(batch: Mapping[str, jax.Array], cfg: CrabPlusConfig) -> jax.Array:
+    """``[b, V * h*w]`` bool: the vision tower's rows of each sample that are real patches.
+
+    The tower runs on ``[b*V, h*w]`` rows (:meth:`CrabPlusThinker.encode_visual`; a slot's rows
+    in window order, all real or all padding): a slot is real when one of the sample's tokens
+    reads a row of it (``media_index``); the zero slots past a sample's frames are read by none.
+    """
+    b, slots, patches = batch["pixel_slices"].shape[:3]
+    per_slice = cfg.tokens_per_slice
+    index = jnp.where(batch["attention_mask"] > 0, batch["media_index"], -1)     # [b, S]
+    slot = jnp.where((index >= 0) & (index < slots * per_slice), index // per_slice, -1)
+    used = jnp.any(slot[:, :, None] == jnp.arange(slots)[None, None, :], axis=1)  # [b, V]
+    return jnp.repeat(used, patches, axis=1)
+
+
+def audio_row_valid(batch: Mapping[str, jax.Array], cfg: CrabPlusConfig) -> jax.Array:
+    """``[b, C * W]`` bool: the audio tower's rows of each sample that are real conv frames
+    (the tower runs on ``[b*C, W]`` rows, :meth:`CrabPlusThinker.encode_audio`)."""
+    frames = batch["audio_chunk_frames"]  # [b, C]
+    return conv_frame_valid(frames, cfg.audio).reshape(frames.shape[0], -1)
+
+
+# The encoder towers whose router usage the trainer logs next to the LLM's (``Family.router_towers``).
+ROUTER_TOWERS = (
+    RouterTower("vision", "visual", lambda cfg: cfg.vision.depth, visual_row_valid),
+    RouterTower("audio", "audio_tower", lambda cfg: cfg.audio.encoder_layers, audio_row_valid),
+)
 
 
 def build_model(cfg: CrabPlusConfig, rngs: nnx.Rngs) -> CrabPlusThinker:

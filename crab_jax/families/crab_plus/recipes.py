@@ -75,12 +75,18 @@ def paper_config() -> ml_collections.ConfigDict:
     c.optim.grad_clip = 1.0
     c.train.global_batch = GLOBAL_BATCH
     c.train.epochs = 5
-    c.data.source = "random"
+    # AV-UIE v2 under data.path (the folder holding AVUIE_2/), the tokenizer of the converted
+    # checkpoint (data.tokenizer = <init_checkpoint>/tokenizer); token buckets of the 19 tasks'
+    # prompts (image tasks ~400, video tasks ~900, a2v / v2a ~1100 tokens + the target).
+    c.data.source = "avuie"
     c.data.tasks = TASKS
+    c.data.buckets = (1024, 2048)
     c.data.seq_len = 2048
-    c.data.frame_slots = 10   # 5 temporal slices of 16 x 16 patches at 224 px
-    c.data.audio_slots = 10   # seconds: 5 chunks of 200 mel frames, 250 audio tokens
-    c.eval.at_end = False     # the random source has no held-out split
+    # The shapes of the AOT check (``python -m crab_jax.aot_compile``: the random source's one
+    # shape): 10 frames (5 temporal slices of 16 x 16 patches at 224 px), 10 s of audio.
+    c.data.frame_slots = 10
+    c.data.audio_slots = 10
+    c.eval.at_end = False     # the paper's tables come from infer + segment + evaluate
     c.mesh.rules = RULES
     c.metrics.router_layer_groups = 4
     c.checkpoint.every_steps = 500

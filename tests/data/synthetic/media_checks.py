@@ -13,6 +13,7 @@ from crab_jax.data.synthetic import generate as gen
 from crab_jax.data.synthetic import scenes
 
 NUM_TRAIN, NUM_TEST = 3, 12
+ALL_TASKS_TRAIN, ALL_TASKS_TEST = 2, 3   # the every-task dataset (conftest ``dataset_all_tasks``)
 
 
 def generate_small(root: pathlib.Path, seed: int, **kw) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ def test_sample_i_does_not_depend_on_the_counts(dataset, tmp_path):
         big = gen.load_records(dataset, task, "test")
         assert len(small) == 3
         assert small == big[:3], task
-    assert sorted(tmp_path.iterdir()) == sorted(tmp_path / n for n in ("avs", "manifest.json", "music_avqa"))
+    assert sorted(tmp_path.iterdir()) == sorted(tmp_path / n for n in ("AVUIE_2", "avs", "manifest.json", "music_avqa"))
 
 
 def test_manifest_and_counts(dataset):
@@ -85,15 +86,15 @@ def test_media_decode_with_declared_sizes(dataset):
     size = scenes.FRAME_SIZE
     mp4s = sorted(dataset.rglob("*.mp4"))
     avqa_clips = -(-NUM_TRAIN // 2) + -(-NUM_TEST // 2)
-    assert len(mp4s) == NUM_TRAIN + NUM_TEST + avqa_clips
+    assert len(mp4s) == 2 * (NUM_TRAIN + NUM_TEST + avqa_clips)  # each clip in both layouts
     for path in mp4s:
         frames, duration = decode_mp4(path)
-        seconds = scenes.AVQA_SECONDS if "music_avqa" in str(path) else scenes.AVE_UNITS * scenes.UNIT_SAMPLES / scenes.SAMPLE_RATE
+        seconds = scenes.AVQA_SECONDS if "avqa" in str(path) else scenes.AVE_UNITS * scenes.UNIT_SAMPLES / scenes.SAMPLE_RATE
         assert frames.shape == (10, size, size, 3), path
         assert duration == pytest.approx(seconds, abs=1e-6), path
     for path in sorted(dataset.rglob("*.wav")) + sorted(dataset.rglob("*.mp3")):
         audio = load_audio(path)
-        if "music_avqa" in str(path):
+        if "avqa" in str(path):
             want = scenes.AVQA_SECONDS * scenes.SAMPLE_RATE
         elif path.suffix == ".mp3":
             want = scenes.AVE_UNITS * scenes.UNIT_SAMPLES
@@ -158,3 +159,23 @@ def test_ensure_dataset_reuses_a_matching_dataset(tmp_path):
     (tmp_path / "ave").mkdir()
     assert gen.ensure_dataset(tmp_path, 0, 2, 1, ("s4",), progress=False) == m2
     assert not (tmp_path / "ave").exists()
+
+
+def test_ensure_dataset_regenerates_an_older_format(tmp_path):
+    """A dataset of format version 1 (no AVUIE_2 layout) with the same parameters is replaced."""
+    gen.ensure_dataset(tmp_path, 0, 1, 1, ("s4",), progress=False)
+    path = tmp_path / "manifest.json"
+    old = {**json.loads(path.read_text()), "format_version": 1}
+    path.write_text(json.dumps(old))
+    shutil.rmtree(tmp_path / "AVUIE_2")
+    m = gen.ensure_dataset(tmp_path, 0, 1, 1, ("s4",), progress=False)
+    assert m["format_version"] == gen.FORMAT_VERSION != 1
+    assert (tmp_path / "AVUIE_2" / "s4" / "test.json").is_file()
+
+
+def test_cli_help_describes_both_layouts(capsys):
+    with pytest.raises(SystemExit):
+        gen.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for word in ("AVUIE_2", "OUT/AVUIE_2/<task>/{train,test}.json", "ks"):
+        assert word in out, word

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from PIL import Image
 
 from crab_jax.data.media.audio import load_audio
 from crab_jax.data.media.fbank import beats_fbank
@@ -34,3 +35,15 @@ def test_class_tones_are_distinct_in_the_model_fbank():
         assert fb.shape == (1 + (scenes.UNIT_SAMPLES - 400) // 160, 128)
         peaks.append(int(np.argmax(fb.mean(0))))
     assert peaks == sorted(peaks) and min(np.diff(peaks)) >= 4, peaks
+
+
+def test_mask_points_lie_on_the_mask_at_224_px():
+    """Every shape, thin parts included (cross, ring): the points are distinct object pixels of
+    the mask upscaled to 224 px with nearest neighbour (how spec B.6 reads a GT mask)."""
+    for cls in scenes.CLASSES:
+        for r in (5, 9):
+            mask = render.shape_mask(cls.shape, 20, 31, r)
+            big = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((224, 224), Image.NEAREST)) > 0
+            points = render.mask_points(mask, 3)
+            assert len({tuple(p) for p in points}) == 3, cls.shape
+            assert all(big[y, x] for x, y in points), (cls.shape, r, points)

@@ -22,7 +22,7 @@ from crab_jax.data.records.quick_start import read_quick_start
 from crab_jax.evaluation import mask_files
 from crab_jax.evaluation.converted_model import load_converted_model
 from crab_jax.metrics import masks as mask_metrics
-from crab_jax.evaluation.quick_start import bucket_of, collate_padded
+from crab_jax.evaluation.quick_start import bucket_of, collate_padded, seq_bucket
 from crab_jax.models.decoding import prepare_for_inference
 from crab_jax.models.losses import IGNORE_INDEX
 from tests.cli.test_infer_quick_start import LENGTH_MULTIPLE
@@ -84,7 +84,7 @@ def test_step_logits_match_within_tolerance(user_files_model, fixtures_dir, mani
     worst = 0.0
     for i, record in enumerate(records):
         example = builder.build(record, i)
-        batch = collate_padded(builder, [example], bucket_of(builder, example, LENGTH_MULTIPLE), 1)
+        batch = collate_padded(builder, [example], bucket_of(builder, [example], seq_bucket(builder, example, LENGTH_MULTIPLE)), 1)
         want = ref[f"s{i}_step_logits"]
         k = G.compared_steps(samples[i], len(want))
         fed = np.full((1, n_max), cfg.pad_token_id, np.int32)  # one shape for all (causal: the tail is never seen)

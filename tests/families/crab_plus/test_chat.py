@@ -248,3 +248,21 @@ def test_label_rule_edge_cases(av):
 def test_load_tokenizer_refuses_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         C.load_tokenizer(tmp_path / "none")
+
+
+def test_load_tokenizer_adds_the_tokens_to_a_word_tokenizer(tmp_path):
+    """The synthetic data's word tokenizer has none of the added tokens: they are appended in
+    the release's order right after its words; a folder with only some of them is refused."""
+    from crab_jax.data.text.word_tokenizer import build_word_tokenizer
+
+    build_word_tokenizer(["hello there assistant", "user system"], tmp_path / "w", ADDED_TOKENS)
+    tok = C.load_tokenizer(tmp_path / "w")
+    words = len(tok.get_vocab()) - len(ADDED_TOKENS)
+    assert [tok.convert_tokens_to_ids(t) for t in ADDED_TOKENS] == list(range(words, words + len(ADDED_TOKENS)))
+    ids = tok("<|im_start|>assistant\nhello<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["<|im_start|>", "assistant", "hello", "<|im_end|>"]
+    partial = tok.__class__.from_pretrained(tmp_path / "w")
+    partial.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    partial.save_pretrained(tmp_path / "partial")
+    with pytest.raises(ValueError, match="missing or out of order"):
+        C.load_tokenizer(tmp_path / "partial")
