@@ -49,7 +49,7 @@ def run(crab_plus_fixtures_dir, tmp_path_factory):
     c.data.buckets = (768,)
     c.train.global_batch = 4
     c.train.num_steps = 2
-    c.checkpoint.every_steps = 2
+    c.checkpoint.every_steps = 2  # the workdir's checkpoint is what infer reads
     c.eval.at_end = False
     workdir = base / "run"
     result = run_training(c, workdir)

@@ -3,7 +3,8 @@ test records, the fixture's tiny model converted by ``crab-convert-weights to-ja
 
 * ``--right-padding`` at batch 2 reproduces the original's batched generation (its shorter
   row generates after its pads): the generated ids and ``predict`` texts of the fixture;
-* the default left padding gives every row its batch-of-1 answer (``single{i}`` arrays).
+* requests on the user's own clips (``--input``) get the same prompts; with the default left
+  padding every row gets its batch-of-1 answer (``single{i}`` arrays).
 
 Ids may differ only from a step the fixture flags as a near tie.
 """
@@ -67,25 +68,11 @@ def test_right_padding_reproduces_the_originals_batch(prepared, crab_plus_fixtur
         assert lines[i]["predict"] == config["predict"][i]
 
 
-def test_left_padding_gives_each_sample_its_batch_of_one_answer(prepared, crab_plus_fixtures_dir,
-                                                                crab_plus_manifest, tmp_path):
-    arrays = fixture_arrays(crab_plus_fixtures_dir, FIXTURE)
-    lines = _infer(prepared, tmp_path / "preds.jsonl")
-    config, ties = prepared[2], _near_ties(crab_plus_manifest)
-    pad = crab_plus_manifest["fixtures"][FIXTURE]["checks"]["pad_token_id"]
-    for i, line in enumerate(lines):
-        want = arrays[f"single{i}_generated_ids"]
-        got = np.full(want.shape[-1], pad, np.int64)
-        got[: len(line["generated_ids"])] = line["generated_ids"]
-        _assert_ids(got[None], want.reshape(1, -1), ties, f"single {i}")
-        assert line["predict"] == config["predict_single"][i]
-    padded = crab_plus_manifest["fixtures"][FIXTURE]["checks"]["rows_with_right_padding"]
-    assert padded, "the fixture's batch has a right-padded row (the quirk this switch is about)"
-
-
-def test_requests_on_own_clips_get_the_test_prompt(prepared, crab_plus_fixtures_dir, crab_plus_manifest, tmp_path):
-    """``--input`` requests on the media files themselves (no AV-UIE v2 layout): the same prompts,
-    hence the same answers as the dataset's test records alone."""
+def test_requests_on_own_clips_left_padded_get_their_batch_of_one_answers(prepared, crab_plus_fixtures_dir,
+                                                                         crab_plus_manifest, tmp_path):
+    """``--input`` requests on the media files themselves (no AV-UIE v2 layout) get the dataset
+    test records' prompts; batched with the default left padding, every row gets the answer it
+    gets alone (the fixture's ``single{i}``), unlike the original's right-padded batch."""
     weights, _, config = prepared
     arrays = fixture_arrays(crab_plus_fixtures_dir, FIXTURE)
     media = crab_plus_fixtures_dir.parent.parent / "media"
@@ -105,7 +92,7 @@ def test_requests_on_own_clips_get_the_test_prompt(prepared, crab_plus_fixtures_
     out = tmp_path / "preds.jsonl"
     assert infer_main(["--weights", str(weights), "--family", "crab_plus", "--input", str(path), "--media-root",
                        str(media), "--output", str(out), "--max-new-tokens", str(config["max_new_tokens"]),
-                       "--no-progress"]) == 0
+                       "--batch-size", str(len(requests)), "--length-multiple", "4096", "--no-progress"]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     ties = _near_ties(crab_plus_manifest)
     pad = crab_plus_manifest["fixtures"][FIXTURE]["checks"]["pad_token_id"]
@@ -114,3 +101,6 @@ def test_requests_on_own_clips_get_the_test_prompt(prepared, crab_plus_fixtures_
         got = np.full(want.shape, pad, np.int64)
         got[0, : len(line["generated_ids"])] = line["generated_ids"]
         _assert_ids(got, want, ties, f"request {i}")
+        assert line["predict"] == config["predict_single"][i]
+    padded = crab_plus_manifest["fixtures"][FIXTURE]["checks"]["rows_with_right_padding"]
+    assert padded, "the fixture's batch has a right-padded row (the quirk --right-padding is about)"
