@@ -9,19 +9,20 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
-from crab_jax.config.check import check_against_schema
+from crab_jax.config.command_line import checked_command_line
 from crab_jax.training import aot
 from crab_jax.training.aot import _json_safe, aot_report, format_report, parse_slice
 
 __doc__ = aot.__doc__  # what --help prints: the figures and how they are computed, in one place
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = str(REPO / "configs" / "tpu_v4.py")
 
 
 def define_flags():
     """The command's flags (defined when run: importing this module must not clash with crab_jax.train's)."""
     config = config_flags.DEFINE_config_file(
-        "config", str(REPO / "configs" / "tpu_v4.py"),
+        "config", DEFAULT_CONFIG,
         "Training config file (as for crab_jax.train), optionally FILE:VARIANT; override keys with --config.a.b=v.",
         lock_config=True)
     topology = flags.DEFINE_string("topology", "v4-8", "Cloud TPU accelerator type to compile for: v4-8, v4-32, "
@@ -34,8 +35,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host runs nothing; only the TPU compiler is used
-    config = _CONFIG.value
-    check_against_schema(config)
+    config = _CONFIG.value  # checked against the schema by checked_command_line
     tpu = parse_slice(_TOPOLOGY.value)
     report = aot_report(config, tpu)
     print(format_report(report))
@@ -44,5 +44,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    parse_flags = checked_command_line(default_config=DEFAULT_CONFIG)  # before --config is defined
     _CONFIG, _TOPOLOGY, _JSON = define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

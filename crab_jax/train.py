@@ -10,7 +10,8 @@ Flags:
                             checkpoint; SIGTERM saves and exits cleanly.
 
 At the end it prints the loss of the first and last steps (each a mean over a few steps),
-every task's held-out metric next to its chance level, and where the logs are.
+the bad records of the data (per reason and task) and the annotation files skipped, every
+task's held-out metric next to its chance level, and where the logs are.
 
 Multi-host: ``jax.distributed.initialize`` runs before any other JAX call (automatically on
 TPU, or from ``config.distributed`` / ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import sys
 import time
 
 # Before numpy loads (here and in Grain's worker processes): the data pipeline's small matmuls
@@ -35,17 +37,23 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from crab_jax.config.check import check_against_schema
-from crab_jax.evaluation.heldout import format_results
-from crab_jax.training.loop import run_training
+from crab_jax.config.command_line import checked_command_line
+from crab_jax.io.write_errors import WriteFailed
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(REPO / "configs" / "tiny.py"),
-    "Training config file (ml_collections), optionally FILE:VARIANT; override keys with --config.a.b=v.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/. "
-                               "The same workdir resumes the run.")
+DEFAULT_CONFIG = str(REPO / "configs" / "tiny.py")
+
+
+def define_flags():
+    """The command's flags, defined when run (after :func:`checked_command_line`: defining --config
+    already applies the command line's overrides) and so not when a test imports this module."""
+    config = config_flags.DEFINE_config_file(
+        "config", DEFAULT_CONFIG,
+        "Training config file (ml_collections), optionally FILE:VARIANT; override keys with --config.a.b=v.",
+        lock_config=True)
+    workdir = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/. "
+                                  "The same workdir resumes the run.")
+    return config, workdir
 
 
 def maybe_initialize_distributed(dist_cfg) -> None:
@@ -67,18 +75,25 @@ def maybe_initialize_distributed(dist_cfg) -> None:
 
 def main(argv):
     del argv
-    config = _CONFIG.value
+    # The training stack is imported here, after the command line was checked (checked_command_line): a bad
+    # command line is refused in about a second instead of after ~10 s of imports.
+    from crab_jax.training.loop import run_training
+    from crab_jax.training.resume import REFUSALS
+
+    config = _CONFIG.value  # checked against the schema by checked_command_line, as is the workdir
     workdir = _WORKDIR.value
-    if not workdir:
-        raise app.UsageError("--workdir is required (checkpoints and metrics go there)")
-    check_against_schema(config)
     maybe_initialize_distributed(config.distributed)
     # Orbax logs every save step at INFO through absl; keep the console to our own messages.
     absl_logging.set_verbosity(absl_logging.WARNING)
     ours = logging.getLogger("crab_jax")
     ours.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     t0 = time.perf_counter()
-    result = run_training(config, workdir)
+    try:
+        result = run_training(config, workdir)
+    except WriteFailed as e:  # disk full, quota, read-only: the one line says what, where, free space
+        sys.exit(f"error: {e}")
+    except REFUSALS as e:  # workdir in use, resume with a changed config, unreadable checkpoints
+        sys.exit(f"error: {e}")
     if jax.process_index() == 0:
         print("\n".join(summary_lines(result, time.perf_counter() - t0)))
 
@@ -90,7 +105,11 @@ def mean_loss(history: list[dict], first: bool, k: int) -> tuple[float, int, int
 
 
 def summary_lines(result, seconds: float) -> list[str]:
-    """The end-of-run report: loss first vs last, held-out metric vs chance per task, log folders."""
+    """The end-of-run report: loss first vs last, held-out metric vs chance per task, the data's
+    bad records (per reason, per task) and skipped annotation files, log folders."""
+    from crab_jax.data.pipeline.bad_records import summary_lines as data_summary_lines
+    from crab_jax.evaluation.heldout import format_results
+
     lines = [f"run finished in {seconds:.0f} s ({len(result.history)} step(s) this run)"]
     h = result.history
     if h:
@@ -98,6 +117,8 @@ def summary_lines(result, seconds: float) -> list[str]:
         a, a0, a1 = mean_loss(h, True, k)
         b, b0, b1 = mean_loss(h, False, k)
         lines.append(f"loss: {a:.4f} (mean of steps {a0}-{a1}) -> {b:.4f} (mean of steps {b0}-{b1})")
+    if result.data_stats is not None:
+        lines += data_summary_lines(result.data_stats)
     if result.evals:
         step, results = result.evals[-1]
         lines.append(f"held-out metrics at step {step} (chance = best media-blind answer):")
@@ -111,4 +132,6 @@ def summary_lines(result, seconds: float) -> list[str]:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    parse_flags = checked_command_line(default_config=DEFAULT_CONFIG, workdir_flag="workdir")
+    _CONFIG, _WORKDIR = define_flags()
+    app.run(main, flags_parser=parse_flags)

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from crab_jax import families
+from crab_jax.config.check import ConfigError
 from crab_jax.config.loader import load_config
 from crab_jax.config.sections import RunConfig
 from crab_jax.families.base import Family
@@ -21,9 +22,13 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_run(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, RunConfig, Family, str]:
     """The parsed flags, the typed run config, its family and the data root (``--data-root`` or
-    ``data.path``); exits with status 2, saying why, when there is no root."""
+    ``data.path``); exits with status 2, saying why in one line, when the config cannot be loaded or
+    there is no root."""
     args = parser.parse_args(argv)
-    run = RunConfig.from_config(load_config(args.config))
+    try:
+        run = RunConfig.from_config(load_config(args.config))
+    except ConfigError as e:
+        parser.exit(2, f"error: {e}\n")
     root = args.data_root or run.data.path
     if not root:
         print("error: no data root: set data.path in the config or pass --data-root", file=sys.stderr)

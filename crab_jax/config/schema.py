@@ -29,6 +29,24 @@ DEFAULT_RULES = (
     ("positions", None),
 )
 
+# Keys a resumed run may change without changing the computation or the train state's structure:
+# length of the run (the learning-rate schedule's length follows num_steps / epochs), evaluation,
+# logging and checkpoint cadence, the mesh (checkpoints restore onto any mesh), rematerialisation,
+# decoding parallelism, the cache folder and how processes connect. A key here names itself or a
+# whole section ("eval"). Every other key is compared with the checkpoint's config on resume
+# (crab_jax.training.resume), and a difference stops the run unless train.allow_config_change.
+RESUME_SAFE_KEYS = (
+    "stage",
+    "train.epochs", "train.num_steps", "train.stop_after_steps", "train.allow_config_change",
+    "eval",
+    "checkpoint",
+    "metrics",
+    "distributed",
+    "mesh",
+    "model.remat",
+    "data.cache_dir", "data.read_threads", "data.prefetch", "data.max_bad_fraction",
+)
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -79,6 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.epochs = 1
     c.train.num_steps = -1          # > 0 overrides epochs * ceil(data.num_examples / global_batch)
     c.train.stop_after_steps = -1   # > 0: leave (with a checkpoint) after this many steps of THIS run
+    # Resume even though keys outside RESUME_SAFE_KEYS differ from the checkpoint's config (each
+    # difference is logged as a warning); the state's structure must still match.
+    c.train.allow_config_change = False
 
     c.data = ml_collections.ConfigDict()
     # random: well-formed random batches (tests); synthetic: the built-in synthetic AV dataset,
@@ -101,7 +122,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 0             # records: batches decoded ahead (0: 8 without workers, 2 per worker)
     c.data.seed = 0                 # records: shuffle seed of the epoch plans
     c.data.shuffle = True           # records: shuffle every epoch
-    c.data.max_bad_fraction = 0.01  # records: stop when more than this fraction of records is unusable
+    # records: stop when more than this fraction of the records is unusable: judged against the whole
+    # plan index at start-up, while decoding by the count / confidence-bound rule of
+    # crab_jax.data.pipeline.bad_records.BadRecordLimit (a dataset under the limit never stops early).
+    c.data.max_bad_fraction = 0.01
+    # records: an annotation file that cannot be read (missing, truncated / invalid JSON or CSV) fails the
+    # run at start-up naming the file and position; True trains without it (each skipped file is logged
+    # and listed in the end-of-run summary).
+    c.data.skip_bad_files = False
     c.data.synthetic = ml_collections.ConfigDict()
     c.data.synthetic.seed = 0          # generator seed: sample i depends on (seed, task, split, i) only
     c.data.synthetic.num_train = 128   # training records per task (AVQA: questions)
@@ -126,6 +154,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 100
     c.checkpoint.keep = 3
     c.checkpoint.async_save = True
+    # A latest committed step that cannot be read (array file missing / truncated, no _METADATA):
+    # True: warn, move it to <workdir>/corrupt_checkpoints/ (kept, never deleted) and resume from
+    # the previous committed step; False: stop with the same one-line message.
+    c.checkpoint.fallback_on_corrupt = True
 
     c.metrics = ml_collections.ConfigDict()
     c.metrics.log_every = 1

@@ -101,6 +101,7 @@ class TrainConfig:
     epochs: int
     num_steps: int
     stop_after_steps: int
+    allow_config_change: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +132,7 @@ class DataConfig:
     seed: int
     shuffle: bool
     max_bad_fraction: float
+    skip_bad_files: bool
     synthetic: SyntheticConfig
 
     @property
@@ -170,6 +172,7 @@ class CheckpointConfig:
     every_steps: int
     keep: int
     async_save: bool
+    fallback_on_corrupt: bool
 
 
 @dataclasses.dataclass(frozen=True)

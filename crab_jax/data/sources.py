@@ -36,6 +36,7 @@ from typing import Any, Iterator, Sequence
 import jax
 
 from crab_jax.config.sections import DataConfig, RunConfig
+from crab_jax.data.errors import BadFileError, BadRecordError, UnreadableAnnotationsError
 from crab_jax.data.pipeline.grain import make_iterator, make_train_iterator
 from crab_jax.data.pipeline.iterator import BatchIterator
 from crab_jax.data.pipeline.record_source import RawRecordSource
@@ -141,6 +142,27 @@ def random_spec(run: RunConfig, family, model_cfg, batch: int):
     return family.batch.spec(run.data, model_cfg, int(batch))
 
 
+def split_file_errors(errors: Sequence[BadRecordError], *, skip: bool, split: str
+                      ) -> tuple[list[BadRecordError], list[BadFileError]]:
+    """A reader's errors -> (bad entries, annotation files skipped whole).
+
+    A whole file that cannot be read loses its task's records: without ``skip``
+    (``data.skip_bad_files``) that is an :class:`UnreadableAnnotationsError` naming every such
+    file and where it breaks; with it, each skipped file is logged here and listed in the
+    pipeline's ``stats()`` / the end-of-run summary.
+    """
+    files = [e for e in errors if isinstance(e, BadFileError)]
+    if files and not skip:
+        raise UnreadableAnnotationsError(
+            f"cannot read {len(files)} annotation file(s) of the {split} split (the run would lose their records; "
+            "fix them, or set --config.data.skip_bad_files=True to train without them):\n"
+            + "\n".join(f"  {e.path}: {e.reason}" + (f" [task {e.task}]" if e.task else "") for e in files))
+    for e in files:
+        log.warning("annotation file skipped (data.skip_bad_files): %s: %s (%s%s)", e.path, e.reason, e.lost(),
+                    f", task {e.task}" if e.task else "")
+    return [e for e in errors if not isinstance(e, BadFileError)], files
+
+
 def train_iterator(run: RunConfig, family, model_cfg, setup: DataSetup, *, progress: bool) -> Iterator[dict]:
     """This process's training batches: ``random`` batches, or the Grain pipeline over the records."""
     data = run.data
@@ -153,14 +175,15 @@ def train_iterator(run: RunConfig, family, model_cfg, setup: DataSetup, *, progr
         raise ValueError(f"config data.source={data.source!r}; known: {SOURCES}")
     builder = family.example_builder(model_cfg, data, setup.root, setup.tokenizer)
     if data.prepared:
-        source, errors = PreparedSource(_folder(data.prepared), builder), []
+        source, errors, skipped = PreparedSource(_folder(data.prepared), builder), [], []
     else:
         if setup.root is None:
             raise ValueError("config data.path: the data root is empty (or set data.prepared)")
         records, errors = family.read_records(setup.root, data.tasks, "train", seed=int(data.seed))
+        errors, skipped = split_file_errors(errors, skip=bool(data.skip_bad_files), split="train")
         source = RawRecordSource(records, builder)
     return make_train_iterator(data, source, global_batch=int(run.train.global_batch), initial_bad=errors,
-                               progress=progress)
+                               skipped_files=skipped, progress=progress)
 
 
 def gt_as_answer(records: Sequence) -> list:
@@ -194,9 +217,12 @@ def heldout_split(run: RunConfig, family, model_cfg, setup: DataSetup) -> Heldou
     per_process_batch(batch, "eval.batch_size")
     tasks = tuple(run.data.tasks)
     if setup.source == "synthetic":
-        records, errors = heldout_records(setup.root, tasks, family.read_records, seed=int(run.data.seed)), []
+        records = heldout_records(setup.root, tasks, family.read_records, seed=int(run.data.seed))
+        errors, skipped = [], []
     else:  # AV-UIE: the test prompts, the stored ground truth as the reference answer
         records, errors = family.read_records(setup.root, tasks, "test", seed=int(run.data.seed))
+        # Read at evaluation time (the end of a run, maybe): an unreadable test file is skipped, logged.
+        errors, skipped = split_file_errors(errors, skip=True, split="test")
         records = gt_as_answer(records)
     if not records:
         log.warning("no held-out records under %s for tasks %s: evaluation skipped", setup.root, tasks)
@@ -205,5 +231,5 @@ def heldout_split(run: RunConfig, family, model_cfg, setup: DataSetup) -> Heldou
     batches = make_iterator(RawRecordSource(records, builder), global_batch=batch, seq_buckets=run.data.seq_buckets,
                             seed=0, shuffle=False, num_epochs=1, read_threads=int(run.data.read_threads) or None,
                             fallback_fbank_frames=int(run.data.fbank_frames), initial_bad=errors,
-                            max_bad_fraction=1.0, cache_dir=str(setup.cache_dir), progress=False)
+                            skipped_files=skipped, max_bad_fraction=1.0, cache_dir=str(setup.cache_dir), progress=False)
     return HeldoutSplit(batches, list(records), by_record=setup.source != "synthetic")

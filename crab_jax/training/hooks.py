@@ -38,10 +38,17 @@ class Hook:
 
 
 def data_stats_metrics(data_iter) -> dict:
-    """The pipeline's counters as flat ``data/...`` scalars (empty for iterators without stats)."""
+    """The pipeline's counters as flat ``data/...`` scalars, counts per key one level down as
+    ``data/<counter>/<key>`` (``data/bad_by_reason/missing_file``); empty for iterators without stats."""
     if not hasattr(data_iter, "stats"):
         return {}
-    return {f"data/{k}": v for k, v in data_iter.stats().items() if isinstance(v, (int, float))}
+    out = {}
+    for k, v in data_iter.stats().items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"data/{k}"] = v
+        elif isinstance(v, dict):
+            out.update({f"data/{k}/{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float))})
+    return out
 
 
 class MetricsHook(Hook):

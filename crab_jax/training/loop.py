@@ -3,8 +3,10 @@
 Resolves the data (for ``synthetic``: generates the dataset and builds its tokenizer on first
 use, :mod:`crab_jax.data.sources`), builds the run from the config and its model family
 (mesh, model with the tokenizer's vocabulary, sharded state: :mod:`crab_jax.training.setup`),
-resumes from the latest committed checkpoint of ``<workdir>/checkpoints`` (weights and the
-data iterator's position), feeds batches (one compiled step per bucket shape), and after
+holds ``<workdir>/run.lock`` (one run per workdir, :mod:`crab_jax.io.workdir_lock`), resumes
+from the latest committed checkpoint of ``<workdir>/checkpoints`` that reads, after checking
+this run's config against the saved one (weights and the data iterator's position,
+:mod:`crab_jax.training.resume`), feeds batches (one compiled step per bucket shape), and after
 every step runs the hooks (:mod:`crab_jax.training.hooks`): metrics from process 0,
 checkpoints every ``checkpoint.every_steps`` and on SIGTERM / preemption, held-out
 evaluation every ``eval.every_steps`` and at the end. It stops on the first non-finite loss /
@@ -31,11 +33,13 @@ from crab_jax.data.sources import DataSetup, prepare_data, single_threaded_blas,
 from crab_jax.evaluation.heldout import evaluate_state
 from crab_jax.families.base import Family
 from crab_jax.io.paths import as_path
+from crab_jax.io.workdir_lock import WorkdirLock
 from crab_jax.parallel.mesh import to_global
 from crab_jax.parallel.multihost import any_process
 from crab_jax.training.hooks import CheckpointHook, EvalHook, MetricsHook
 from crab_jax.training.metric_writer import MetricWriter
 from crab_jax.training.metrics import mfu, peak_flops_per_device, summarize
+from crab_jax.training.resume import Resume
 from crab_jax.training.setup import build_setup, initial_state, resolve, run_model_config, total_steps
 from crab_jax.training.step import batch_shardings, first_non_finite, jit_train_step, make_train_step, trainable_names
 
@@ -79,6 +83,7 @@ class RunResult:
       workdir: the run folder; ``tensorboard_dir`` its TensorBoard logs (None when off).
       data: the resolved data section (dataset root, tokenizer).
       headline: the family's task -> summary metric table (for :func:`~crab_jax.evaluation.heldout.format_results`).
+      data_stats: the data iterator's ``stats()`` at the end (None for iterators without them).
     """
 
     history: list[dict]
@@ -87,6 +92,7 @@ class RunResult:
     tensorboard_dir: epath.Path | None
     data: DataSetup | None
     headline: dict
+    data_stats: dict | None = None
 
 
 def bucket_key(batch) -> tuple:
@@ -110,8 +116,9 @@ def run_training(config, workdir: str | pathlib.Path, *, data_iter: Iterator[dic
     ``config``: the run config (ConfigDict, dict or :class:`RunConfig`); ``data_iter``: batches
     to train on instead of the config's data source (tests, benchmarks)."""
     run, family = resolve(config)
-    with single_threaded_blas():
-        return _run_training(run, family, as_path(workdir), data_iter)
+    workdir = as_path(workdir)
+    with single_threaded_blas(), WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        return _run_training(run, family, workdir, data_iter)
 
 
 def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter) -> RunResult:
@@ -131,9 +138,8 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
         log.warning("kept whole along dims the mesh does not divide: %s", "; ".join(setup.uneven[:10]))
     ckpt = Checkpointer(workdir / "checkpoints", keep=int(run.checkpoint.keep), async_save=bool(run.checkpoint.async_save))
     config_dict = run.as_dict()
-    latest = ckpt.latest_step()
-    if latest is not None:  # before anything compiles: a resume that cannot work fails now
-        ckpt.check_compatible(latest, setup.abstract.params, config_dict["model"])
+    resume = Resume(ckpt, workdir, run, config_dict, setup.abstract)
+    latest = resume.choose()  # before anything compiles: a resume that cannot work fails now
 
     global_batch = int(run.train.global_batch)
     # One jitted function; jit compiles it once per bucket shape (placements depend on ranks only).
@@ -147,17 +153,19 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
     # Also on resume: checkpoints hold the trainable weights only, the frozen ones come from here.
     state = initial_state(run, setup)
     if latest is not None:
-        state, data_state = ckpt.restore(latest, setup.abstract, state)
+        latest, state, data_state = resume.restore(latest, state)
         if data_state is not None and hasattr(data_iter, "set_state"):
             data_iter.set_state(data_state)
         log.info("resumed from %s at step %d", ckpt.directory, latest)
 
     names = trainable_names(setup)
     shardings = batch_shardings(global_shapes, setup.mesh)
-    writer = MetricWriter(workdir, enabled=main_process, tensorboard=bool(run.metrics.tensorboard))
+    start = int(jax.device_get(state.step))
+    # Rows past ``start`` were written by the run that crashed after its last checkpoint; this run
+    # writes those steps again (one row per step in metrics.jsonl).
+    writer = MetricWriter(workdir, enabled=main_process, tensorboard=bool(run.metrics.tensorboard), resumed_step=start)
     tb_dir = workdir / "tensorboard" if (main_process and run.metrics.tensorboard) else None
     peak = peak_flops_per_device(float(run.metrics.peak_flops_per_device))
-    start = int(jax.device_get(state.step))
     stop_after = int(run.train.stop_after_steps)
 
     def evaluate(current_state) -> dict:
@@ -219,4 +227,5 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
     finally:
         for hook in hooks:
             hook.close()
-    return RunResult(metrics_hook.history, eval_hook.evals, workdir, tb_dir, data, dict(family.headline))
+    return RunResult(metrics_hook.history, eval_hook.evals, workdir, tb_dir, data, dict(family.headline),
+                     data_iter.stats() if hasattr(data_iter, "stats") else None)

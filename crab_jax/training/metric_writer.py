@@ -15,7 +15,10 @@ from crab_jax.io.jsonl import JsonlFile
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True,
+                 resumed_step: int | None = None):
+        """``resumed_step``: the checkpoint step a resumed run starts from; metrics.jsonl rows of later
+        steps (written before a crash, and written again now) are dropped on open."""
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
@@ -23,7 +26,7 @@ class MetricWriter:
             return
         workdir = as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = JsonlFile(workdir / "metrics.jsonl")
+        self._jsonl = JsonlFile(workdir / "metrics.jsonl", keep_through_step=resumed_step)
         if tensorboard:
             self._tb = SummaryWriter(str(workdir / "tensorboard"))
 

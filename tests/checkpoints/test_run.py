@@ -115,10 +115,12 @@ def test_kill_9_during_async_save_resumes_from_last_committed(uninterrupted, tmp
     again = subprocess.run(train_cmd(tmp_path), cwd=REPO, env=cli_env(cache_dir), capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
-    after = losses_by_line(tmp_path)[len(before):]
     resumed_from = committed[-1]
-    assert [s for s, _ in after] == list(range(resumed_from + 1, STEPS + 1)), after
-    for step, loss in before + after:  # every logged step, the re-run ones too, equals the uninterrupted run
+    logged = losses_by_line(tmp_path)
+    # one row per step: the killed run's rows past the resumed step were dropped on resume
+    assert [s for s, _ in logged] == list(range(1, STEPS + 1)), logged
+    assert logged[:resumed_from] == before[:resumed_from]
+    for step, loss in before + logged:  # every logged step, the re-run ones too, equals the uninterrupted run
         assert loss == want[step], f"step {step}: {loss} != uninterrupted {want[step]} (bit-exact on CPU)"
     assert committed_steps(tmp_path)[-1] == STEPS
 

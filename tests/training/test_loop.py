@@ -59,7 +59,7 @@ def test_resume_with_another_lora_rank_fails_before_compiling(uninterrupted):
     from crab_jax.training.loop import train
 
     workdir, _ = uninterrupted
-    with pytest.raises(CheckpointMismatch, match="model.lora.r=4.*model.lora.r=2"):
+    with pytest.raises(CheckpointMismatch, match=r"model\.lora\.r: 4 -> 2"):
         train(small_config(**{"model.lora.r": 2}), workdir)
 
 

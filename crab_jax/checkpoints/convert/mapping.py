@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from crab_jax.checkpoints.convert.readers import source_file
+
 
 class MappingError(ValueError):
     """A state dict does not match the model: lists every offending key."""
@@ -210,19 +212,27 @@ class MappingTable:
         problems: list[str] = []
         parts: dict[str, dict[tuple[int, ...], tuple[str, np.ndarray]]] = {}
         rules: dict[str, Rule] = {}
+        first_key: dict[str, str] = {}  # jax key -> a torch key that filled it (to name its file)
+
+        def where(tkey: str) -> str:  # " (in FILE)" when the reader knows which file held tkey
+            f = source_file(torch_state, tkey)
+            return f" (in {f})" if f else ""
+
         for tkey in torch_state.keys():
             hit = self.torch_key_to_jax(tkey)
             if hit is None:
-                problems.append(f"unexpected key {tkey!r} (no row of the {self.family} mapping matches it)")
+                problems.append(f"unexpected key {tkey!r}{where(tkey)} (no row of the {self.family} mapping matches it)")
                 continue
             rule, jkey, index = hit
             value = rule.transform.to_jax(np.asarray(torch_state[tkey]))
             rules[jkey] = rule
+            first_key.setdefault(jkey, tkey)
             slot = parts.setdefault(jkey, {})
             if index in slot:  # a tied copy: must hold the same tensor
                 other_key, other = slot[index]
                 if other.shape != value.shape or not np.array_equal(other, value):
-                    problems.append(f"tied keys {other_key!r} and {tkey!r} hold different tensors")
+                    problems.append(f"tied keys {other_key!r}{where(other_key)} and {tkey!r}{where(tkey)} "
+                                    "hold different tensors")
                 continue
             slot[index] = (tkey, value)
 
@@ -247,7 +257,7 @@ class MappingTable:
             first = next(iter(slot.values()))[1]
             bad = [(k, v.shape) for k, v in slot.values() if v.shape != first.shape]
             if bad:
-                problems.extend(f"key {k!r} has shape {s}, its siblings {first.shape}" for k, s in bad)
+                problems.extend(f"key {k!r}{where(k)} has shape {s}, its siblings {first.shape}" for k, s in bad)
                 continue
             stacked = np.empty(counts + first.shape, first.dtype)
             for i, (_, v) in slot.items():
@@ -267,7 +277,7 @@ class MappingTable:
                     rule = rules[jkey]
                     got = out[jkey].shape
                     problems.append(
-                        f"shape mismatch for {jkey!r} (torch {rule.torch!r}): expected "
+                        f"shape mismatch for {jkey!r} (torch {rule.torch!r}){where(first_key[jkey])}: expected "
                         f"{tuple(self._torch_shape(jkey, shape))}, found "
                         f"{tuple(self._torch_shape(jkey, got))} (torch layout)"
                     )

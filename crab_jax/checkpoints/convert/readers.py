@@ -78,8 +78,24 @@ class TensorFile(Mapping):
     def _missing(self, key):
         return KeyError(f"{self.path}: no tensor {key!r}")
 
+    def source_file(self, key: str) -> str:
+        """The file that holds ``key`` (named in conversion errors)."""
+        return self.path
+
     def __repr__(self):
         return f"{type(self).__name__}({self.path!r}, {len(self)} tensors)"
+
+
+def source_file(tensors: Mapping, key: str) -> str | None:
+    """The file holding ``key`` of ``tensors`` when it can tell (a :class:`TensorFile` or a view over
+    several with ``source_file``), else None."""
+    where = getattr(tensors, "source_file", None)
+    if where is None:
+        return None
+    try:
+        return where(key)
+    except KeyError:
+        return None
 
 
 # -- safetensors ---------------------------------------------------------------------------
@@ -253,6 +269,12 @@ class ShardedTensors(TensorFile):
 
     def shape(self, key):
         return self._file(key).shape(key)
+
+    def source_file(self, key):
+        """The shard the index puts ``key`` in."""
+        if key not in self._map:
+            raise self._missing(key)
+        return os.path.join(os.path.dirname(self.path), self._map[key])
 
     def dtype(self, key):
         return self._file(key).dtype(key)

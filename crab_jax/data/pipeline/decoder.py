@@ -77,14 +77,15 @@ class SlotDecoder:
         return pb.bucket, SlotResult(self.builder.filler(ex) if filler else ex, index, filler, None)
 
     def collate(self, results: Sequence[tuple[Bucket, SlotResult]]) -> tuple[dict, dict]:
-        """Slots of one local batch -> (batch arrays, report of this batch)."""
+        """Slots of one local batch -> (batch arrays, report of this batch: ``seen`` / ``filler``
+        slots, ``bad`` as ``(record index, record source, file, reason)``, ``bucket``, ``records``)."""
         bucket = results[0][0]
         good = [r.example for _, r in results if r.example is not None]
         spare = self.builder.filler(good[0]) if good else self.builder.blank()
         exs = [r.example if r.example is not None else spare for _, r in results]
         report = {"seen": sum(1 for _, r in results if not r.filler),
                   "filler": sum(1 for _, r in results if r.filler or r.example is None),
-                  "bad": [r.error for _, r in results if r.error is not None and not r.filler],
+                  "bad": [(r.index,) + r.error for _, r in results if r.error is not None and not r.filler],
                   "bucket": [bucket.seq_len, bucket.fbank_frames],
                   "records": [(-1 if r.example is None or r.filler else r.index) for _, r in results]}
         return self.builder.collate(exs, bucket), report

@@ -11,8 +11,9 @@ Stages (each process runs the same ones)::
       -> Grain MapDataset over slots: decode in worker processes, batch with the builder's
          collation; a record that fails to decode is replaced in its batch by a filler and
          counted (:mod:`~crab_jax.data.pipeline.decoder`)
-      -> main process: strips the per-batch report, updates stats(), stops the run when the
-         bad fraction passes data.max_bad_fraction (:mod:`~crab_jax.data.pipeline.iterator`)
+      -> main process: strips the per-batch report, updates stats(), logs every bad record
+         once, stops the run when the bad records pass data.max_bad_fraction
+         (:mod:`~crab_jax.data.pipeline.iterator`, :mod:`~crab_jax.data.pipeline.bad_records`)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Sequence
 import grain
 
 from crab_jax.config.sections import DataConfig
-from crab_jax.data.errors import BadRecordError
+from crab_jax.data.errors import BadFileError, BadRecordError
 from crab_jax.data.pipeline.buckets import PlanInfo, assign_buckets
 from crab_jax.data.pipeline.decoder import SlotDecoder
 from crab_jax.data.pipeline.iterator import BatchIterator, TooManyBadRecordsError
@@ -39,7 +40,8 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
                   max_bad_fraction: float, fallback_fbank_frames: int, shuffle: bool = True, shard_options=None,
                   num_epochs: int | None = None, workers: int = 0, index_workers: int | None = None,
                   read_threads: int | None = None, prefetch: int | None = None, cache_dir: str | None = None,
-                  initial_bad: Sequence[BadRecordError] = (), progress: bool = False) -> BatchIterator:
+                  initial_bad: Sequence[BadRecordError] = (), skipped_files: Sequence[BadFileError] = (),
+                  progress: bool = False) -> BatchIterator:
     """The pipeline over any :class:`ExampleSource` (see the module docstring).
 
     Args:
@@ -51,6 +53,10 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
       read_threads, prefetch: decoding threads and batches decoded ahead (None: automatic).
       cache_dir: where the plan index is cached (None: not cached).
       initial_bad: bad records found before the pipeline (annotation errors), counted.
+      skipped_files: annotation files the run goes on without (``data.skip_bad_files``),
+        listed in ``stats()`` and not counted as records.
+    Bad records are counted per task: the source's ``tasks`` (one per example) where it has
+    them (raw records), else their annotation file.
     """
     shard_index, shard_count = _shard(shard_options)
     if global_batch % shard_count:
@@ -58,9 +64,14 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
     index = build_plan_index(source, workers=workers if index_workers is None else index_workers,
                              cache_dir=cache_dir, progress=progress)
     infos = [x if isinstance(x, PlanInfo) else None for x in index]
-    bad = list(initial_bad) + [x for x in index if isinstance(x, BadRecordError)]
-    buckets, too_long = assign_buckets(infos, list(source.sources), seq_buckets, fallback_fbank_frames)
-    bad += too_long
+    names = list(source.sources)
+    tasks = getattr(source, "tasks", None)
+    tasks = list(tasks) if tasks is not None else None
+    task_of = dict(zip(names, tasks)) if tasks is not None else {}
+    bad = list(initial_bad) + [x.with_task(tasks[i]) if tasks is not None else x
+                               for i, x in enumerate(index) if isinstance(x, BadRecordError)]
+    buckets, too_long = assign_buckets(infos, names, seq_buckets, fallback_fbank_frames)
+    bad += [e.with_task(task_of[e.path]) if e.path in task_of else e for e in too_long]
     if not any(b is not None for b in buckets):
         raise TooManyBadRecordsError(f"no usable record among {len(source)} (first problems: "
                                      f"{[str(e) for e in bad[:5]]})")
@@ -68,11 +79,13 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
                           shard_count)
     return BatchIterator(decoder, num_epochs=num_epochs, workers=workers, read_threads=read_threads,
                          prefetch=prefetch, max_bad_fraction=max_bad_fraction,
-                         initial_bad=bad, num_records=sum(b is not None for b in buckets))
+                         initial_bad=bad, num_records=sum(b is not None for b in buckets),
+                         skipped_files=skipped_files, record_tasks=tasks)
 
 
 def make_train_iterator(data: DataConfig, source: ExampleSource, *, global_batch: int,
-                        initial_bad: Sequence[BadRecordError] = (), shard_options=None,
+                        initial_bad: Sequence[BadRecordError] = (), skipped_files: Sequence[BadFileError] = (),
+                        shard_options=None,
                         num_epochs: int | None = None, progress: bool = False) -> BatchIterator:
     """The training pipeline over ``source`` as the run's ``data`` section sets it up
     (buckets, shuffle seed, workers, threads, prefetch, bad fraction, plan-index cache)."""
@@ -81,5 +94,5 @@ def make_train_iterator(data: DataConfig, source: ExampleSource, *, global_batch
                          workers=int(data.worker_count), read_threads=int(data.read_threads) or None,
                          prefetch=int(data.prefetch) or None, max_bad_fraction=float(data.max_bad_fraction),
                          fallback_fbank_frames=int(data.fbank_frames), cache_dir=str(data.cache_root),
-                         initial_bad=initial_bad, progress=progress)
+                         initial_bad=initial_bad, skipped_files=skipped_files, progress=progress)
 

@@ -43,6 +43,11 @@ class RawRecordSource:
     def sources(self) -> list[str]:
         return [r.source for r in self.records]
 
+    @property
+    def tasks(self) -> list[str]:
+        """The task of each record (bad records are counted per task)."""
+        return [r.task for r in self.records]
+
     def __len__(self) -> int:
         return len(self.records)
 

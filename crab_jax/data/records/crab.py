@@ -33,7 +33,7 @@ import os
 import random
 from typing import Mapping
 
-from crab_jax.data.errors import BadRecordError
+from crab_jax.data.errors import BadFileError, BadRecordError
 from crab_jax.data.records.record import (AudioSpec, CrabLayout, ReadResult, Record, entry_field, frame_number,
                                           frozen_fields, join_path, load_json_list, read_entries, rebase)
 
@@ -240,12 +240,15 @@ def _build_ref_avs(mode, root, where, row, rng: random.Random, test_splits: tupl
 
 def _read_csv_rows(path: str, shown: str) -> list:
     if not os.path.isfile(path):
-        raise BadRecordError(shown, "annotation file not found")
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.reader(f))
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise BadRecordError(shown, f"unreadable CSV ({e})") from e
+        raise BadFileError(shown, "annotation file not found")
+    rows: list = []
+    with open(path, encoding="utf-8", newline="") as f:
+        try:
+            rows.extend(csv.reader(f))
+        except (csv.Error, UnicodeDecodeError) as e:  # rows holds the ones read before
+            raise BadFileError(shown, f"unreadable CSV ({e}) at row {len(rows) + 1}", line=len(rows) + 1,
+                               entries=len(rows)) from e
+    return rows
 
 
 def read_crab_task(task: str, mode: str, data_root: str | os.PathLike, *, layout: CrabLayout = CrabLayout(),
@@ -260,7 +263,7 @@ def read_crab_task(task: str, mode: str, data_root: str | os.PathLike, *, layout
         (default): all three, in the file's row order (each record's ``split`` says which).
       strict: raise on the first bad entry; otherwise collect it in ``ReadResult.errors``.
     Raises:
-      BadRecordError: missing / truncated annotation file (always), bad entry (strict).
+      BadFileError: missing / truncated annotation file (always); BadRecordError: bad entry (strict).
     """
     if task not in CRAB_TASKS:
         raise ValueError(f"unknown Crab task {task!r}; known: {CRAB_TASKS}")

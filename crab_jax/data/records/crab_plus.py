@@ -13,7 +13,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
-from crab_jax.data.errors import BadRecordError
+from crab_jax.data.errors import BadRecordError, as_file_error
 from crab_jax.data.records.record import (AudioSpec, CrabLayout, ReadResult, Record, entry_field, frame_number,
                                           frozen_fields, join_path, load_json_list, read_entries, rebase)
 
@@ -173,8 +173,9 @@ def read_crab_plus_records(data_root: str | os.PathLike, tasks: Sequence[str], m
     """Every AVUIE_2 record of ``tasks`` in ``mode`` (``train`` / ``test``), bad entries collected
     (Crab+'s ``read_records`` hook, as ``read_records`` of :mod:`~crab_jax.data.records.select` is Crab's).
 
-    A whole annotation file that is missing or unreadable is one collected error; an unknown
-    task raises ValueError; in mode ``test`` the train-only tasks (no test file) are skipped.
+    A whole annotation file that is missing or unreadable is one collected
+    :class:`~crab_jax.data.errors.BadFileError`; every collected error names its task
+    (``.task``); an unknown task raises ValueError; in mode ``test`` the train-only tasks (no test file) are skipped.
     A test entry that also holds its task's training target field (:data:`CRAB_PLUS_TARGET`; the
     synthetic dataset's test rows do) carries it as the record's ``answer``, so a held-out
     record can be trained on; ``gt`` stays the test GT string. ``seed`` is unused (no AVUIE_2
@@ -189,8 +190,8 @@ def read_crab_plus_records(data_root: str | os.PathLike, tasks: Sequence[str], m
         try:
             res = read_crab_plus_task(task, mode, data_root, layout=layout, strict=False)
         except BadRecordError as e:  # a whole annotation file missing / unreadable
-            errors.append(e)
+            errors.append(as_file_error(e, task))
             continue
         records += _with_carried_targets(res.records, task, data_root, layout) if mode == "test" else res.records
-        errors += res.errors
+        errors += [e.with_task(task) for e in res.errors]
     return records, errors

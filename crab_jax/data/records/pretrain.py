@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from crab_jax.data.errors import BadRecordError
+from crab_jax.data.errors import BadFileError, BadRecordError
 from crab_jax.data.records.crab import mask_tokens
 from crab_jax.data.records.record import (AudioSpec, CrabLayout, ReadResult, Record, entry_field, frozen_fields,
                                           join_path, load_json_list, read_entries, rebase)
@@ -73,7 +73,11 @@ def read_pretrain_task(task: str, data_root: str | os.PathLike, *, mode: str = "
                        layout: CrabLayout = CrabLayout(), lvis_min_area: float = 1000.0,
                        strict: bool = True) -> ReadResult:
     """Reads one Crab pretraining set (spec A.4). AudioCaps trains on train.json + val.json
-    (id ``'12347'`` of train.json skipped, as in the original) and tests on test.json."""
+    (id ``'12347'`` of train.json skipped, as in the original) and tests on test.json.
+
+    An annotation file that cannot be read raises :class:`BadFileError`; when the task reads
+    several files and ``strict`` is off, it is collected in ``ReadResult.errors`` instead and
+    the other files' records are kept."""
     if task not in PRETRAIN_TASKS:
         raise ValueError(f"unknown pretraining task {task!r}; known: {PRETRAIN_TASKS}")
     root_dir = os.fspath(data_root)
@@ -90,7 +94,14 @@ def read_pretrain_task(task: str, data_root: str | os.PathLike, *, mode: str = "
                   lambda where, e: _build_lvis(layout.lvis, where, e, lvis_min_area))]
     result = ReadResult([], [])
     for rel, build in files:
-        part = read_entries(load_json_list(os.path.join(root_dir, rel), rel), rel, build, strict)
+        try:
+            entries = load_json_list(os.path.join(root_dir, rel), rel)
+        except BadFileError as e:
+            if strict or len(files) == 1:
+                raise
+            result.errors.append(e)  # one unreadable file of several: the others' records are kept
+            continue
+        part = read_entries(entries, rel, build, strict)
         result.records += part.records
         result.errors += part.errors
     return result

@@ -26,9 +26,10 @@ import dataclasses
 import json
 import os
 import posixpath
+import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from crab_jax.data.errors import BadRecordError
+from crab_jax.data.errors import BadFileError, BadRecordError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,20 +188,44 @@ def frozen_fields(d: Mapping[str, Any]) -> dict[str, Any]:
     return dict(d)
 
 
+def complete_entries(text: str) -> int | None:
+    """How many entries of the JSON list ``text`` parse before its first syntax error (None:
+    ``text`` does not start a list); what a truncated annotation file still shows of itself."""
+    decoder, ws = json.JSONDecoder(), re.compile(r"\s*")
+    i = ws.match(text).end()
+    if not text.startswith("[", i):
+        return None
+    i, n = i + 1, 0
+    while True:
+        try:
+            _, i = decoder.raw_decode(text, ws.match(text, i).end())
+        except json.JSONDecodeError:
+            return n
+        n += 1
+        i = ws.match(text, i).end()
+        if not text.startswith(",", i):
+            return n
+        i += 1
+
+
 def load_json_list(path: str | os.PathLike, shown: str | None = None) -> list:
-    """Reads an annotation file that holds a JSON list; BadRecordError names the file."""
+    """Reads an annotation file that holds a JSON list; :class:`BadFileError` names the file
+    (and for a parse error the line, column and complete entries before it)."""
     shown = shown or os.fspath(path)
     if not os.path.isfile(path):
-        raise BadRecordError(shown, "annotation file not found")
+        raise BadFileError(shown, "annotation file not found")
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise BadRecordError(shown, f"invalid or truncated JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+            text = f.read()
     except UnicodeDecodeError as e:
-        raise BadRecordError(shown, f"not UTF-8 text ({e.reason})") from e
+        raise BadFileError(shown, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadFileError(shown, f"invalid or truncated JSON ({e.msg} at line {e.lineno} column {e.colno})",
+                           line=e.lineno, column=e.colno, entries=complete_entries(text)) from e
     if not isinstance(data, list):
-        raise BadRecordError(shown, f"expected a JSON list of records, found a {type(data).__name__}")
+        raise BadFileError(shown, f"expected a JSON list of records, found a {type(data).__name__}")
     return data
 
 

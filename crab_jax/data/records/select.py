@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from crab_jax.data.errors import BadRecordError
+from crab_jax.data.errors import BadRecordError, as_file_error
 from crab_jax.data.records.crab import CRAB_TASKS, read_crab_task
 from crab_jax.data.records.pretrain import PRETRAIN_TASKS, read_pretrain_task
 from crab_jax.data.records.record import CrabLayout, Record
@@ -15,8 +15,10 @@ def read_records(data_root: str | os.PathLike, tasks: Sequence[str], mode: str =
                  layout: CrabLayout = CrabLayout(), seed: int = 0) -> tuple[list[Record], list[BadRecordError]]:
     """Every record of ``tasks`` (Crab fine-tuning or pretraining sets), bad entries collected.
 
-    A whole annotation file that is missing or unreadable is one collected error too; an
-    unknown task name raises ValueError.
+    A whole annotation file that is missing or unreadable is one collected
+    :class:`~crab_jax.data.errors.BadFileError` (the caller decides whether the run may go on
+    without it); every collected error names its task (``.task``). An unknown task name
+    raises ValueError.
     """
     records, errors = [], []
     for task in tasks:
@@ -28,8 +30,8 @@ def read_records(data_root: str | os.PathLike, tasks: Sequence[str], mode: str =
             else:
                 raise ValueError(f"data.tasks: unknown task {task!r}; known: {CRAB_TASKS + PRETRAIN_TASKS}")
         except BadRecordError as e:  # a whole annotation file missing / unreadable
-            errors.append(e)
+            errors.append(as_file_error(e, task))
             continue
         records += res.records
-        errors += res.errors
+        errors += [e.with_task(task) for e in res.errors]
     return records, errors

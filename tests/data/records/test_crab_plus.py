@@ -73,3 +73,13 @@ def test_read_crab_plus_records_collects_and_carries_test_targets(tmp_path):
     assert not errors and unav.answer == "events" and unav.mode == "train"
     with pytest.raises(ValueError, match="unknown Crab\\+ task"):
         read_crab_plus_records(tmp_path, ("nope",), "train")
+
+
+def test_read_crab_plus_records_tells_a_truncated_file_from_a_bad_entry(tmp_path):
+    write_file(tmp_path, "AVUIE_2/ks/train.json", [dict(video_path="1.mp4", audio_path="1.wav", action="dog",
+                                                        label="<answer>dog</answer>"), dict(video_path="2.mp4")])
+    write_file(tmp_path, "AVUIE_2/ave/train.json", '[{"video_path": "1.mp4", "audio_path": "1.w')
+    records, errors = read_crab_plus_records(tmp_path, ("ks", "ave"), "train")
+    assert [r.task for r in records] == ["ks"]
+    assert [(type(e).__name__, e.task) for e in errors] == [("BadRecordError", "ks"), ("BadFileError", "ave")]
+    assert errors[1].path == "AVUIE_2/ave/train.json" and errors[1].line == 1 and errors[1].entries == 0

@@ -98,6 +98,14 @@ class CrabView(Mapping):
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: self.shape(k) for k in self}
 
+    def source_file(self, name: str) -> str:
+        """The user's file that holds ``name`` (the shard, for an HF index); for conversion errors."""
+        if name in self._generated:
+            return "generated: in no source file"
+        src, key = self._origin[name]
+        where = getattr(src.tensors, "source_file", None)
+        return where(key) if where is not None else src.path
+
     def generate(self, name: str, make: Callable[[], np.ndarray], note: str) -> None:
         """Adds a key found in no source (``make`` builds it on read)."""
         self._generated[name] = make

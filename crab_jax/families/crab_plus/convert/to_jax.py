@@ -76,6 +76,11 @@ class SourceView(Mapping):
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._origin[key].shape(key))
 
+    def source_file(self, key: str) -> str:
+        """The opened file that holds ``key`` (the shard, for an HF index); for conversion errors."""
+        src = self._origin[key]
+        return src.source_file(key) if hasattr(src, "source_file") else getattr(src, "path", "?")
+
     def __getitem__(self, key):
         value = np.asarray(self._origin[key][key])
         if self.cast is not None and is_floating(value.dtype) and value.dtype != self.cast:
