@@ -74,6 +74,8 @@ print("RESULT", json.dumps({{"one": one, "eight": eight, "q_spec": q_spec}}))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.heavy  # ~125 s on 2 cores: outside CI's default selection (python -m pytest -m heavy)
 def test_eight_devices_fsdp_x_tensor_match_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SCRIPT.format(repo=str(REPO))], cwd=REPO, env=env,

@@ -108,6 +108,7 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.mark.slow  # two processes compile the 2-device program side by side: minutes on 2 busy cores
+@pytest.mark.heavy  # ~210 s on 2 cores: outside CI's default selection (python -m pytest -m heavy)
 def test_two_processes_train_like_one_through_save_and_restore(tmp_path, cache_dir):
     one = tmp_path / "one_process"
     proc = subprocess.run(train_cmd(one), cwd=REPO, env=cli_env(cache_dir), capture_output=True, text=True,
