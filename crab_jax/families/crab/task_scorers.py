@@ -23,8 +23,8 @@ from PIL import Image
 from crab_jax.data.media.decode import AVSS_NUM_CLASSES, load_avss_mask, load_binary_mask
 from crab_jax.data.records import crab_answers as A
 from crab_jax.families.crab import references as R
-from crab_jax.metrics import avvp, boxes, captions, classification, masks
-from crab_jax.metrics.ave import AveSegmentScorer
+from crab_jax.metrics import boxes, captions, classification, masks
+from crab_jax.metrics.event_scorers import AveSegmentScorer, AvvpEventScorer
 from crab_jax.metrics.tables import LineCounts as _Counts
 from crab_jax.metrics.tables import MetricRow, ScoringContext, UnusableRow, prediction_text
 from crab_jax.metrics.tables import read_reference as _open
@@ -64,37 +64,11 @@ class AveScorer(AveSegmentScorer):
         super().__init__(name, reference=R.ave_reference, parse=A.parse_ave, required_fields=TEXT_FIELDS)
 
 
-class AvvpScorer(_Counts):
+class AvvpScorer(AvvpEventScorer):
     """LLP segment- and event-level F (audio, visual, audio-visual, Type@AV, Event@AV)."""
 
-    required_fields = TEXT_FIELDS
-
     def __init__(self, ctx: ScoringContext, name: str = "avvp"):
-        super().__init__(name)
-        self.scores = avvp.AvvpScores()
-        self.unknown: dict[str, int] = {}
-
-    def add(self, row, ctx):
-        gt = R.avvp_reference(row)
-        text = prediction_text(row)
-        pred = None if text is None else A.parse_avvp(text)
-        for name in (pred.unknown if pred is not None else ()):
-            self.unknown[name] = self.unknown.get(name, 0) + 1
-        parsed = pred is not None and pred.found
-        if not self.count(parsed, ctx):
-            return
-        if not parsed:
-            zeros = np.zeros_like(gt.audio)
-            pred = A.AvvpParse(zeros, zeros, False, ())
-        self.scores.add(pred.audio, pred.visual, gt.audio, gt.visual)
-
-    def table(self):
-        rows = [MetricRow(*r) for r in self.scores.paper_rows()]
-        notes = []
-        if self.unknown:
-            listed = ", ".join(f"{k!r} x{v}" for k, v in sorted(self.unknown.items()))
-            notes.append(f"event classes outside the LLP list (left out of the predictions): {listed}")
-        return self.make_table(rows, notes)
+        super().__init__(name, reference=R.avvp_reference, parse=A.parse_avvp, required_fields=TEXT_FIELDS)
 
 
 class ArigScorer(_Counts):

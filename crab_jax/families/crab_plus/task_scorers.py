@@ -35,8 +35,8 @@ from PIL import Image
 from crab_jax.data.records import crab_answers as A
 from crab_jax.data.records.crab_plus import crab_plus_gt_mask_path
 from crab_jax.families.crab_plus import answers as P
-from crab_jax.metrics import avvp, boxes, captions, classification, masks
-from crab_jax.metrics.ave import AveSegmentScorer
+from crab_jax.metrics import boxes, captions, classification, masks
+from crab_jax.metrics.event_scorers import AveSegmentScorer, AvvpEventScorer
 from crab_jax.metrics.tables import LineCounts, MetricRow, ScoringContext, UnusableRow, prediction_text, read_reference
 
 TEXT_FIELDS = (("predict", "error"), ("output",))
@@ -174,35 +174,11 @@ def _avvp_reference(row) -> A.AvvpParse:
     return parsed
 
 
-class AvvpScorer(LineCounts):
+class AvvpScorer(AvvpEventScorer):
     """LLP segment- and event-level F (spec A.6.2, :class:`crab_jax.metrics.avvp.AvvpScores`)."""
 
-    required_fields = TEXT_FIELDS
-
     def __init__(self, ctx: ScoringContext, name: str = "avvp"):
-        super().__init__(name)
-        self.scores = avvp.AvvpScores()
-        self.unknown: Counter = Counter()
-
-    def add(self, row, ctx):
-        gt = _avvp_reference(row)
-        text = prediction_text(row)
-        pred = None if text is None else P.parse_avvp(text)
-        self.unknown.update(pred.unknown if pred is not None else ())
-        parsed = pred is not None and pred.found
-        if not self.count(parsed, ctx):
-            return
-        if not parsed:
-            zeros = np.zeros_like(gt.audio)
-            pred = A.AvvpParse(zeros, zeros, False, ())
-        self.scores.add(pred.audio, pred.visual, gt.audio, gt.visual)
-
-    def table(self):
-        notes = []
-        if self.unknown:
-            listed = ", ".join(f"{k!r} x{v}" for k, v in sorted(self.unknown.items()))
-            notes.append(f"event classes outside the LLP list (left out of the predictions): {listed}")
-        return self.make_table([MetricRow(*r) for r in self.scores.paper_rows()], notes)
+        super().__init__(name, reference=_avvp_reference, parse=P.parse_avvp, required_fields=TEXT_FIELDS)
 
 
 def _arig_reference(row) -> tuple[int, int, int, int]:
