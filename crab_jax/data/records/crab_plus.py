@@ -9,7 +9,6 @@ the GT string and the task scorers read.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
@@ -134,7 +133,10 @@ def _build_crab_plus(task, mode, root, where, e):
     if mode == "train":
         kw = dict(answer=str(entry_field(e, CRAB_PLUS_TARGET[task], where)))
     else:
-        kw = dict(gt=_crab_plus_gt(task, f))
+        # A test entry that also holds the training target (the synthetic set's) carries it, so a
+        # held-out record can be trained on; gt stays the test GT string.
+        target = e.get(CRAB_PLUS_TARGET[task])
+        kw = dict(gt=_crab_plus_gt(task, f), answer=None if target is None else str(target))
     question = f.get("question") or f.get("question_text")
     return [Record(family="crab_plus", task=task, mode=mode, split=str(e.get("split", mode)), source=where,
                    question=None if question is None else str(question), fields=frozen_fields(f), **media, **kw)]
@@ -153,19 +155,6 @@ def read_crab_plus_task(task: str, mode: str, data_root: str | os.PathLike, *,
     rel = join_path(root, f"{mode}.json")
     entries = load_json_list(os.path.join(os.fspath(data_root), rel), rel)
     return read_entries(entries, rel, lambda where, e: _build_crab_plus(task, mode, root, where, e), strict)
-
-
-def _with_carried_targets(records: list[Record], task: str, data_root: str | os.PathLike,
-                          layout: CrabLayout) -> list[Record]:
-    """Test records whose entry also holds the task's training target field, with it as ``answer``."""
-    rel = join_path(layout.avuie2, task, "test.json")
-    entries = load_json_list(os.path.join(os.fspath(data_root), rel), rel)
-    out = []
-    for r in records:
-        e = entries[int(r.source.rpartition("#")[2])]
-        target = e.get(CRAB_PLUS_TARGET[task])
-        out.append(r if target is None else dataclasses.replace(r, answer=str(target)))
-    return out
 
 
 def read_crab_plus_records(data_root: str | os.PathLike, tasks: Sequence[str], mode: str = "train", *,
@@ -192,6 +181,6 @@ def read_crab_plus_records(data_root: str | os.PathLike, tasks: Sequence[str], m
         except BadRecordError as e:  # a whole annotation file missing / unreadable
             errors.append(as_file_error(e, task))
             continue
-        records += _with_carried_targets(res.records, task, data_root, layout) if mode == "test" else res.records
+        records += res.records
         errors += [e.with_task(task) for e in res.errors]
     return records, errors

@@ -21,7 +21,7 @@ from crab_jax.cli.quick_start import main as infer_main
 from crab_jax.cli.segment import main as segment_main
 from crab_jax.config.loader import load_config_file
 from crab_jax.data.records.crab_plus import CRAB_PLUS_TASKS, CRAB_PLUS_TRAIN_ONLY
-from crab_jax.evaluation.sam2_stage import OUTPUT_FILE
+from crab_jax.evaluation.sam2_stage import FRAME_SIZE, OUTPUT_FILE
 from crab_jax.models.sam2.config import tiny as tiny_sam2
 from crab_jax.training.loop import run_training
 from tests.families.crab_plus.avuie2_layout import SEG_ANSWER, write_avuie2_layout
@@ -115,7 +115,7 @@ def test_sam2_stage_and_evaluate_every_task(run, sam2_dir, tmp_path, capsys):
             continue
         assert line["sam2_valid"], line
         mask = np.asarray(Image.open(tmp_path / "sam2_fixed" / line["pred_mask_path"]))
-        assert mask.shape == (224, 224)
+        assert mask.shape == (FRAME_SIZE, FRAME_SIZE)
         if line.get("sam2_negative"):
             assert not mask.any()
     capsys.readouterr()
