@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "soundfile==0.14.0",
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
+    # figures (router heat maps, the transfer study), headless (Agg)
+    "matplotlib==3.11.2",
     "absl-py==2.5.1",
     "numpy>=1.26,<3",
 ]

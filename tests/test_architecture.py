@@ -25,12 +25,13 @@ LAYERS = (
     ("families",),
     ("evaluation",),
     ("training",),
+    ("study",),
     ("cli",),
 )
 # The public commands' modules (``python -m ...``): thin entry points above every layer, wherever
 # their spelling puts them.
 ENTRY_POINTS = ("crab_jax.train", "crab_jax.infer", "crab_jax.evaluate", "crab_jax.aot_compile", "crab_jax.data.prepare",
-                "crab_jax.data.check", "crab_jax.data.synthetic.__main__")
+                "crab_jax.data.check", "crab_jax.data.synthetic.__main__", "crab_jax.study.__main__")
 # Modules of ``crab_jax.families`` that are the seam itself, not a family's internals.
 SEAM = ("crab_jax.families", "crab_jax.families.base")
 
