@@ -78,11 +78,13 @@ def main(argv):
     # The training stack is imported here, after the command line was checked (checked_command_line): a bad
     # command line is refused in about a second instead of after ~10 s of imports.
     from crab_jax.training.loop import run_training
+    from crab_jax.training.compile_cache import enable_compilation_cache
     from crab_jax.training.resume import REFUSALS
 
     config = _CONFIG.value  # checked against the schema by checked_command_line, as is the workdir
     workdir = _WORKDIR.value
     maybe_initialize_distributed(config.distributed)
+    enable_compilation_cache(config.train.compilation_cache, config.data.cache_dir)
     # Orbax logs every save step at INFO through absl; keep the console to our own messages.
     absl_logging.set_verbosity(absl_logging.WARNING)
     ours = logging.getLogger("crab_jax")

@@ -38,12 +38,13 @@ DEFAULT_RULES = (
 RESUME_SAFE_KEYS = (
     "stage",
     "train.epochs", "train.num_steps", "train.stop_after_steps", "train.allow_config_change",
+    "train.compilation_cache",
     "eval",
     "checkpoint",
     "metrics",
     "distributed",
     "mesh",
-    "model.remat",
+    "model.remat", "model.attention",
     "data.cache_dir", "data.read_threads", "data.prefetch", "data.max_bad_fraction",
 )
 
@@ -65,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.frozen_param_dtype = "float32"   # storage dtype of frozen weights (bfloat16 halves memory)
     c.model.scan_layers = False
     c.model.remat = "none"          # none | full | dots (per decoder layer)
+    # The LLM's attention: auto (fused on GPU / TPU, reference on CPU) | reference (the einsum path the
+    # parity tests pin, fp32 [b, heads, S, S] scores) | fused (jax.nn.dot_product_attention).
+    c.model.attention = "auto"
     c.model.vocab_pad_multiple = 128  # 32017 rows -> 32128: divisible by any mesh axis size up to 128
     c.model.base_vocab = -1         # text ids before Crab's 17 tokens; -1: the tokenizer's (else the preset's)
     c.model.seg_branch = True       # run the mask decoder and add the mask loss
@@ -100,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Resume even though keys outside RESUME_SAFE_KEYS differ from the checkpoint's config (each
     # difference is logged as a warning); the state's structure must still match.
     c.train.allow_config_change = False
+    # JAX's persistent compilation cache (the commands turn it on): "" = <data.cache_dir or
+    # ~/.cache/crab_jax>/jax_cache, a path, or "none" (off). A rerun / resume loads its compiled steps.
+    c.train.compilation_cache = ""
 
     c.data = ml_collections.ConfigDict()
     # random: well-formed random batches (tests); synthetic: the built-in synthetic AV dataset,

@@ -74,6 +74,7 @@ class ModelConfig:
     frozen_param_dtype: str
     scan_layers: bool
     remat: str
+    attention: str
     vocab_pad_multiple: int
     base_vocab: int
     seg_branch: bool
@@ -102,6 +103,7 @@ class TrainConfig:
     num_steps: int
     stop_after_steps: int
     allow_config_change: bool
+    compilation_cache: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,12 +31,15 @@ class LossOutput(NamedTuple):
     logits: ``[b, S, V]`` (per-sample / per-task LM losses are computed from them).
     terms: scalar parts of ``loss`` to log (``{"lm_loss": .., "mask_loss": ..}``).
     per_sample: ``{name: [b]}`` per-sample values summed per task (e.g. ``mask_loss``).
+    lm_sums: ``(nll [b], tokens [b])``, each sample's summed next-token NLL and predicted tokens
+      (``crab_jax.models.losses.per_sample_lm_sums`` of ``logits``, computed once by the model).
     """
 
     loss: jax.Array
     logits: jax.Array
     terms: Mapping[str, jax.Array]
     per_sample: Mapping[str, jax.Array]
+    lm_sums: tuple[jax.Array, jax.Array]
 
 
 class BatchSpec(Protocol):

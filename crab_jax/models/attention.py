@@ -32,6 +32,22 @@ from crab_jax.models.layers import Linear, zeros_init
 from crab_jax.parallel.sharding import param
 
 
+# How :func:`dot_product_attention` computes (``model.attention``): ``reference`` is the einsum
+# path below (fp32 logits and softmax; what the parity tests pin), ``fused`` is
+# ``jax.nn.dot_product_attention`` (XLA's fused attention; cuDNN flash attention on GPU where the
+# shapes allow), ``auto`` = fused on GPU / TPU and reference on CPU.
+ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "fused")
+
+
+def resolve_attention(name: str, backend: str | None = None) -> str:
+    """``auto`` -> ``fused`` on an accelerator, ``reference`` on CPU; other names checked."""
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"config model.attention={name!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
+    if name != "auto":
+        return name
+    return "reference" if (backend or jax.default_backend()) == "cpu" else "fused"
+
+
 def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
     """``[b, s, h*d] -> [b, s, h, d]``."""
     return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
@@ -51,6 +67,7 @@ def dot_product_attention(
     bias: jax.Array | None = None,
     scale: float | None = None,
     probs_dropout: Callable[[jax.Array], jax.Array] | None = None,
+    implementation: str = "reference",
 ) -> jax.Array:
     """Scaled dot-product attention over split heads, logits and softmax in float32; GQA.
 
@@ -63,9 +80,19 @@ def dot_product_attention(
       scale: multiplies ``q.k``; default ``1 / sqrt(d)``.
       probs_dropout: applied to the probabilities ``[b, h, q_len, kv_len]`` before they weight
         ``v`` (BERT's attention dropout; None: none).
+      implementation: ``reference`` or ``fused`` (:data:`ATTENTION_IMPLEMENTATIONS`; resolved, not
+        ``auto``). ``fused`` never materialises the ``[b, h, q_len, kv_len]`` probabilities where
+        the backend has a kernel, so it takes no ``probs_dropout``.
     Returns:
       ``[b, q_len, h, d]`` in ``v``'s dtype.
     """
+    if implementation == "fused":
+        if probs_dropout is not None:
+            raise ValueError("fused attention takes no probs_dropout (use implementation='reference')")
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias, mask=mask, scale=scale)
+        return out.astype(v.dtype)
+    if implementation != "reference":
+        raise ValueError(f"attention implementation {implementation!r}; expected 'reference' or 'fused'")
     b, tq, h, d = q.shape
     kvh = k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale

@@ -67,6 +67,7 @@ class LlamaConfig:
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
     vocab_pad_multiple: int = 1  # embed / lm_head rows padded to a multiple (sharding-friendly)
+    attention: str = "reference"  # crab_jax.models.attention implementation (resolved: reference | fused)
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -80,6 +81,8 @@ class LlamaConfig:
                              f"num_key_value_heads {self.num_key_value_heads}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} not in {REMAT_POLICIES}")
+        if self.attention not in ("reference", "fused"):
+            raise ValueError(f"attention {self.attention!r}: expected 'reference' or 'fused' (resolve 'auto' first)")
         if self.vocab_pad_multiple < 1:
             raise ValueError("vocab_pad_multiple must be >= 1")
         if self.attention_out_bias is None:
@@ -222,6 +225,7 @@ class LlamaAttention(nnx.Module):
 
     def __init__(self, cfg: LlamaConfig, lora: ILoRAConfig | None, *, rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.attention = cfg.attention
         e, q_out, kv_out = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
         proj = functools.partial(projection, lora=lora, use_bias=cfg.attention_bias, dtype=cfg.dtype,
                                  param_dtype=cfg.param_dtype, rngs=rngs)
@@ -245,7 +249,7 @@ class LlamaAttention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             kv_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = dot_product_attention(q, k, v, mask=mask)
+        out = dot_product_attention(q, k, v, mask=mask, implementation=self.attention)
         return self.o_proj(merge_heads(out)), kv_cache
 
 

@@ -28,8 +28,13 @@ def token_nll(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Arra
 
 def lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy over the predicted slots (scalar)."""
-    nll, valid = token_nll(logits, labels)
-    return jnp.sum(nll) / jnp.maximum(valid.sum(), 1)
+    return lm_loss_from_sums(*per_sample_lm_sums(logits, labels))
+
+
+def lm_loss_from_sums(nll_sums: jax.Array, token_counts: jax.Array) -> jax.Array:
+    """The mean next-token cross-entropy (scalar) from :func:`per_sample_lm_sums`' ``[b]`` sums, so
+    a training forward computes the ``[b, S, V]`` log-softmax once for the loss and its per-task logs."""
+    return jnp.sum(nll_sums) / jnp.maximum(jnp.sum(token_counts), 1.0)
 
 
 def per_sample_lm_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:

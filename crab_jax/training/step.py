@@ -20,7 +20,6 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from crab_jax.parallel.mesh import BATCH_AXES, batch_sharding, replicated
-from crab_jax.models.losses import per_sample_lm_sums
 from crab_jax.families.base import all_router_towers
 from crab_jax.training.metrics import TASK_SUM_PREFIX, per_task_sums, router_keys, router_usage_sums, tower_gates
 from crab_jax.models.state_dict import flat_leaves
@@ -55,7 +54,7 @@ def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, nu
     def loss_fn(params, frozen, rng_vars, batch):
         model = setup.merge(params, frozen, rng_vars)
         out, inter = nnx.capture(lambda m: family.forward_loss(m, batch, with_seg), nnx.Intermediate)(model)
-        nll, tok = per_sample_lm_sums(out.logits, batch["labels"])
+        nll, tok = out.lm_sums
         task_id = batch["task_id"]
         aux = {
             "loss": out.loss,
@@ -86,16 +85,19 @@ def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, nu
             rng_vars = fresh_rng_vars(state.rng_vars, state.rng, state.step, index)
             (_, aux), grads = grad_fn(state.params, state.frozen, rng_vars, mb)
             grads = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
-            aux = jax.tree.map(jnp.add, aux_acc, aux) if aux_acc is not None else aux
-            return (grads, aux), None
+            return (grads, jax.tree.map(jnp.add, aux_acc, aux)), None
 
+        # Zero accumulators and ONE scan over every micro-batch: the model is traced and compiled
+        # once (a first micro-batch peeled off outside the scan would compile it twice).
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
         first = jax.tree.map(lambda x: x[0], micro)
-        (grads, aux), _ = accumulate((zeros, None), (jnp.int32(0), first))
-        if micro_batches > 1:
-            rest = jax.tree.map(lambda x: x[1:], micro)
-            (grads, aux), _ = jax.lax.scan(accumulate, (grads, aux),
-                                           (jnp.arange(1, micro_batches, dtype=jnp.int32), rest))
+        aux_shapes = jax.eval_shape(lambda mb: grad_fn(state.params, state.frozen, state.rng_vars, mb)[0][1], first)
+        aux_zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shapes)
+        indices = jnp.arange(micro_batches, dtype=jnp.int32)
+        if micro_batches == 1:  # no loop to build: the one micro-batch directly
+            (grads, aux), _ = accumulate((zeros, aux_zeros), (indices[0], first))
+        else:
+            (grads, aux), _ = jax.lax.scan(accumulate, (zeros, aux_zeros), (indices, micro))
         scale = 1.0 / micro_batches
         grads = jax.tree.map(lambda g: g * scale, grads)
         for k in aux:

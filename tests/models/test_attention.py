@@ -1,4 +1,7 @@
-"""The shared attention: against a float64 numpy reference, GQA = repeated kv heads, masks and biases."""
+"""The shared attention (reference and fused): against a float64 numpy reference, GQA = repeated kv heads,
+masks and biases."""
+
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +9,7 @@ import pytest
 from flax import nnx
 
 from crab_jax.models.attention import (MultiheadAttention, ProjectedAttention, dot_product_attention, merge_heads,
-                                       multi_head_attention, split_heads)
+                                       multi_head_attention, resolve_attention, split_heads)
 
 
 def _reference(q, k, v, *, mask=None, bias=None, scale=None):
@@ -40,20 +43,26 @@ def test_split_merge_round_trip():
     np.testing.assert_array_equal(merge_heads(heads), x)
 
 
+IMPLEMENTATIONS = ("reference", "fused")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_matches_reference_with_grouped_heads(kv_heads):
+def test_matches_reference_with_grouped_heads(kv_heads, implementation):
     q, k, v = _qkv(kvh=kv_heads)
-    got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
+    got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), implementation=implementation)
     np.testing.assert_allclose(got, _reference(q, k, v), rtol=1e-5, atol=1e-5)
 
 
-def test_mask_bias_and_scale():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_mask_bias_and_scale(implementation):
+    attend = functools.partial(dot_product_attention, implementation=implementation)
     q, k, v = _qkv(kvh=2)
     rng = np.random.default_rng(1)
     mask = rng.random((2, 1, 5, 7)) > 0.3
     mask[..., 0] = True  # every query sees a key
     bias = rng.standard_normal((1, 4, 5, 7)).astype(np.float32)
-    got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(mask),
+    got = attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(mask),
                                 bias=jnp.asarray(bias), scale=0.3)
     np.testing.assert_allclose(got, _reference(q, k, v, mask=mask, bias=bias, scale=0.3), rtol=1e-5, atol=1e-5)
     # A blocked key has no influence.
@@ -61,9 +70,19 @@ def test_mask_bias_and_scale():
     v2[:, 6] += 100.0
     blocked = np.ones((2, 1, 5, 7), bool)
     blocked[..., 6] = False
-    a = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(blocked))
-    b = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v2), mask=jnp.asarray(blocked))
+    a = attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(blocked))
+    b = attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v2), mask=jnp.asarray(blocked))
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_implementation_names():
+    assert resolve_attention("auto", "cpu") == "reference" and resolve_attention("auto", "gpu") == "fused"
+    assert resolve_attention("fused", "cpu") == "fused"
+    with pytest.raises(ValueError, match="model.attention='flash'"):
+        resolve_attention("flash")
+    q, k, v = (jnp.asarray(x) for x in _qkv())
+    with pytest.raises(ValueError, match="probs_dropout"):
+        dot_product_attention(q, k, v, probs_dropout=lambda p: p, implementation="fused")
 
 
 def test_multi_head_attention_is_split_attend_merge():

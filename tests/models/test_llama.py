@@ -97,9 +97,10 @@ def _rel_err(a, b) -> float:
 
 @pytest.mark.parity
 @pytest.mark.parametrize("pad_multiple", [1, 16])
-def test_left_padded_batch_matches_hf(pad_multiple):
+@pytest.mark.parametrize("attention", ["reference", "fused"])
+def test_left_padded_batch_matches_hf(pad_multiple, attention):
     hf, hf_cfg = _hf_model(0)
-    cfg = LlamaConfig.from_hf(hf_cfg, vocab_pad_multiple=pad_multiple)
+    cfg = LlamaConfig.from_hf(hf_cfg, vocab_pad_multiple=pad_multiple, attention=attention)
     assert cfg.padded_vocab_size == (97 if pad_multiple == 1 else 112)
     model = _jax_model(cfg, _state_numpy(hf))
     ids, mask = _batch(cfg.vocab_size, [16, 11, 4], 16)
@@ -352,9 +353,10 @@ def test_mapping_rejects_missing_and_misshaped_keys(scan):
 
 
 @pytest.mark.parametrize("scan", [False, True])
-def test_kv_cache_greedy_decode_equals_full_recompute(scan):
+@pytest.mark.parametrize("attention", ["reference", "fused"])
+def test_kv_cache_greedy_decode_equals_full_recompute(scan, attention):
     hf, hf_cfg = _hf_model(8, num_key_value_heads=2)
-    cfg = LlamaConfig.from_hf(hf_cfg, scan_layers=scan)
+    cfg = LlamaConfig.from_hf(hf_cfg, scan_layers=scan, attention=attention)
     model = _jax_model(cfg, _state_numpy(hf))
     prompt, prompt_mask = _batch(cfg.vocab_size, [9, 5], 9, seed=8)
     steps = 5

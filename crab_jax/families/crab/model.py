@@ -34,7 +34,7 @@ from crab_jax.families.base import LossOutput
 from crab_jax.models.beats import Beats, BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisualEncoder
 from crab_jax.models.ilora import ILoRAConfig
-from crab_jax.models.losses import lm_loss
+from crab_jax.models.losses import lm_loss_from_sums, per_sample_lm_sums
 from crab_jax.models.media import splice_media
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
@@ -106,6 +106,7 @@ class CrabOutput(NamedTuple):
     hidden: jax.Array             # [b, S, d] after the final norm
     inputs_embeds: jax.Array      # [b, S, d]
     lm_loss: jax.Array            # scalar
+    lm_sums: tuple[jax.Array, jax.Array]  # per-sample NLL sum [b], predicted tokens [b]
     mask_loss: jax.Array | None   # scalar (None without the seg branch)
     mask_terms: jax.Array | None  # [b, 3] (BCE, dice, CE)
     binary_logits: jax.Array | None  # [b, 1, H, W]
@@ -196,14 +197,15 @@ class Crab(nnx.Module):
         embeds = self.embed(input_ids, media_rows, media_index)
         logits, hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
                                   position_ids=position_ids, return_hidden=True)
-        loss = lm_loss(logits, labels)
+        sums = per_sample_lm_sums(logits, labels)
+        loss = lm_loss_from_sums(*sums)
         if seg_features is None or self.seg_module is None:
-            return CrabOutput(logits, hidden, embeds, loss, None, None, None, None, None)
+            return CrabOutput(logits, hidden, embeds, loss, sums, None, None, None, None, None)
         pred = jnp.take_along_axis(hidden, mask_positions[..., None].astype(jnp.int32), axis=1)
         pred = pred.astype(jnp.float32)
         seg = self.seg_module(pred, [f.astype(jnp.float32) for f in seg_features], is_avss)
         m_loss, terms = mask_loss(seg.binary_logits, seg.avss_logits, gt_mask, is_avss, is_seg)
-        return CrabOutput(logits, hidden, embeds, loss, m_loss, terms, seg.binary_logits, seg.avss_logits, pred)
+        return CrabOutput(logits, hidden, embeds, loss, sums, m_loss, terms, seg.binary_logits, seg.avss_logits, pred)
 
     def __call__(self, batch: Mapping[str, jax.Array], *, with_seg: bool = True) -> CrabOutput:
         """One static-shape batch (see :func:`media_layout` and ``crab_jax.data.text.sequence``).
@@ -247,4 +249,4 @@ def forward_loss(model: Crab, batch: Mapping[str, jax.Array], with_seg: bool) ->
     per_sample = {}
     if out.mask_terms is not None:
         per_sample["mask_loss"] = out.mask_terms[:, 0] + 0.5 * out.mask_terms[:, 1] + out.mask_terms[:, 2]
-    return LossOutput(model.total_loss(out), out.logits, terms, per_sample)
+    return LossOutput(model.total_loss(out), out.logits, terms, per_sample, out.lm_sums)

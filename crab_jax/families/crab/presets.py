@@ -19,6 +19,7 @@ from crab_jax.families.crab.model import CrabConfig
 from crab_jax.families.crab.tokens import LLAMA_VOCAB, PAD_TOKEN_ID, special_token_ids
 from crab_jax.models.beats import BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisionConfig
+from crab_jax.models.attention import resolve_attention
 from crab_jax.models.ilora import ILoRAConfig
 from crab_jax.models.llama import LlamaConfig
 from crab_jax.models.qformer import QFormerConfig
@@ -125,6 +126,7 @@ def with_base_vocab(cfg: CrabConfig, base_vocab: int | None) -> CrabConfig:
 def apply_run_options(cfg: CrabConfig, model_cfg: ModelConfig) -> CrabConfig:
     """``cfg`` (a preset's sizes) with the run's dtypes, scan, remat, vocab padding, LoRA and seg sizes."""
     llama = dataclasses.replace(cfg.llama, scan_layers=bool(model_cfg.scan_layers), remat=model_cfg.remat,
+                                attention=resolve_attention(model_cfg.attention),
                                 vocab_pad_multiple=int(model_cfg.vocab_pad_multiple),
                                 param_dtype=model_cfg.param_dtype)
     lora = ILoRAConfig(r=int(model_cfg.lora.r), alpha=float(model_cfg.lora.alpha),

@@ -40,7 +40,7 @@ from crab_jax.families.base import LossOutput, RouterTower
 from crab_jax.models.ilora import ILoRAConfig
 from crab_jax.models.layers import Linear, normal_init
 from crab_jax.models.llama import KVCache, LlamaConfig, LlamaModel
-from crab_jax.models.losses import lm_loss
+from crab_jax.models.losses import lm_loss_from_sums, per_sample_lm_sums
 from crab_jax.models.media import splice_media
 from crab_jax.models.mrope import RopeTokens
 from crab_jax.models.qwen_audio import QwenAudioConfig, QwenAudioEncoder, conv_frame_valid
@@ -149,6 +149,7 @@ class ThinkerOutput(NamedTuple):
     hidden: jax.Array         # [b, S, d] after the final norm
     inputs_embeds: jax.Array  # [b, S, d]
     lm_loss: jax.Array | None  # scalar (None without labels)
+    lm_sums: tuple[jax.Array, jax.Array] | None  # per-sample NLL sum [b], predicted tokens [b]
 
 
 class CrabPlusThinker(nnx.Module):
@@ -224,8 +225,8 @@ class CrabPlusThinker(nnx.Module):
         rows = self.media_rows(batch)
         embeds = self.embed(batch["input_ids"], rows, batch.get("media_index"))
         logits, hidden, _ = self.decode(embeds, batch["attention_mask"], stream_major(batch["position_ids"]))
-        loss = lm_loss(logits, batch["labels"]) if "labels" in batch else None
-        return ThinkerOutput(logits, hidden, embeds, loss)
+        sums = per_sample_lm_sums(logits, batch["labels"]) if "labels" in batch else None
+        return ThinkerOutput(logits, hidden, embeds, None if sums is None else lm_loss_from_sums(*sums), sums)
 
 
 def stream_major(position_ids: jax.Array) -> jax.Array:
@@ -270,4 +271,4 @@ def forward_loss(model: CrabPlusThinker, batch: Mapping[str, jax.Array], with_se
     """The train step's hook: the LM loss (Crab+ has no mask branch; masks come from SAM2 later)."""
     del with_seg
     out = model(batch)
-    return LossOutput(out.lm_loss, out.logits, {"lm_loss": out.lm_loss}, {})
+    return LossOutput(out.lm_loss, out.logits, {"lm_loss": out.lm_loss}, {}, out.lm_sums)

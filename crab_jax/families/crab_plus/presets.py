@@ -16,6 +16,7 @@ from crab_jax.config.sections import ModelConfig
 from crab_jax.families.crab_plus.convert.config_io import load_thinker_config
 from crab_jax.families.crab_plus.model import CrabPlusConfig
 from crab_jax.families.crab_plus.tokens import ADDED_TOKENS, QWEN_BASE_VOCAB, QWEN_CONFIG_VOCAB, thinker_tokens
+from crab_jax.models.attention import resolve_attention
 from crab_jax.models.ilora import ILoRAConfig
 from crab_jax.models.llama import LlamaConfig
 from crab_jax.models.qwen_audio import QwenAudioConfig
@@ -75,7 +76,8 @@ def model_config(model: ModelConfig, base_vocab: int | None = None) -> CrabPlusC
 def apply_run_options(cfg: CrabPlusConfig, model: ModelConfig) -> CrabPlusConfig:
     """``cfg`` with the run's dtypes, scan, remat, vocabulary padding and adapter (``model.lora``)."""
     tower = dict(scan_layers=bool(model.scan_layers), remat=model.remat, param_dtype=model.param_dtype)
-    text = dataclasses.replace(cfg.text, vocab_pad_multiple=int(model.vocab_pad_multiple), **tower)
+    text = dataclasses.replace(cfg.text, vocab_pad_multiple=int(model.vocab_pad_multiple),
+                               attention=resolve_attention(model.attention), **tower)
     lora = ILoRAConfig(r=int(model.lora.r), alpha=float(model.lora.alpha), num_heads=int(model.lora.num_heads),
                        dropout=float(model.lora.dropout), targets=tuple(model.lora.targets))
     return dataclasses.replace(cfg, text=text, vision=dataclasses.replace(cfg.vision, **tower),
