@@ -23,6 +23,8 @@ from absl import logging as absl_logging
 
 from crab_jax.cli import quick_start
 from crab_jax.cli.workdir_model import load_model
+from crab_jax.config.check import ConfigError
+from crab_jax.config.command_line import fail
 from crab_jax.config.loader import load_config
 from crab_jax.config.sections import RunConfig
 from crab_jax.data.sources import DataSetup, heldout_split, prepare_data, train_iterator
@@ -117,14 +119,29 @@ def is_quick_start(argv: Sequence[str]) -> bool:
     return any(a == "--weights" or a.startswith("--weights=") for a in argv)
 
 
+def checked_config(args):
+    """The config file + overrides, schema-checked, and the run's workdir looked at, before any JAX
+    work; a problem (unknown key, wrong type, missing config file, no such workdir) is one line on
+    stderr and exit status 2, as for ``crab_jax.train``."""
+    try:
+        config = load_config(args.config, args.set)
+    except ConfigError as e:
+        fail(str(e))
+    workdir = as_path(args.workdir)
+    if not workdir.is_dir():
+        fail(f"--workdir {args.workdir}: {'not a folder' if workdir.exists() else 'no such folder'} (the "
+             "training run's folder, holding checkpoints/; pass the --workdir the run was trained in)")
+    return config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if is_quick_start(argv):
         return quick_start.main(argv)
     args = parse_args(argv)
+    config = checked_config(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
-    config = load_config(args.config, args.set)
     if args.batch_size:
         config.eval.batch_size = args.batch_size
         config.train.global_batch = args.batch_size

@@ -8,8 +8,11 @@ import sys
 from typing import Sequence
 
 from crab_jax.cli.data_args import add_common_arguments, parse_run
+from crab_jax.config.command_line import fail
+from crab_jax.data.errors import UnreadableAnnotationsError
 from crab_jax.data.prepared.array_record import META_FILE
 from crab_jax.data.prepared.prepare import prepare
+from crab_jax.data.sources import split_file_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def records_or_exit(family, root, run, split: str) -> tuple[list, list]:
+    """The split's records and bad-entry errors; an annotation file that cannot be read whole (it
+    would silently lose its task's records from the prepared data) is refused in one line on stderr,
+    exit status 2, unless ``data.skip_bad_files`` (then it is logged and left out)."""
+    records, errors = family.read_records(root, run.data.tasks, split, seed=int(run.data.seed))
+    try:
+        errors, _ = split_file_errors(errors, skip=bool(run.data.skip_bad_files), split=split)
+    except UnreadableAnnotationsError as e:
+        fail(str(e))
+    return records, errors
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, run, family, root = parse_run(build_parser(), argv)
+    records, errors = records_or_exit(family, root, run, args.split)  # before the tokenizer: fail fast
     tok_path = args.tokenizer or run.data.tokenizer
     if not tok_path:
         print("error: no tokenizer: set data.tokenizer in the config or pass --tokenizer", file=sys.stderr)
@@ -41,7 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # follows the tokenizer as in training (model.base_vocab = -1).
     model_cfg = family.model_config(run.model, family.base_vocab_of(tokenizer))
     builder = family.example_builder(model_cfg, run.data, root, tokenizer)
-    records, errors = family.read_records(root, run.data.tasks, args.split, seed=int(run.data.seed))
     result = prepare(records, builder, args.out, split=args.split, workers=args.workers,
                      progress=not args.quiet, initial_bad=errors)
     print(f"wrote {result['written']} examples to {args.out} ({len(result['bad'])} bad records skipped)")

@@ -209,6 +209,16 @@ class HeldoutSplit:
     by_record: bool
 
 
+def check_heldout_files(run: RunConfig, family, setup: DataSetup) -> None:
+    """At start-up, the held-out (test) split's annotation files are read like the training split's:
+    one that cannot be read raises :class:`UnreadableAnnotationsError` naming it now, not when the
+    first evaluation runs (maybe hours later), unless ``data.skip_bad_files`` (then it is logged)."""
+    if setup.source in ("random", "synthetic") or setup.root is None:
+        return
+    _, errors = family.read_records(setup.root, tuple(run.data.tasks), "test", seed=int(run.data.seed))
+    split_file_errors(errors, skip=bool(run.data.skip_bad_files), split="test")
+
+
 def heldout_split(run: RunConfig, family, model_cfg, setup: DataSetup) -> HeldoutSplit | None:
     """The run's held-out split (None when there is none: ``random`` data, or no test records)."""
     if setup.source == "random" or setup.root is None:
@@ -221,8 +231,8 @@ def heldout_split(run: RunConfig, family, model_cfg, setup: DataSetup) -> Heldou
         errors, skipped = [], []
     else:  # AV-UIE: the test prompts, the stored ground truth as the reference answer
         records, errors = family.read_records(setup.root, tasks, "test", seed=int(run.data.seed))
-        # Read at evaluation time (the end of a run, maybe): an unreadable test file is skipped, logged.
-        errors, skipped = split_file_errors(errors, skip=True, split="test")
+        # The trainer checked the files at start (check_heldout_files); the same rule applies here.
+        errors, skipped = split_file_errors(errors, skip=bool(run.data.skip_bad_files), split="test")
         records = gt_as_answer(records)
     if not records:
         log.warning("no held-out records under %s for tasks %s: evaluation skipped", setup.root, tasks)

@@ -19,7 +19,7 @@ from crab_jax.config.sections import RunConfig
 from crab_jax.data.sources import DataSetup, heldout_split
 from crab_jax.evaluation.generation import evaluate
 from crab_jax.families.base import Family
-from crab_jax.io.jsonl import append_line
+from crab_jax.io.jsonl import append_line, repair_file
 from crab_jax.io.paths import as_path
 from crab_jax.models.decoding import DecodeConfig
 
@@ -78,6 +78,15 @@ def format_results(results: Mapping[str, Mapping], table: Mapping[str, tuple[str
     return lines
 
 
+EVAL_JSONL = "eval.jsonl"
+
+
 def append_eval_jsonl(workdir: str | os.PathLike, step: int, results: Mapping[str, Mapping]) -> None:
     """One line per evaluation in ``<workdir>/eval.jsonl``: ``{"step", "results": {task/metric: {...}}}``."""
-    append_line(as_path(workdir) / "eval.jsonl", {"step": int(step), "results": results})
+    append_line(as_path(workdir) / EVAL_JSONL, {"step": int(step), "results": results})
+
+
+def trim_eval_jsonl(workdir: str | os.PathLike, resumed_step: int) -> None:
+    """On resume from ``resumed_step``: drops ``eval.jsonl`` rows of later steps (the crashed run's
+    evaluations after its last checkpoint; the resumed run evaluates those steps again)."""
+    repair_file(as_path(workdir) / EVAL_JSONL, keep_through_step=int(resumed_step))

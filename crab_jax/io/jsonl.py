@@ -142,6 +142,13 @@ class JsonlFile:
                 raise WriteFailed.of("closing", self.path, e) from e
 
 
+def repair_file(path, *, keep_through_step: int | None) -> None:
+    """Repairs ``path`` now as opening it would (torn last line, rows past ``keep_through_step``);
+    for files written rarely (held-out evaluations) that a resumed run may not open for a while."""
+    if as_path(path).exists():
+        JsonlFile(path, flush_every_s=0.0, keep_through_step=keep_through_step).close()
+
+
 def append_line(path, record: Mapping[str, Any]) -> None:
     """One line appended now (for rare writes such as held-out evaluations)."""
     f = JsonlFile(path, flush_every_s=0.0)

@@ -6,7 +6,8 @@ fails if it exists), so a reader never sees a half-written lock. A second run on
 workdir refuses with :class:`WorkdirLocked`, one line naming the holder and how to proceed.
 A lock left by a run that died without releasing it (``kill -9``, a crash of the machine) is
 stale when its host is this host and its pid is not alive (or is this very process, as after a
-container restart): it is taken over with a warning. A lock from another host cannot be checked
+container restart): it is taken over with a warning (moved aside by an atomic rename first, so of
+two runs taking over the same stale lock only one wins). A lock from another host cannot be checked
 from here; the message says to remove it if that run is gone.
 
 Multi-host runs: the caller takes the lock on process 0 only (the one process that writes
@@ -92,6 +93,31 @@ class WorkdirLock:
         pid = int(holder["pid"])
         return pid == os.getpid() or not pid_alive(pid)
 
+    def _remove_stale(self, holder: dict) -> None:
+        """Removes the stale lock ``holder`` (as read) unless another run replaced it meanwhile.
+
+        Two runs may judge the same stale lock at once. Comparing the content and then unlinking
+        is not atomic (the other run may take over between the look and the unlink, and its
+        fresh lock would be removed), so the file is first renamed to a private name: only one
+        run can move a given file. The moved file is then checked: the stale holder's content
+        is deleted; a fresh lock moved by mistake is linked back (``os.link`` fails if yet
+        another lock appeared, then that one stands)."""
+        grave = self.workdir / f".{LOCK_NAME}.stale.{os.getpid()}.{uuid.uuid4().hex}"
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:  # the other run moved it first
+            return
+        try:
+            moved = json.loads(grave.read_text())
+        except ValueError:
+            moved = None
+        if moved != holder:  # a fresh lock, taken over by another run between our look and the move
+            try:
+                os.link(grave, self.path)
+            except FileExistsError:
+                pass
+        os.unlink(grave)
+
     def acquire(self) -> "WorkdirLock":
         if self.remote:
             log.warning("--workdir %s is an object store: not locked (run one job per workdir there)", self.workdir)
@@ -112,11 +138,7 @@ class WorkdirLock:
                     f"gone, remove {self.path}")
             log.warning("taking over the stale lock %s of a run that is gone (host %s, pid %s, since %s)",
                         self.path, holder["host"], holder["pid"], holder.get("since", "?"))
-            try:
-                if self._holder() == holder:  # not a fresh lock another run took over meanwhile
-                    os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            self._remove_stale(holder)
         raise WorkdirLocked(f"--workdir {self.workdir}: could not take the lock {self.path} (other runs keep "
                             "taking it); make sure one run uses this workdir")
 

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from crab_jax.checkpoints.run import Checkpointer
 from crab_jax.config.sections import RunConfig
-from crab_jax.data.sources import DataSetup, prepare_data, single_threaded_blas, train_iterator
-from crab_jax.evaluation.heldout import evaluate_state
+from crab_jax.data.sources import (DataSetup, check_heldout_files, prepare_data, single_threaded_blas,
+                                  train_iterator)
+from crab_jax.evaluation.heldout import evaluate_state, trim_eval_jsonl
 from crab_jax.families.base import Family
 from crab_jax.io.paths import as_path
 from crab_jax.io.workdir_lock import WorkdirLock
@@ -128,6 +129,8 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
     model_cfg = run_model_config(run, family, data)
     if data_iter is None:
         data_iter = train_iterator(run, family, model_cfg, data, progress=progress)
+        if run.eval.at_end or int(run.eval.every_steps) > 0:
+            check_heldout_files(run, family, data)
     # Every shape the iterator yields (one compile each); an iterator given by the caller without
     # ``bucket_specs`` yields the random source's one shape.
     bucket_specs = data_iter.bucket_specs() if hasattr(data_iter, "bucket_specs") else [
@@ -164,6 +167,8 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
     # Rows past ``start`` were written by the run that crashed after its last checkpoint; this run
     # writes those steps again (one row per step in metrics.jsonl).
     writer = MetricWriter(workdir, enabled=main_process, tensorboard=bool(run.metrics.tensorboard), resumed_step=start)
+    if main_process and latest is not None:
+        trim_eval_jsonl(workdir, start)
     tb_dir = workdir / "tensorboard" if (main_process and run.metrics.tensorboard) else None
     peak = peak_flops_per_device(float(run.metrics.peak_flops_per_device))
     stop_after = int(run.train.stop_after_steps)

@@ -67,3 +67,32 @@ def test_skip_bad_files_trains_without_the_file_and_logs_it(truncated, tmp_path,
     assert st["skipped_files"] == 1 and st["index_bad"] == 0  # a skipped file is no bad record
     summary = "\n".join(summary_lines(st))
     assert "1 annotation file(s) skipped" in summary and TRUNCATED in summary and "task avqa" in summary
+
+
+@pytest.fixture(scope="module")
+def truncated_test(tmp_path_factory):
+    """Synthetic AV-UIE data whose AVQA held-out (test) file is cut in the middle."""
+    root = make_dataset(tmp_path_factory.mktemp("truncated_test"))
+    path = root / annotation_path("avqa", "test")
+    text = path.read_text()
+    path.write_text(text[:len(text) // 2])
+    _, _, tok, cfg, _ = setup_for(root)
+    return root, tok, cfg
+
+
+def _check_heldout(data, tmp_path, **data_keys):
+    from crab_jax.data.sources import check_heldout_files
+
+    root, tok, _ = data
+    run = RunConfig.from_config(get_config())
+    run = run.replace(data=dataclasses.replace(run.data, source="avuie", path=str(root), tasks=TASKS, **data_keys))
+    check_heldout_files(run, families.get("crab"), DataSetup("avuie", root, None, tok, None, tmp_path))
+
+
+def test_an_unreadable_heldout_annotation_file_fails_at_start_naming_it(truncated_test, tmp_path, caplog):
+    with pytest.raises(UnreadableAnnotationsError) as e:
+        _check_heldout(truncated_test, tmp_path)
+    assert annotation_path("avqa", "test") in str(e.value) and "test split" in str(e.value)
+    with caplog.at_level(logging.WARNING, logger="crab_jax"):
+        _check_heldout(truncated_test, tmp_path, skip_bad_files=True)
+    assert any(annotation_path("avqa", "test") in r.getMessage() for r in caplog.records)

@@ -97,3 +97,37 @@ def test_disabled_and_object_store_workdirs_take_no_lock(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="crab_jax.train"):
         lock = WorkdirLock("gs://bucket/run").acquire()
     assert not lock.held and any("not locked" in r.getMessage() for r in caplog.records)
+
+
+def test_two_runs_taking_over_one_stale_lock_only_one_wins(tmp_path, sleeper, monkeypatch):
+    """Both runs judged the same dead holder's lock stale; the first takes it over while the
+    second is about to remove the stale file: the second must not remove the winner's lock."""
+    import crab_jax.io.workdir_lock as module
+
+    workdir = tmp_path / "run"
+    write_lock(workdir, pid=dead_pid())
+    first, second = WorkdirLock(workdir), WorkdirLock(workdir)
+    first.info["pid"] = sleeper.pid  # a live run other than this process (own pid counts as stale)
+    real_unlink, real_rename = os.unlink, os.rename
+    raced = []
+
+    def the_first_run_goes_first(path):
+        if os.fspath(path) == os.fspath(workdir / LOCK_NAME) and not raced:
+            raced.append(True)
+            first.acquire()  # takes the stale lock over completely, between the second's look and act
+
+    def unlink(path, *a, **k):
+        the_first_run_goes_first(path)
+        return real_unlink(path, *a, **k)
+
+    def rename(src, dst, *a, **k):
+        the_first_run_goes_first(src)
+        return real_rename(src, dst, *a, **k)
+
+    monkeypatch.setattr(module.os, "unlink", unlink)
+    monkeypatch.setattr(module.os, "rename", rename)
+    with pytest.raises(WorkdirLocked, match=f"pid {sleeper.pid}"):
+        second.acquire()
+    assert raced and first.held and not second.held
+    assert json.loads((workdir / LOCK_NAME).read_text())["pid"] == sleeper.pid
+    assert sorted(p.name for p in workdir.iterdir()) == [LOCK_NAME], "no stray take-over files"

@@ -11,7 +11,8 @@ Reports the record count per task and split, then every problem with its path:
   record's own AudioSpec, or a video with fewer frames than the record samples.
 
 Records are read by the config's model family (``model.family``). Each media file is checked
-once, however many records use it. Exit status 1 when any problem is found.
+once, however many records use it, and a problem reported by several records (a label file two
+records share) is listed once with the count. Exit status 1 when any problem is found.
 """
 
 from __future__ import annotations
@@ -177,4 +178,11 @@ def check_dataset(data_root: str, tasks: Sequence[str], splits: Sequence[str] = 
             problems["annotation"] += [(e.path, e.reason) for e in errors]
             if decode_media:
                 check_records(records, data_root, min_fbank_frames, problems, checked)
-    return CheckReport(counts, {k: problems.get(k, []) for k in CATEGORIES})
+    return CheckReport(counts, {k: merge_repeats(problems.get(k, [])) for k in CATEGORIES})
+
+
+def merge_repeats(problems: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``[(path, reason)]`` with each repeated pair once, in first-seen order, its reason ending in
+    ``(N records)`` when N > 1 records reported it."""
+    times = collections.Counter(problems)
+    return [(p, r if times[(p, r)] == 1 else f"{r} ({times[(p, r)]} records)") for p, r in dict.fromkeys(problems)]

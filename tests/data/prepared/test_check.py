@@ -78,3 +78,20 @@ def test_cli_exit_status_and_json(broken, tmp_path, capsys):
     assert check_cli.main(["--config", str(cfg), "--data-root", str(root), "--json", str(out), "--quiet"]) == 1
     assert "records per task and split" in capsys.readouterr().out
     assert str(bad["missing"]) in out.read_text()
+
+
+def test_a_bad_file_shared_by_two_records_is_listed_once_with_the_count(tmp_path):
+    from crab_jax.data.errors import BadRecordError
+
+    shared = str(tmp_path / "labels" / "shared.txt")
+    other = str(tmp_path / "labels" / "other.txt")
+
+    def read_shared(root, tasks, split):  # two records name one missing label file, a third another
+        return [], [BadRecordError(shared, "label file not found"), BadRecordError(other, "label file not found"),
+                    BadRecordError(shared, "label file not found")]
+
+    report = C.check_dataset(str(tmp_path), ("ave",), ("train",), read_records=read_shared,
+                             min_fbank_frames=BEATS_PATCH, decode_media=False)
+    assert [p for p, _ in report.problems["annotation"]] == [shared, other]
+    assert dict(report.problems["annotation"])[shared].endswith("(2 records)")
+    assert report.format().count(shared) == 1 and report.num_problems == 2
