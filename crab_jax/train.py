@@ -77,9 +77,7 @@ def main(argv):
     del argv
     # The training stack is imported here, after the command line was checked (checked_command_line): a bad
     # command line is refused in about a second instead of after ~10 s of imports.
-    from crab_jax.training.loop import run_training
     from crab_jax.training.compile_cache import enable_compilation_cache
-    from crab_jax.training.resume import REFUSALS
 
     config = _CONFIG.value  # checked against the schema by checked_command_line, as is the workdir
     workdir = _WORKDIR.value
@@ -90,14 +88,23 @@ def main(argv):
     ours = logging.getLogger("crab_jax")
     ours.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     t0 = time.perf_counter()
+    result = train_or_exit(config, workdir)
+    if jax.process_index() == 0:
+        print("\n".join(summary_lines(result, time.perf_counter() - t0)))
+
+
+def train_or_exit(config, workdir):
+    """``run_training``; the failures a user must act on (disk full, workdir in use, a changed
+    config on resume, unreadable checkpoints) end the process with their one line."""
+    from crab_jax.training.loop import run_training
+    from crab_jax.training.resume import REFUSALS
+
     try:
-        result = run_training(config, workdir)
+        return run_training(config, workdir)
     except WriteFailed as e:  # disk full, quota, read-only: the one line says what, where, free space
         sys.exit(f"error: {e}")
     except REFUSALS as e:  # workdir in use, resume with a changed config, unreadable checkpoints
         sys.exit(f"error: {e}")
-    if jax.process_index() == 0:
-        print("\n".join(summary_lines(result, time.perf_counter() - t0)))
 
 
 def mean_loss(history: list[dict], first: bool, k: int) -> tuple[float, int, int]:

@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from crab_jax.checkpoints.save_errors import install_asyncio_filter, save_failure
+from crab_jax.checkpoints.save_errors import install_write_error_filter, save_failure
 from crab_jax.io.paths import as_path
 from crab_jax.models.state_dict import flat_leaves
 
@@ -113,7 +113,7 @@ class Checkpointer:
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
         self._saving: int | None = None  # the step whose (asynchronous) save may still be running
-        install_asyncio_filter()  # a full disk: one line, not one traceback per TensorStore task
+        install_write_error_filter()  # a full disk: one line, not one traceback per task / thread
 
     @contextlib.contextmanager
     def _writing(self, step: int, last_committed: int | None):

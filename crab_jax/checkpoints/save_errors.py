@@ -5,7 +5,8 @@ every committed step as it was; what the user needs is one line saying which ste
 and how much space was free. The asynchronous part fails inside TensorStore's asyncio tasks: each
 unretrieved task logs "Task exception was never retrieved" with its traceback (thousands of lines
 on a full disk), while the same error reaches us once, through ``wait_until_finished`` or the
-next ``save``. :class:`OneAsyncioTaskError` keeps the first of those log records and counts the rest.
+next ``save``; Orbax's background threads log the same error again through absl, each with its
+traceback. :class:`OneWriteErrorLog` keeps the first of those log records and counts the rest.
 """
 
 from __future__ import annotations
@@ -46,10 +47,13 @@ def save_failure(directory, step: int, exc: BaseException, *, last_committed: in
     return WriteFailed(code, failed.strerror + kept)
 
 
-class OneAsyncioTaskError(logging.Filter):
-    """On the ``asyncio`` logger: lets the first "Task exception was never retrieved" record through
-    (without its traceback: the error is raised once, with its own message) and drops the rest,
-    counting them in ``dropped``."""
+class OneWriteErrorLog(logging.Filter):
+    """On the ``asyncio`` and ``absl`` loggers: lets the first log record of a failed checkpoint
+    write through, in one line without its traceback (the error is raised once, with its own
+    message), and drops the rest, counting them in ``dropped``. Such records are asyncio's "Task
+    exception was never retrieved" (one per TensorStore task) and Orbax's background-thread errors
+    ("_SignalingThread.run() raised an exception", "Save Finalize thread failed", ...), logged
+    through absl with the write error attached."""
 
     def __init__(self):
         super().__init__()
@@ -59,25 +63,42 @@ class OneAsyncioTaskError(logging.Filter):
     def dropped(self) -> int:
         return max(0, self.seen - 1)
 
+    @staticmethod
+    def _write_error_record(record: logging.LogRecord) -> bool:
+        if "exception was never retrieved" in record.getMessage():
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            return _write_errno(exc) is not None
+        return record.levelno >= logging.ERROR and any(t in record.getMessage() for t in _WRITE_TEXTS)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if "exception was never retrieved" not in record.getMessage():
+        if not self._write_error_record(record):
             return True
         self.seen += 1
         if self.seen > 1:
             return False
         exc = record.exc_info[1] if record.exc_info else None
+        reason = str(exc) if exc is not None else record.getMessage()
         record.msg = "an asynchronous checkpoint write failed: %s (further such messages are not shown)"
-        record.args = (" ".join(str(exc).split())[:300] if exc is not None else "?",)
+        record.args = (" ".join(reason.split())[:300],)
         record.exc_info = record.exc_text = None
         return True
 
 
-def install_asyncio_filter() -> OneAsyncioTaskError:
-    """Adds one :class:`OneAsyncioTaskError` to the ``asyncio`` logger (once per process) and returns it."""
-    logger = logging.getLogger("asyncio")
-    for f in logger.filters:
-        if isinstance(f, OneAsyncioTaskError):
-            return f
-    f = OneAsyncioTaskError()
-    logger.addFilter(f)
+# The loggers a failed save floods: asyncio (TensorStore's tasks), absl (Orbax's threads).
+FLOODED_LOGGERS = ("asyncio", "absl")
+
+
+def install_write_error_filter() -> OneWriteErrorLog:
+    """Adds one :class:`OneWriteErrorLog` to each of FLOODED_LOGGERS (once per process; one shared
+    count) and returns it."""
+    loggers = [logging.getLogger(name) for name in FLOODED_LOGGERS]
+    for logger in loggers:
+        for f in logger.filters:
+            if isinstance(f, OneWriteErrorLog):
+                return f
+    f = OneWriteErrorLog()
+    for logger in loggers:
+        logger.addFilter(f)
     return f

@@ -27,6 +27,15 @@ DEFAULT_RULES = (
     ("queries", None),
     ("norm", None),
     ("positions", None),
+    # Activations (parallel.sharding.constrain): samples over the batch axes, hidden states
+    # replicated over ``tensor`` between layers (Megatron style), head / MLP / vocabulary dims split.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
 )
 
 # Keys a resumed run may change without changing the computation or the train state's structure:

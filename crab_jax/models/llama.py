@@ -35,8 +35,16 @@ from flax import nnx
 from crab_jax.models.attention import dot_product_attention, merge_heads, split_heads
 from crab_jax.models.ilora import ILoRAConfig, projection
 from crab_jax.models.layers import Embed, Linear, RMSNorm, as_dtype, normal_init
+from crab_jax.parallel.sharding import constrain
 
 REMAT_POLICIES = ("none", "full", "dots")
+
+# Logical activation axes (parallel.sharding.constrain; no-ops outside the trainer's step).
+HIDDEN_ACT = ("activation_batch", "activation_length", "activation_embed")   # [b, s, embed]
+HEADS_ACT = ("activation_batch", "activation_length", "activation_heads", None)  # [b, s, heads, d]
+KV_ACT = ("activation_batch", "activation_length", "activation_kv", None)        # [b, s, kv_heads, d]
+MLP_ACT = ("activation_batch", "activation_length", "activation_mlp")        # [b, s, mlp]
+LOGITS_ACT = ("activation_batch", "activation_length", "activation_vocab")   # [b, s, vocab]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,9 +247,9 @@ class LlamaAttention(nnx.Module):
 
         Returns the output and the updated (k, v) cache slices (None without a cache).
         """
-        q = apply_rotary(split_heads(self.q_proj(x), self.num_heads), cos, sin)
-        k = apply_rotary(split_heads(self.k_proj(x), self.num_kv_heads), cos, sin)
-        v = split_heads(self.v_proj(x), self.num_kv_heads)
+        q = constrain(apply_rotary(split_heads(self.q_proj(x), self.num_heads), cos, sin), HEADS_ACT)
+        k = constrain(apply_rotary(split_heads(self.k_proj(x), self.num_kv_heads), cos, sin), KV_ACT)
+        v = constrain(split_heads(self.v_proj(x), self.num_kv_heads), KV_ACT)
         if kv_cache is not None:
             cache_k, cache_v = kv_cache
             start = (0, cache_index, 0, 0)
@@ -265,7 +273,8 @@ class LlamaMLP(nnx.Module):
         self.down_proj = proj("down_proj", m, e, axes=("mlp", "embed"))
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        hidden = constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), MLP_ACT)
+        return self.down_proj(hidden)
 
 
 class LlamaDecoderLayer(nnx.Module):
@@ -281,8 +290,8 @@ class LlamaDecoderLayer(nnx.Module):
     def __call__(self, h, *, cos, sin, mask, kv_cache=None, cache_index=None):
         attn, kv_cache = self.self_attn(self.input_layernorm(h), cos=cos, sin=sin, mask=mask,
                                         kv_cache=kv_cache, cache_index=cache_index)
-        h = h + attn
-        h = h + self.mlp(self.post_attention_layernorm(h))
+        h = constrain(h + attn, HIDDEN_ACT)
+        h = constrain(h + self.mlp(self.post_attention_layernorm(h)), HIDDEN_ACT)
         return h, kv_cache
 
 
@@ -324,7 +333,7 @@ class LlamaModel(nnx.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids / inputs_embeds")
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        h = h.astype(cfg.dtype)
+        h = constrain(h.astype(cfg.dtype), HIDDEN_ACT)
         seq = h.shape[1]
         cos, sin = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.dtype, cfg.mrope_section)
         cache_index = None if cache is None else cache.index
@@ -386,7 +395,7 @@ class LlamaForCausalLM(nnx.Module):
         else:
             logits = self.lm_head(hidden)
         # Padded vocabulary rows are never valid predictions: drop them before anyone softmaxes.
-        logits = logits[..., : self.cfg.vocab_size].astype(jnp.float32)
+        logits = constrain(logits[..., : self.cfg.vocab_size].astype(jnp.float32), LOGITS_ACT)
         out = (logits, hidden) if return_hidden else (logits,)
         if cache is not None:
             out = out + (cache_out,)

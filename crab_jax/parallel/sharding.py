@@ -8,6 +8,9 @@ Flax API rename is a one-line fix here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -31,6 +34,18 @@ LOGICAL_AXES = (
     "norm",         # norm scales / biases
     "positions",    # learned position tables
     None,
+)
+
+# Logical axes of activations (MaxText style), pinned by :func:`constrain` inside
+# :func:`activation_sharding`; the config's rules map them like the parameters' axes.
+ACTIVATION_AXES = (
+    "activation_batch",    # samples of a (micro-)batch
+    "activation_length",   # sequence positions
+    "activation_embed",    # hidden states' width
+    "activation_heads",    # attention query heads
+    "activation_kv",       # key / value heads
+    "activation_mlp",      # feed-forward hidden width
+    "activation_vocab",    # logits' vocabulary
 )
 
 # Flax 0.12 names this metadata ``out_sharding`` (it was ``sharding`` / ``sharding_names``).
@@ -100,6 +115,46 @@ def logical_to_mesh_spec(
         used.update(names)
         out.append(names[0] if len(names) == 1 else (names or None))
     return PartitionSpec(*out)
+
+
+# The mesh and rules that :func:`constrain` uses while a step is traced (None: no constraints).
+_ACTIVATION_CONTEXT: contextvars.ContextVar = contextvars.ContextVar("activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+    """While tracing inside this context, :func:`constrain` pins activations to ``mesh`` by ``rules``.
+
+    The trainer traces its step inside it, so XLA does not choose replicated hidden states under
+    FSDP; decoding, tests and conversion trace outside it and models stay mesh-free."""
+    token = _ACTIVATION_CONTEXT.set((mesh, tuple(rules)))
+    try:
+        yield
+    finally:
+        _ACTIVATION_CONTEXT.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """``x`` with a sharding constraint from its logical activation ``axes`` (one per dim) inside
+    :func:`activation_sharding`, else ``x`` unchanged. A mesh axis that does not divide its dim is
+    dropped for that dim (a micro-batch smaller than the batch shards stays whole)."""
+    context = _ACTIVATION_CONTEXT.get()
+    if context is None:
+        return x
+    if len(axes) != x.ndim:
+        raise ValueError(f"constrain: {len(axes)} logical axes {tuple(axes)} for an array of shape {x.shape}")
+    for a in axes:
+        if a is not None and a not in ACTIVATION_AXES:
+            raise ValueError(f"unknown logical activation axis {a!r}; known: {ACTIVATION_AXES}")
+    mesh, rules = context
+    spec = logical_to_mesh_spec(axes, rules)
+    dims = []
+    for dim, a in zip(x.shape, list(spec) + [None] * (x.ndim - len(spec))):
+        names = () if a is None else (a,) if isinstance(a, str) else tuple(a)
+        names = tuple(n for n in names if mesh.shape[n] > 1)
+        dims.append(None if not names or dim % math.prod(mesh.shape[n] for n in names) else
+                    (names[0] if len(names) == 1 else names))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*dims)))
 
 
 def weight_shardings(state: nnx.State, mesh: Mesh, rules) -> tuple[dict, list[str]]:

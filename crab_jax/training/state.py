@@ -47,6 +47,7 @@ class TrainSetup:
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     mesh: Mesh
+    rules: tuple                 # logical -> mesh axes of parameters and activations (mesh.rules)
     shardings: TrainState        # NamedSharding per leaf
     abstract: TrainState         # ShapeDtypeStruct (with .sharding) per leaf
     trainable_paths: list[str]
@@ -108,7 +109,7 @@ def make_setup(family: Family, model_cfg, *, patterns: Sequence[str], tx: optax.
                            opt_state=opt_sh, rng=rep)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return TrainSetup(family=family, model_cfg=model_cfg, graphdef=graphdef, tx=tx, schedule=schedule, mesh=mesh,
-                      shardings=shardings, abstract=abstract, trainable_paths=trainable_paths,
+                      rules=tuple(rules), shardings=shardings, abstract=abstract, trainable_paths=trainable_paths,
                       init_fn=jax.jit(init_fn, out_shardings=shardings),
                       init_trainable_fn=jax.jit(lambda: init_fn().replace(frozen={}),
                                                 out_shardings=shardings.replace(frozen={})),

@@ -10,6 +10,7 @@ flag per trainable tensor so the host can name the first non-finite one.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -20,6 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from crab_jax.parallel.mesh import BATCH_AXES, batch_sharding, replicated
+from crab_jax.parallel.sharding import activation_sharding
 from crab_jax.families.base import all_router_towers
 from crab_jax.training.metrics import TASK_SUM_PREFIX, per_task_sums, router_keys, router_usage_sums, tower_gates
 from crab_jax.models.state_dict import flat_leaves
@@ -121,8 +123,16 @@ def batch_shardings(batch_shapes: dict, mesh) -> dict:
 
 
 def jit_train_step(setup: TrainSetup, step_fn, batch_shapes: dict):
-    """``jit`` with explicit state/batch placements and the state donated (updated in place)."""
-    return jax.jit(step_fn, in_shardings=(setup.shardings, batch_shardings(batch_shapes, setup.mesh)),
+    """``jit`` with explicit state/batch placements and the state donated (updated in place); the
+    step is traced inside :func:`~crab_jax.parallel.sharding.activation_sharding`, so the models'
+    logical activation constraints apply (hidden states sharded over the batch axes under FSDP)."""
+
+    @functools.wraps(step_fn)
+    def sharded_step(state, batch):
+        with activation_sharding(setup.mesh, setup.rules):
+            return step_fn(state, batch)
+
+    return jax.jit(sharded_step, in_shardings=(setup.shardings, batch_shardings(batch_shapes, setup.mesh)),
                    out_shardings=(setup.shardings, replicated(setup.mesh)), donate_argnums=0)
 
 

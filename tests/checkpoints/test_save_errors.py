@@ -14,7 +14,7 @@ import pytest
 from flax import struct
 
 from crab_jax.checkpoints.run import Checkpointer, restore_params
-from crab_jax.checkpoints.save_errors import OneAsyncioTaskError, install_asyncio_filter
+from crab_jax.checkpoints.save_errors import FLOODED_LOGGERS, OneWriteErrorLog, install_write_error_filter
 from crab_jax.io.write_errors import WriteFailed
 
 
@@ -91,22 +91,41 @@ def test_other_save_errors_pass_unchanged(tmp_path, monkeypatch):
     ckpt.close()
 
 
-def test_unretrieved_asyncio_task_errors_are_logged_once_without_traceback(caplog, monkeypatch):
-    flt = OneAsyncioTaskError()
-    logger = logging.getLogger("asyncio")
-    monkeypatch.setattr(logger, "filters", [flt])  # a fresh count (a Checkpointer installs one per process)
-    with caplog.at_level(logging.ERROR, logger="asyncio"):
-        for _ in range(50):
-            try:
-                raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
-            except ValueError:
-                logger.error("Task exception was never retrieved\nfuture: <Task ...>", exc_info=sys.exc_info())
-        logger.error("some other asyncio error")
-    records = [r for r in caplog.records if r.name == "asyncio"]
-    assert len(records) == 2 and flt.dropped == 49
+def _log_write_errors(logger, count, message):
+    for _ in range(count):
+        try:
+            raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device")
+        except ValueError:
+            logger.error(message, exc_info=sys.exc_info())
+
+
+def test_write_errors_of_tasks_and_threads_are_logged_once_without_traceback(caplog, monkeypatch):
+    flt = OneWriteErrorLog()
+    asyncio_log, absl_log = logging.getLogger("asyncio"), logging.getLogger("absl")
+    for logger in (asyncio_log, absl_log):  # a fresh count (a Checkpointer installs one per process)
+        monkeypatch.setattr(logger, "filters", [flt])
+    with caplog.at_level(logging.ERROR):
+        _log_write_errors(asyncio_log, 50, "Task exception was never retrieved\nfuture: <Task ...>")
+        # Orbax's background threads, as a real full disk logs them (tests/reliability/test_disk_full.py)
+        _log_write_errors(absl_log, 4, "[process=0][thread=serialize_shardings] _SignalingThread.run() raised an exception")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            absl_log.error("Save Finalize thread (save_finalize) failed.", exc_info=sys.exc_info())
+        asyncio_log.error("some other asyncio error")
+        try:
+            raise ValueError("tree structures do not match")
+        except ValueError:
+            absl_log.error("an unrelated failure", exc_info=sys.exc_info())
+    records = [r for r in caplog.records if r.name in FLOODED_LOGGERS]
+    assert len(records) == 3 and flt.dropped == 54, [r.getMessage() for r in records]
     assert "No space left on device" in records[0].getMessage() and records[0].exc_info is None
-    assert "Traceback" not in caplog.text
+    assert records[2].exc_info is not None  # other errors keep their traceback
+    assert "Traceback" not in caplog.text.split("an unrelated failure")[0]
 
 
-def test_the_filter_is_installed_once():
-    assert install_asyncio_filter() is install_asyncio_filter()
+def test_the_filter_is_installed_once_on_each_flooded_logger():
+    flt = install_write_error_filter()
+    assert install_write_error_filter() is flt
+    for name in FLOODED_LOGGERS:
+        assert logging.getLogger(name).filters.count(flt) == 1

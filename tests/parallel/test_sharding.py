@@ -44,3 +44,19 @@ def test_param_helper_rejects_unknown_axes_and_wrong_rank():
         sharding.param(init, key, (2,), ("not_an_axis",))
     with pytest.raises(ValueError, match="2 logical axes"):
         sharding.param(init, key, (2,), ("embed", "mlp"))
+
+
+def test_constrain_is_a_no_op_outside_the_trainers_context_and_checks_its_axes():
+    x = jax.numpy.ones((4, 6, 8))
+    axes = ("activation_batch", "activation_length", "activation_embed")
+    assert sharding.constrain(x, axes) is x
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    rules = (("activation_batch", ("data", "fsdp")), ("activation_embed", "tensor"))
+    with sharding.activation_sharding(mesh, rules):
+        with pytest.raises(ValueError, match="2 logical axes"):
+            sharding.constrain(x, axes[:2])
+        with pytest.raises(ValueError, match="unknown logical activation axis 'embed'"):
+            sharding.constrain(x, ("activation_batch", "activation_length", "embed"))
+        out = jax.jit(lambda v: sharding.constrain(v, axes))(x)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+    assert sharding.constrain(x, axes) is x  # the context ended

@@ -55,8 +55,8 @@ def native_audio_rate(path: str) -> int:
 def check_audio(record: Record, path: str, min_fbank_frames: int, problems: dict, checked: set) -> None:
     """Decodability and sample rate of the audio file ``path``; for Crab's segment rules also
     the segment length (Crab+'s crops pad every clip to >= 1 s: never too short)."""
-    if path not in checked:
-        checked.add(path)
+    if ("audio", path) not in checked:  # keyed by kind: one mp4 can be a record's audio and video
+        checked.add(("audio", path))
         try:
             M.check_file(path, "audio")
             rate = native_audio_rate(path)
@@ -89,9 +89,12 @@ def check_audio(record: Record, path: str, min_fbank_frames: int, problems: dict
 
 
 def check_video(record: Record, path: str, problems: dict, checked: set) -> None:
-    if path in checked:
+    """Decodability of the video ``path`` and enough frames for the record's sampling (checked
+    again for a record that samples a different number of frames)."""
+    need = max(record.num_frames, M.MIN_VIDEO_FRAMES)
+    if ("video", path, need) in checked:
         return
-    checked.add(path)
+    checked.add(("video", path, need))
     try:
         M.check_file(path, "video")
         with av.open(path) as c:
@@ -104,14 +107,14 @@ def check_video(record: Record, path: str, problems: dict, checked: set) -> None
     except Exception as e:
         problems["undecodable"].append((path, f"cannot open video ({type(e).__name__}: {e})"))
         return
-    if vlen < max(record.num_frames, M.MIN_VIDEO_FRAMES):
+    if vlen < need:
         problems["too_short"].append((path, f"{vlen} frame(s), the record samples {record.num_frames}"))
 
 
 def check_image(path: str, what: str, problems: dict, checked: set) -> None:
-    if path in checked:
+    if (what, path) in checked:
         return
-    checked.add(path)
+    checked.add((what, path))
     try:
         M._open_image(path, what)
     except BadRecordError as e:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import wave
 
@@ -95,3 +97,23 @@ def test_a_bad_file_shared_by_two_records_is_listed_once_with_the_count(tmp_path
     assert [p for p, _ in report.problems["annotation"]] == [shared, other]
     assert dict(report.problems["annotation"])[shared].endswith("(2 records)")
     assert report.format().count(shared) == 1 and report.num_problems == 2
+
+
+def test_one_file_as_a_records_audio_and_video_is_checked_as_both(tmp_path):
+    import fractions
+
+    from crab_jax.data.records.record import Record
+    from crab_jax.data.synthetic.writers import write_mp4
+
+    clip = tmp_path / "clip.mp4"  # 3 frames, no audio stream: bad as audio AND too short as video
+    write_mp4(clip, np.zeros((3, 32, 32, 3), np.uint8), fractions.Fraction(1))
+    record = Record(family="crab", task="ave", mode="train", split="train", source="a.json#0",
+                    videos=(clip.name,), num_frames=10, audios=(clip.name,))
+    problems = collections.defaultdict(list)
+    C.check_records([record, record], str(tmp_path), BEATS_PATCH, problems, set())
+    assert [p for p, _ in problems["undecodable"]] == [str(clip)], dict(problems)  # no audio stream, once
+    assert [p for p, _ in problems["too_short"]] == [str(clip)], dict(problems)    # 3 < 10 frames, once
+    fewer = dataclasses.replace(record, num_frames=2)  # a record sampling fewer frames is fine
+    problems = collections.defaultdict(list)
+    C.check_records([fewer], str(tmp_path), BEATS_PATCH, problems, set())
+    assert not problems["too_short"], dict(problems)
