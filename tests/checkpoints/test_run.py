@@ -160,6 +160,14 @@ def _flat_params(params) -> dict:
             for p, x in jax.tree_util.tree_leaves_with_path(params)}
 
 
+@pytest.mark.slow  # two training subprocesses (compile cached across this module)
+def test_kill_9_at_a_random_moment_of_a_save_resumes(uninterrupted, tmp_path, cache_dir):
+    """Seed 0 of tests/reliability/test_kill_during_save.py (ten seeds there, under -m heavy)."""
+    from tests.reliability.test_kill_during_save import check_resumes_like_uninterrupted
+
+    check_resumes_like_uninterrupted(0, uninterrupted, tmp_path, cache_dir)
+
+
 def test_checkpoint_moves_from_1_to_8_devices_and_back(uninterrupted, tmp_path, cache_dir):
     from crab_jax.checkpoints.run import restore_params
     from crab_jax.training.setup import build_setup
