@@ -130,6 +130,11 @@ class Family:
       llm_path: module path of the LLM (``"llm"``, ``"model"``): the train step's router usage
         is taken over the I-LoRA gates under it, whose tokens are the batch's ``[b, S]``
         (encoder towers' gates are per patch / frame). ``""``: every I-LoRA layer.
+      token_modality: ``(batch, model_cfg) -> [b, S]`` int numpy array, what each slot of the
+        LLM's sequence holds, as the family places media rows: ``TEXT`` (0, a text token),
+        ``VISUAL`` (1, a vision encoder row spliced in) or ``AUDIO`` (2, an audio row)
+        (:mod:`crab_jax.models.media`; the router analysis per modality,
+        :mod:`crab_jax.evaluation.routes`). None: every slot is text.
       router_towers: the :class:`RouterTower` s with I-LoRA besides the LLM (Crab+: vision,
         audio), logged next to it (:func:`all_router_towers`); they need a non-empty ``llm_path``.
       vocab_sizes: ``model_cfg -> (vocab_size, padded_vocab_size)`` of the LLM's embeddings /
@@ -207,6 +212,7 @@ class Family:
     read_quick_start: Callable[[str], Any] | None = None
     router_towers: tuple[RouterTower, ...] = ()
     mask_prompts: Callable[[str, str], Any] | None = None
+    token_modality: Callable[[Mapping[str, Any], Any], Any] | None = None
 
 
 def all_router_towers(family: Family) -> tuple[RouterTower, ...]:

@@ -106,6 +106,32 @@ def record_router_gates(module: nnx.Module, on: bool = True) -> int:
     return count
 
 
+# Containers of a tower's layer list in module paths (LLaMA / audio ``layers``, vision ``blocks``).
+LAYER_LISTS = ("layers", "blocks")
+
+
+def layer_of(path) -> int | None:
+    """The layer index in a module path (``(..., "layers", 3, ...)`` -> 3); None for a scanned
+    stack (no index: its variables carry a leading ``[L]`` axis) or a path outside a layer list."""
+    for i in range(len(path) - 1):
+        if str(path[i]) in LAYER_LISTS and isinstance(path[i + 1], int):
+            return int(path[i + 1])
+    return None
+
+
+def recorded_gates(intermediates, scope: str = "") -> list[tuple[tuple, jax.Array]]:
+    """``(module path, gates)`` of every I-LoRA call sown in ``intermediates`` (``nnx.capture``'s
+    ``nnx.Intermediate`` state) under the first path element ``scope`` (``""``: all), in path
+    order. A path ends with the projection's name (``(..., "self_attn", "q_proj")``); gates are
+    an unscanned layer's ``[rows..., k]`` or a scanned stack's ``[L, rows..., k]``, one entry per call."""
+    out = []
+    for path, var in nnx.to_flat_state(intermediates):
+        if str(path[-1]) != GATES_INTERMEDIATE or (scope and str(path[0]) != scope):
+            continue
+        out.extend((tuple(path[:-1]), gates) for gates in var.get_value())
+    return out
+
+
 def projection(
     name: str,
     in_features: int,

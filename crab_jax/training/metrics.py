@@ -19,9 +19,8 @@ import jax
 import jax.numpy as jnp
 
 import numpy as np
-from flax import nnx
 
-from crab_jax.models.ilora import GATES_INTERMEDIATE
+from crab_jax.models.ilora import layer_of, recorded_gates
 from crab_jax.parallel.accelerators import by_device_kind
 
 
@@ -41,17 +40,6 @@ def per_task_sums(values: jax.Array, task_id: jax.Array, num_tasks: int) -> jax.
     return jnp.tensordot(onehot, values.astype(jnp.float32), axes=(0, 0))
 
 
-# Containers of a tower's layer list in module paths (LLaMA / audio ``layers``, vision ``blocks``).
-_LAYER_LISTS = ("layers", "blocks")
-
-
-def _layer_of(path) -> int | None:
-    for i, p in enumerate(path[:-1]):
-        if str(p) in _LAYER_LISTS and isinstance(path[i + 1], int):
-            return int(path[i + 1])
-    return None
-
-
 def router_keys(tower: str = "") -> tuple[str, str]:
     """The step's ``(sum, count)`` keys of a tower's router usage (``""``: the LLM's)."""
     suffix = f"/{tower}" if tower else ""
@@ -62,13 +50,8 @@ def tower_gates(intermediates, scope: str = "") -> list[tuple[int, jax.Array]]:
     """``(first layer, gates)`` of every I-LoRA call recorded under the module path ``scope``
     (``""``: all): an unscanned layer's ``[rows..., k]`` (first layer from its path), or a scanned
     stack's ``[L, rows..., k]`` (first layer 0)."""
-    out = []
-    for path, var in nnx.to_flat_state(intermediates):
-        if str(path[-1]) != GATES_INTERMEDIATE or (scope and str(path[0]) != scope):
-            continue
-        layer = _layer_of(path)
-        out.extend((0 if layer is None else layer, gates) for gates in var.get_value())
-    return out
+    return [(0 if (layer := layer_of(path)) is None else layer, gates)
+            for path, gates in recorded_gates(intermediates, scope)]
 
 
 def router_usage_sums(gates: Sequence[tuple[int, jax.Array]], row_valid: jax.Array, task_id: jax.Array, *,

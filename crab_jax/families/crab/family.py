@@ -18,6 +18,7 @@ from crab_jax.families.crab.media_slots import resolve_slots
 from crab_jax.families.crab import batch_spec, decoding, evaluation, flops, presets, prompts, tokens
 from crab_jax.families.crab import config_io, predictions
 from crab_jax.families.crab import scoring
+from crab_jax.families.crab.token_modality import token_modality
 from crab_jax.families.crab.model import Crab, CrabConfig, forward_loss
 
 
@@ -74,4 +75,5 @@ FAMILY = Family(
     task_scorers=scoring.TASK_SCORERS,
     unused_modules=presets.unused_modules,
     read_quick_start=read_quick_start,
+    token_modality=token_modality,
 )

@@ -21,6 +21,7 @@ from crab_jax.families.crab_plus import chat, collate, evaluation, examples, pre
 from crab_jax.families.crab_plus.convert.config_io import load_thinker_config
 from crab_jax.families.crab_plus.convert.converter import CONVERTER
 from crab_jax.families.crab_plus.example_builder import example_builder
+from crab_jax.families.crab_plus.token_modality import token_modality
 from crab_jax.families.crab_plus.model import ROUTER_TOWERS, CrabPlusConfig, CrabPlusThinker, forward_loss
 
 
@@ -72,4 +73,5 @@ FAMILY = Family(
     task_scorers=scoring.TASK_SCORERS,
     read_quick_start=read_crab_plus_requests,
     mask_prompts=mask_prompts.mask_prompt,
+    token_modality=token_modality,
 )
