@@ -181,6 +181,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.metrics.router_layer_groups = 2   # router usage reported per contiguous group of decoder layers
     c.metrics.peak_flops_per_device = 0.0  # 0: look up the device kind (unknown kinds report no MFU)
     c.metrics.progress_bar = True
+    # At each held-out evaluation, TensorBoard images of the LLM's I-LoRA routing on a few held-out
+    # batches (mean gate per task x head, per layer, clustered task x task similarity;
+    # crab_jax.evaluation.route_figures), when the model has I-LoRA with more than one head.
+    c.metrics.route_figures = True
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.initialize = "auto"   # auto (TPU / env vars present) | always | never

@@ -184,6 +184,7 @@ class MetricsConfig:
     router_layer_groups: int
     peak_flops_per_device: float
     progress_bar: bool
+    route_figures: bool
 
 
 @dataclasses.dataclass(frozen=True)

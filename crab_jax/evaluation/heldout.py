@@ -6,7 +6,8 @@ over the held-out records (synthetic data: test clips asked the training questio
 :func:`crab_jax.data.synthetic.setup.heldout_records`; AV-UIE: the test split as the original
 evaluates it), via :func:`crab_jax.data.sources.heldout_split`; AV-UIE rows are scored against
 their records by the family's task scorers (the metrics of ``python -m crab_jax.evaluate``). Generation and scoring
-are :func:`crab_jax.evaluation.generation.evaluate`.
+are :func:`crab_jax.evaluation.generation.evaluate`. With ``metrics.route_figures`` the same
+evaluation draws the I-LoRA routing figures for TensorBoard (:func:`route_images_state`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ import math
 import os
 from typing import Mapping
 
+import numpy as np
+
 from crab_jax.config.sections import RunConfig
 from crab_jax.data.sources import DataSetup, heldout_split
 from crab_jax.evaluation.generation import evaluate
+from crab_jax.evaluation.route_figures import figure_rgb, route_figures
+from crab_jax.evaluation.routes import collect_routes
 from crab_jax.families.base import Family
 from crab_jax.io.jsonl import append_line, repair_file
 from crab_jax.io.paths import as_path
 from crab_jax.models.decoding import DecodeConfig
+from crab_jax.models.ilora import router_heads
 
 
 def evaluate_state(run: RunConfig, family: Family, setup, state, data: DataSetup, *,
@@ -40,6 +46,28 @@ def evaluate_state(run: RunConfig, family: Family, setup, state, data: DataSetup
                     with_chance=data.source == "synthetic", max_batches=max_batches, progress=progress,
                     mesh=setup.mesh, records=split.records if split.by_record else None,
                     data_root=str(data.root))
+
+
+# Held-out batches the trainer's routing figures run (one forward each, gates recorded): few, to keep
+# an evaluation's extra cost small.
+ROUTE_FIGURE_BATCHES = 2
+ROUTE_IMAGE_PREFIX = "routes/"
+
+
+def route_images_state(run: RunConfig, family: Family, setup, state, data: DataSetup) -> dict[str, np.ndarray]:
+    """TensorBoard images ``{"routes/<figure>": [H, W, 3] uint8}`` of the LLM's I-LoRA routing on
+    the first :data:`ROUTE_FIGURE_BATCHES` held-out batches (:mod:`crab_jax.evaluation.route_figures`);
+    empty without a held-out split or without I-LoRA of more than one head."""
+    model = setup.merge(state.params, state.frozen, state.rng_vars)
+    if router_heads(model) < 2:
+        return {}
+    split = heldout_split(run, family, setup.model_cfg, data)
+    if split is None:
+        return {}
+    routes = collect_routes(family, model, setup.model_cfg, split.batches, tuple(run.data.tasks),
+                            max_batches=ROUTE_FIGURE_BATCHES, mesh=setup.mesh)
+    return {ROUTE_IMAGE_PREFIX + file.removeprefix("routes_").removesuffix(".png"): figure_rgb(fig)
+            for file, fig in route_figures(routes).items()}
 
 
 def max_new_tokens(run: RunConfig, family: Family) -> int:

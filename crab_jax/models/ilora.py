@@ -110,6 +110,11 @@ def record_router_gates(module: nnx.Module, on: bool = True) -> int:
 LAYER_LISTS = ("layers", "blocks")
 
 
+def router_heads(module: nnx.Module) -> int:
+    """The most heads of any :class:`ILoRALinear` in ``module`` (0: no I-LoRA layer)."""
+    return max((node.cfg.num_heads for _, node in nnx.iter_graph(module) if isinstance(node, ILoRALinear)), default=0)
+
+
 def layer_of(path) -> int | None:
     """The layer index in a module path (``(..., "layers", 3, ...)`` -> 3); None for a scanned
     stack (no index: its variables carry a leading ``[L]`` axis) or a path outside a layer list."""

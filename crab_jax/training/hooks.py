@@ -105,12 +105,15 @@ class EvalHook(Hook):
     finished run (``at_end``); process 0 logs and writes ``eval.jsonl`` and the metric writer.
 
     ``evaluate(state) -> {task/metric: {mean, n, chance?}}`` (empty: nothing to evaluate).
-    ``evals`` collects ``(step, results)``.
+    ``images(state) -> {tag: [H, W, 3] uint8}``: figures of the same evaluation for TensorBoard
+    (every process calls it; process 0 writes them). ``evals`` collects ``(step, results)``.
     """
 
     def __init__(self, evaluate: Callable[[Any], dict], *, every_steps: int, at_end: bool, workdir: epath.Path,
-                 writer: MetricWriter, headline, main_process: bool):
+                 writer: MetricWriter, headline, main_process: bool,
+                 images: Callable[[Any], dict] | None = None):
         self.evaluate, self.every, self.final = evaluate, int(every_steps), bool(at_end)
+        self.images = images
         self.workdir, self.writer, self.headline, self.main_process = workdir, writer, headline, main_process
         self.evals: list[tuple[int, dict]] = []
 
@@ -120,8 +123,10 @@ class EvalHook(Hook):
         if not results:
             return
         self.evals.append((step, results))
+        images = self.images(state) if self.images is not None else {}
         if self.main_process:
             self.writer.write(step, flat_metrics(results))
+            self.writer.write_images(step, images)
             append_eval_jsonl(self.workdir, step, results)
             log.info("held-out evaluation at step %d (%.1f s):\n%s", step, time.perf_counter() - t0,
                      "\n".join(format_results(results, self.headline)))

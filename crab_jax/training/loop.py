@@ -31,7 +31,7 @@ from crab_jax.checkpoints.run import Checkpointer
 from crab_jax.config.sections import RunConfig
 from crab_jax.data.sources import (DataSetup, check_heldout_files, prepare_data, single_threaded_blas,
                                   train_iterator)
-from crab_jax.evaluation.heldout import evaluate_state, trim_eval_jsonl
+from crab_jax.evaluation.heldout import evaluate_state, route_images_state, trim_eval_jsonl
 from crab_jax.families.base import Family
 from crab_jax.io.paths import as_path
 from crab_jax.io.workdir_lock import WorkdirLock
@@ -178,10 +178,15 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
             return {}
         return evaluate_state(run, family, setup, current_state, data, progress=progress)
 
+    def route_images(current_state) -> dict:
+        if data is None or data.source == "random" or not (run.metrics.route_figures and run.metrics.tensorboard):
+            return {}
+        return route_images_state(run, family, setup, current_state, data)
+
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True) if progress else None
     metrics_hook = MetricsHook(writer, log_every=run.metrics.log_every, data_iter=data_iter, bar=bar)
     eval_hook = EvalHook(evaluate, every_steps=run.eval.every_steps, at_end=run.eval.at_end, workdir=workdir,
-                         writer=writer, headline=family.headline, main_process=main_process)
+                         writer=writer, headline=family.headline, main_process=main_process, images=route_images)
     hooks = [metrics_hook, CheckpointHook(ckpt, every_steps=run.checkpoint.every_steps, data_iter=data_iter,
                                           config_dict=config_dict), eval_hook]
     compiled: set = set()

@@ -39,6 +39,14 @@ class MetricWriter:
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
 
+    def write_images(self, step: int, images: dict) -> None:
+        """TensorBoard images ``{tag: [H, W, 3] uint8}`` (nothing without TensorBoard)."""
+        if not self.enabled or self._tb is None:
+            return
+        for tag, image in images.items():
+            self._tb.add_image(tag, image, step, dataformats="HWC")
+        self._tb.flush()
+
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
