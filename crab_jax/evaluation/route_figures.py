@@ -20,6 +20,7 @@ import os
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -51,8 +52,8 @@ def _heat(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *, v
           annotate: bool, digits: int = 2):
     """One heat map on ``ax``; NaN cells grey; values written in the cells when ``annotate``."""
     masked = np.ma.masked_invalid(np.asarray(matrix, np.float64))
-    image = ax.imshow(masked, cmap=_CMAP, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
-    image.cmap.set_bad("lightgrey")
+    image = ax.imshow(masked, cmap=colormaps[_CMAP].with_extremes(bad="lightgrey"), vmin=vmin, vmax=vmax,
+                      aspect="auto", interpolation="nearest")
     ax.set_xticks(range(len(cols)), labels=list(cols), rotation=45 if len(cols) > 4 else 0, ha="right"
                   if len(cols) > 4 else "center", fontsize=8)
     ax.set_yticks(range(len(rows)), labels=list(rows), fontsize=8)

@@ -265,7 +265,8 @@ def routing_similarity(site_head: np.ndarray, tasks: Sequence[str]) -> tuple[np.
     """
     site_head = np.asarray(site_head, np.float64)
     present = [i for i in range(site_head.shape[0]) if np.all(np.isfinite(site_head[i]))]
-    dists = site_head[present].reshape(len(present), -1, site_head.shape[-1])          # [T', sites, k]
+    sites = int(np.prod(site_head.shape[1:-1]))
+    dists = site_head[present].reshape(len(present), sites, site_head.shape[-1])      # [T', sites, k]
     sim = 1.0 - js_divergence(dists[:, None], dists[None, :]).mean(-1) if present else np.zeros((0, 0))
     sim = (sim + sim.T) / 2
     np.fill_diagonal(sim, 1.0)
