@@ -5,6 +5,8 @@ model's mode and record flags come back; summaries are the per-task means of the
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,8 @@ from crab_jax.families.crab import batch_spec
 from crab_jax.families.crab.presets import tiny_crab_config
 from crab_jax.models.ilora import ILoRALinear
 from crab_jax.models.media import AUDIO, TEXT, VISUAL, splice_media
+
+pytestmark = pytest.mark.slow  # a tiny Crab built and compiled twice (collection, probe): ~40 s of CPU
 
 TASKS = ("ave", "avqa", "s4")
 HEADS = 3
@@ -34,7 +38,7 @@ class _InputProbe(ILoRALinear):
 @pytest.fixture(scope="module")
 def setup():
     family = get("crab")
-    cfg = tiny_crab_config(lora_heads=HEADS)
+    cfg = dataclasses.replace(tiny_crab_config(lora_heads=HEADS), seg=None)  # no seg branch: a faster build
     model = family.build_model(cfg, nnx.Rngs(0))
     model.train()  # as the trainer holds it: the collection must run in eval mode and put this back
     spec = batch_spec.BatchSpec(batch=3, seq_len=24, frame_slots=2, audio_slots=1, fbank_frames=32, image_size=56)
