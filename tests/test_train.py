@@ -93,6 +93,17 @@ def test_checkpoint_holds_the_data_iterator_position(run):
     assert data_state["kind"] == "crab_grain" and data_state["position"] == STEPS
 
 
+def test_routing_figures_of_the_evaluation_are_tensorboard_images(run):
+    from tests.train_helpers import tensorboard_images
+
+    tmp, result = run
+    images = tensorboard_images(tmp / "workdir" / "tensorboard")
+    assert set(images) == {"routes/head_task", "routes/layers", "routes/similarity"}
+    for tag, entries in images.items():
+        assert [step for step, _, _ in entries] == [STEPS], tag  # the evaluation at the end
+        assert all(h > 50 and w > 50 for _, h, w in entries), tag
+
+
 def test_heldout_evaluation_is_scored_and_logged(run):
     tmp, result = run
     assert result.evals and result.evals[-1][0] == STEPS

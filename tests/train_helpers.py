@@ -65,3 +65,24 @@ def compile_cache(directory):
     finally:
         for n, v in old.items():
             jax.config.update(n, v)
+
+
+def tensorboard_images(tb_dir) -> dict[str, list[tuple[int, int, int]]]:
+    """``{tag: [(step, height, width), ...]}`` of every image summary in the event files of ``tb_dir``
+    (TFRecord framing: length u64, its crc u32, the Event proto, its crc u32)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for path in sorted(pathlib.Path(tb_dir).glob("events.out.tfevents*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    out.setdefault(value.tag, []).append((int(event.step), value.image.height, value.image.width))
+    return out

@@ -39,3 +39,38 @@ def test_every_process_evaluates_and_only_the_main_one_writes(tmp_path, main_pro
         assert scalars[0]["eval/s4/J_mIoU"] == 0.25
     else:
         assert not written.exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("main_process", [True, False])
+def test_evaluation_images_are_drawn_everywhere_and_written_to_tensorboard_by_the_main_process(tmp_path, main_process):
+    import numpy as np
+
+    from tests.train_helpers import tensorboard_images
+
+    workdir = epath.Path(tmp_path)
+    drawn = []
+
+    def images(state):
+        drawn.append(state)
+        return {"routes/head_task": np.full((60, 80, 3), 200, np.uint8)}
+
+    writer = MetricWriter(workdir, enabled=main_process, tensorboard=True)
+    hook = EvalHook(lambda state: RESULTS, every_steps=2, at_end=True, workdir=workdir, writer=writer,
+                    headline={}, main_process=main_process, images=images)
+    for step in (1, 2, 3):
+        hook.after_step(step, f"state{step}", {}, last=False, leaving=False)
+    hook.at_end(3, "state3", finished=True)
+    writer.close()
+    assert drawn == ["state2", "state3"]
+    if main_process:
+        assert tensorboard_images(tmp_path / "tensorboard") == {"routes/head_task": [(2, 60, 80), (3, 60, 80)]}
+    else:
+        assert not (tmp_path / "tensorboard").exists()
+
+
+def test_route_figures_is_a_declared_resume_safe_metrics_key():
+    from crab_jax.config.changes import is_safe
+    from crab_jax.config.schema import get_config
+
+    assert get_config().metrics.route_figures is True
+    assert is_safe("metrics.route_figures")
