@@ -167,9 +167,9 @@ def collect_routes(family: Family, model, model_cfg, batches: Iterable[Mapping[s
                 break
             report = getattr(batches, "last_report", None)
             batch = gather_rows(dict(batch))
-            inputs = shard_rows(batch, mesh) if jax.process_count() > 1 else batch
             if jax.process_count() > 1 and mesh is None:
                 raise ValueError("collect_routes: several processes need the model's mesh (mesh=...)")
+            inputs = shard_rows(batch, mesh) if jax.process_count() > 1 else batch
             gates = gather_rows(_forward_gates(view, inputs, forward=family.forward_loss,
                                                scope=family.llm_path))
             if not gates:
