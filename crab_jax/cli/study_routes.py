@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, stored = checked_config(args, weights)
         run, family = resolve(config)
+        if run.data.source == "random" and not args.max_batches:
+            raise ValueError("--max-batches 0 runs the whole split, but data.source='random' batches never end: "
+                             "pass --max-batches N")
         data = prepare_data(run.data, family, progress=not args.no_progress)
         mesh = None
         if stored is not None:
