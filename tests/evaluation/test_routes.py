@@ -151,3 +151,23 @@ def test_summaries_are_token_means_per_task_with_nan_for_a_task_without_tokens(s
                     np.testing.assert_allclose(s["task_modality_head"][t, m], sub.mean(axis=(0, 1, 2)), rtol=1e-6)
         else:
             assert np.all(np.isnan(s["task_head"][t]))
+
+
+def test_crab_plus_routes_are_the_decoders_with_its_modalities():
+    from crab_jax.config.schema import get_config
+    from crab_jax.config.sections import RunConfig
+    from crab_jax.families.crab_plus.presets import tiny_thinker_config
+
+    family, cfg = get("crab_plus"), tiny_thinker_config()
+    c = get_config()
+    c.model.family, c.data.seq_len = "crab_plus", 256
+    spec = family.batch.spec(RunConfig.from_config(c).data, cfg, 2)
+    batch = next(iter(family.batch.random_batches(spec, cfg, 0)))
+    model = family.build_model(cfg, nnx.Rngs(0))
+    routes = collect_routes(family, model, cfg, [batch], ("a", "b", "c", "d"))
+    # The decoder's layers only (the vision / audio towers' routers see patches, not tokens).
+    assert routes.gates.shape == (int(batch["attention_mask"].sum()), cfg.text.num_hidden_layers, 7, cfg.lora.num_heads)
+    np.testing.assert_allclose(routes.gates.sum(-1), 1.0, atol=1e-5)
+    expected = family.token_modality(batch, cfg)[routes.sample, routes.position]
+    np.testing.assert_array_equal(routes.modality, expected)
+    assert {TEXT, VISUAL, AUDIO} <= set(routes.modality.tolist())
