@@ -57,7 +57,10 @@ ROUTE_IMAGE_PREFIX = "routes/"
 def route_images_state(run: RunConfig, family: Family, setup, state, data: DataSetup) -> dict[str, np.ndarray]:
     """TensorBoard images ``{"routes/<figure>": [H, W, 3] uint8}`` of the LLM's I-LoRA routing on
     the first :data:`ROUTE_FIGURE_BATCHES` held-out batches (:mod:`crab_jax.evaluation.route_figures`);
-    empty without a held-out split or without I-LoRA of more than one head."""
+    empty (nothing run) with ``metrics.route_figures`` or ``metrics.tensorboard`` off, without a
+    held-out split, or without I-LoRA of more than one head."""
+    if not (run.metrics.route_figures and run.metrics.tensorboard):
+        return {}
     model = setup.merge(state.params, state.frozen, state.rng_vars)
     if router_heads(model) < 2:
         return {}

@@ -123,8 +123,10 @@ def similarity_figure(similarity: np.ndarray, tasks: Sequence[str]) -> Figure:
     fig = _new_figure(2.4 + 0.5 * len(tasks), 1.4 + 0.5 * len(tasks))
     ax = fig.add_subplot()
     if len(tasks):
-        finite = matrix[np.isfinite(matrix)]
-        low = float(min(finite.min(), 0.99)) if finite.size else 0.0
+        # Colours span the off-diagonal values (similarities are often all close to 1).
+        off = matrix[~np.eye(len(tasks), dtype=bool) & np.isfinite(matrix)]
+        low = float(off.min()) if off.size else 0.99
+        low = low if low < 1.0 else 0.99
         image = _heat(ax, matrix, tasks, tasks, vmin=low, vmax=1.0, annotate=len(tasks) <= 20, digits=3)
         fig.colorbar(image, ax=ax, shrink=0.8)
     else:

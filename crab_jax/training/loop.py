@@ -179,7 +179,7 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
         return evaluate_state(run, family, setup, current_state, data, progress=progress)
 
     def route_images(current_state) -> dict:
-        if data is None or data.source == "random" or not (run.metrics.route_figures and run.metrics.tensorboard):
+        if data is None or data.source == "random":
             return {}
         return route_images_state(run, family, setup, current_state, data)
 

@@ -74,3 +74,15 @@ def test_route_figures_is_a_declared_resume_safe_metrics_key():
 
     assert get_config().metrics.route_figures is True
     assert is_safe("metrics.route_figures")
+
+
+@pytest.mark.parametrize("off", ["metrics.route_figures", "metrics.tensorboard"])
+def test_route_images_are_not_drawn_when_switched_off(off):
+    from crab_jax.config.schema import get_config
+    from crab_jax.config.sections import RunConfig
+    from crab_jax.evaluation.heldout import route_images_state
+    from tests.train_helpers import apply_overrides
+
+    run = RunConfig.from_config(apply_overrides(get_config(), {off: False}))
+    # Nothing is touched: no model is merged from the (absent) setup and state.
+    assert route_images_state(run, None, None, None, None) == {}
