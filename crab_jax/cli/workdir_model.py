@@ -37,7 +37,27 @@ def saved_run_config(workdir) -> dict:
         ckpt.close()
     if not config:
         raise ValueError(f"{workdir}: the checkpoint of step {latest} stores no run config")
-    return _tuples(config)
+    return with_schema_defaults(_tuples(config), source=f"{workdir} (step {latest})")
+
+
+def with_schema_defaults(stored: dict, *, source: str) -> dict:
+    """``stored`` (a run config saved by an earlier crab_jax) plus every key the schema declared
+    since, at its default (a new key's default is the behaviour the earlier code had); logged."""
+    from crab_jax.config.changes import flat_config
+    from crab_jax.config.schema import get_config as schema_config
+
+    defaults = schema_config().to_dict()
+    added = sorted(set(flat_config(defaults)) - set(flat_config(stored)))
+
+    def merge(default, saved):
+        if isinstance(default, dict) and isinstance(saved, dict):
+            return {**saved, **{k: merge(v, saved[k]) if k in saved else v for k, v in default.items()}}
+        return saved
+
+    if added:
+        log.info("%s: its stored config predates %d key(s), taken at their defaults: %s", source, len(added),
+                 ", ".join(added))
+    return merge(_tuples(defaults), stored)
 
 
 def load_model(run: RunConfig, family: Family, workdir, data: DataSetup):
