@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pathlib
@@ -10,10 +11,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from crab_jax.config.command_line import checked_command_line
-from crab_jax.training import aot
-from crab_jax.training.aot import _json_safe, aot_report, format_report, parse_slice
 
-__doc__ = aot.__doc__  # what --help prints: the figures and how they are computed, in one place
+# What --help prints: crab_jax.training.aot's docstring (the figures and how they are computed, in
+# one place), read without importing the training stack, which main imports once the command
+# line was checked (a bad one is refused in about a second).
+__doc__ = ast.get_docstring(ast.parse((pathlib.Path(__file__).parent / "training" / "aot.py").read_text()))
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(REPO / "configs" / "tpu_v4.py")
@@ -35,6 +37,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host runs nothing; only the TPU compiler is used
+    from crab_jax.training.aot import _json_safe, aot_report, format_report, parse_slice
+
     config = _CONFIG.value  # checked against the schema by checked_command_line
     tpu = parse_slice(_TOPOLOGY.value)
     report = aot_report(config, tpu)
