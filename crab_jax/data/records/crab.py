@@ -7,6 +7,7 @@ Folder layout under the data root (``<avs>`` = ``CrabLayout.avs`` etc.; see
   <avqa>/valid_train_samples.json   [{video_id, question_id, type, video_path, audio_path,
   <avqa>/test_samples.json            question, answer}]   video_path/audio_path relative to
   <avqa>/converted_label/<question_id>.txt     <avqa> (train target text)
+  <synthetic_qa>/<task>/...         the same files as <avqa>, one folder per task of QA_TASKS
   <ave>/valid_train_samples.json    [{event, vid, start_time, end_time}]
   <ave>/test_samples.json
   <ave>/AVE/<vid>.mp4, <ave>/audio_data/<vid>.mp3, <ave>/converted_label/<vid>.txt
@@ -39,6 +40,12 @@ from crab_jax.data.records.record import (AudioSpec, CrabLayout, ReadResult, Rec
 
 # Crab fine-tuning tasks (spec A.3), with the spelling the original's ``task_name`` uses.
 CRAB_TASKS = ("avqa", "ave", "avvp", "arig", "avcap", "s4", "ms3", "avss", "ref-avs")
+# Short-answer questions about a clip in the AVQA format (same files, prompt, target and
+# exact-match scoring as AVQA), each task in its own folder ``<synthetic_qa>/<task>/``: the
+# synthetic dataset's transfer-study tasks (no such real dataset; Crab only, the AV-UIE layout).
+QA_TASKS = ("audcls", "viscls", "count", "where", "match", "when")
+AVQA_FORMAT_TASKS = ("avqa",) + QA_TASKS
+READ_TASKS = CRAB_TASKS + QA_TASKS          # what :func:`read_crab_task` reads
 ORDINALS = ("first", "second", "third", "fourth", "fifth",
             "sixth", "seventh", "eighth", "ninth", "tenth")
 VIDEO_FRAMES = 10           # frames sampled from a fine-tuning video (spec A.2.1)
@@ -64,13 +71,21 @@ _ANNOTATION = {  # task -> (layout field, train file, test file)
     "ms3": ("avs", "ms3_samples.json", "ms3_samples.json"),
     "avss": ("avs", "avss_samples.json", "avss_samples.json"),
     "ref-avs": ("ref_avs", "metadata.csv", "metadata.csv"),
+    **{t: ("synthetic_qa", "valid_train_samples.json", "test_samples.json") for t in QA_TASKS},
 }
+
+
+def task_root(task: str, layout: CrabLayout = CrabLayout()) -> str:
+    """The folder of a task's annotation files, relative to the data root (its entries' media
+    paths are relative to it): the dataset's folder, below it ``<task>/`` for :data:`QA_TASKS`."""
+    folder = getattr(layout, _ANNOTATION[task][0])
+    return join_path(folder, task) if task in QA_TASKS else folder
 
 
 def annotation_path(task: str, mode: str, layout: CrabLayout = CrabLayout()) -> str:
     """The annotation file of a Crab task, relative to the data root."""
-    folder, train, test = _ANNOTATION[task]
-    return join_path(getattr(layout, folder), train if mode == "train" else test)
+    _, train, test = _ANNOTATION[task]
+    return join_path(task_root(task, layout), train if mode == "train" else test)
 
 
 def _av_clip(task, mode, split, where, root, vid, video_dir, audio_dir, video_ext=".mp4",
@@ -80,7 +95,7 @@ def _av_clip(task, mode, split, where, root, vid, video_dir, audio_dir, video_ex
                   audios=(join_path(root, audio_dir, vid + audio_ext),), audio=AudioSpec("clip", 10), **kw)
 
 
-def _build_avqa(mode, root, where, e):
+def _build_avqa(task, mode, root, where, e):
     qid = entry_field(e, "question_id", where)
     video = rebase(str(entry_field(e, "video_path", where)), 2)
     audio = rebase(str(entry_field(e, "audio_path", where)), 2)
@@ -90,7 +105,7 @@ def _build_avqa(mode, root, where, e):
         kw = dict(answer_file=join_path(root, "converted_label", f"{qid}.txt"))
     else:
         kw = dict(gt=str(entry_field(e, "answer", where)))
-    return [Record(family="crab", task="avqa", mode=mode, split=mode, source=where,
+    return [Record(family="crab", task=task, mode=mode, split=mode, source=where,
                    videos=(join_path(root, video),), num_frames=VIDEO_FRAMES, audios=(join_path(root, audio),),
                    audio=AudioSpec("avqa", 60), question=question, fields=frozen_fields(fields), **kw)]
 
@@ -256,7 +271,8 @@ def read_crab_task(task: str, mode: str, data_root: str | os.PathLike, *, layout
     """Reads one Crab fine-tuning task's annotations (spec A.3).
 
     Args:
-      task: one of :data:`CRAB_TASKS`. mode: ``"train"`` or ``"test"``.
+      task: one of :data:`READ_TASKS` (:data:`CRAB_TASKS`, or :data:`QA_TASKS`: read as AVQA).
+      mode: ``"train"`` or ``"test"``.
       seed: seeds the one-off random frame of AVSS / Ref-AVS training records (the original
         draws it unseeded at construction; here it is reproducible).
       ref_avs_test_split: ``test_s`` (seen), ``test_u`` (unseen) or ``test_n`` (null); None
@@ -265,15 +281,15 @@ def read_crab_task(task: str, mode: str, data_root: str | os.PathLike, *, layout
     Raises:
       BadFileError: missing / truncated annotation file (always); BadRecordError: bad entry (strict).
     """
-    if task not in CRAB_TASKS:
-        raise ValueError(f"unknown Crab task {task!r}; known: {CRAB_TASKS}")
+    if task not in READ_TASKS:
+        raise ValueError(f"unknown Crab task {task!r}; known: {READ_TASKS}")
     if mode not in ("train", "test"):
         raise ValueError(f"mode must be 'train' or 'test' for annotation files, got {mode!r}")
     if task == "ref-avs" and ref_avs_test_split not in REF_AVS_SPLITS[1:] + (None,):
         raise ValueError(f"ref_avs_test_split must be one of {REF_AVS_SPLITS[1:]} or None (all), "
                          f"got {ref_avs_test_split!r}")
     rel = annotation_path(task, mode, layout)
-    root = getattr(layout, _ANNOTATION[task][0])
+    root = task_root(task, layout)
     path = os.path.join(os.fspath(data_root), rel)
     rng = random.Random(f"{seed}:{task}")
     if task == "ref-avs":
@@ -283,6 +299,7 @@ def read_crab_task(task: str, mode: str, data_root: str | os.PathLike, *, layout
     entries = load_json_list(path, rel)
     if task in _AVS_SUBSETS:
         return read_entries(entries, rel, lambda where, e: _build_avs(task, mode, root, where, e, rng), strict)
-    build = {"avqa": _build_avqa, "ave": _build_ave, "avvp": _build_avvp, "avcap": _build_avcap,
-             "arig": _build_arig}[task]
+    if task in AVQA_FORMAT_TASKS:
+        return read_entries(entries, rel, lambda where, e: _build_avqa(task, mode, root, where, e), strict)
+    build = {"ave": _build_ave, "avvp": _build_avvp, "avcap": _build_avcap, "arig": _build_arig}[task]
     return read_entries(entries, rel, lambda where, e: build(mode, root, where, e), strict)

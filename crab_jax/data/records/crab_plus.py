@@ -13,6 +13,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from crab_jax.data.errors import BadRecordError, as_file_error
+from crab_jax.data.records.crab import QA_TASKS
 from crab_jax.data.records.record import (AudioSpec, CrabLayout, ReadResult, Record, entry_field, frame_number,
                                           frozen_fields, join_path, load_json_list, read_entries, rebase)
 
@@ -172,6 +173,9 @@ def read_crab_plus_records(data_root: str | os.PathLike, tasks: Sequence[str], m
     """
     records, errors = [], []
     for task in tasks:
+        if task in QA_TASKS:
+            raise ValueError(f"data.tasks: {task!r} is a synthetic Crab-only task (AV-UIE layout, model.family="
+                             f"'crab'); Crab+ reads the AVUIE_2 tasks {CRAB_PLUS_TASKS}")
         if task not in CRAB_PLUS_TASKS:
             raise ValueError(f"data.tasks: unknown Crab+ task {task!r}; known: {CRAB_PLUS_TASKS}")
         if mode == "test" and task in CRAB_PLUS_TRAIN_ONLY:

@@ -127,6 +127,7 @@ class CrabLayout:
     audiocaps: str = "audiocaps"
     lvis: str = "lvis"
     avuie2: str = "AVUIE_2"
+    synthetic_qa: str = "synthetic_qa"   # the synthetic dataset's short-answer QA tasks, one folder each
 
 
 @dataclasses.dataclass

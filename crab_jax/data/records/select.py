@@ -6,7 +6,7 @@ import os
 from typing import Sequence
 
 from crab_jax.data.errors import BadRecordError, as_file_error
-from crab_jax.data.records.crab import CRAB_TASKS, read_crab_task
+from crab_jax.data.records.crab import READ_TASKS, read_crab_task
 from crab_jax.data.records.pretrain import PRETRAIN_TASKS, read_pretrain_task
 from crab_jax.data.records.record import CrabLayout, Record
 
@@ -23,12 +23,12 @@ def read_records(data_root: str | os.PathLike, tasks: Sequence[str], mode: str =
     records, errors = [], []
     for task in tasks:
         try:
-            if task in CRAB_TASKS:
+            if task in READ_TASKS:
                 res = read_crab_task(task, mode, data_root, layout=layout, seed=seed, strict=False)
             elif task in PRETRAIN_TASKS:
                 res = read_pretrain_task(task, data_root, mode=mode, layout=layout, strict=False)
             else:
-                raise ValueError(f"data.tasks: unknown task {task!r}; known: {CRAB_TASKS + PRETRAIN_TASKS}")
+                raise ValueError(f"data.tasks: unknown task {task!r}; known: {READ_TASKS + PRETRAIN_TASKS}")
         except BadRecordError as e:  # a whole annotation file missing / unreadable
             errors.append(as_file_error(e, task))
             continue

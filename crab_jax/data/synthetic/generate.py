@@ -10,7 +10,8 @@ Layout under ``OUT``: a data root in the folder layouts of :mod:`crab_jax.data.r
 and :mod:`crab_jax.data.records.crab_plus` (``CrabLayout`` defaults), so ``read_crab_task(task,
 mode, OUT)`` and ``read_crab_plus_task(task, mode, OUT)`` read it; paths inside the JSON files
 are relative to the task folder, as the readers expect. The same samples are in both layouts
-(``ks`` only in AVUIE_2); every media file is encoded once, the AVUIE_2 copies are hard links::
+(``ks`` only in AVUIE_2, the QA tasks only in AV-UIE); every media file is encoded once, the
+AVUIE_2 copies are hard links::
 
     manifest.json                                   what was generated (see :func:`generate`)
     music_avqa/{valid_train,test}_samples.json      AVQA records (one per question)
@@ -26,6 +27,8 @@ are relative to the task folder, as the readers expect. The same samples are in 
     AVUIE_2/{ave,avqa,ks}/{train,test}.json + video/<name>.mp4, audio/<name>.{mp3,wav}
     AVUIE_2/{s4,arig}/{train,test}.json + v1s/<uid>/frames/<i>.jpg, audio.wav
                                                     (s4 also labels_rgb/<i>.png: spec B.6's GT path)
+    synthetic_qa/<task>/...                         a QA task (audcls, viscls, count, where, match,
+                                                    when; AV-UIE only): the files of music_avqa/
 
 Everything is a pure function of ``(seed, task, split, index)``: sample ``i`` does not
 depend on how many samples are drawn, and the JSON files are byte-identical across runs.
@@ -49,22 +52,29 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from crab_jax.data.records.crab import AVQA_FORMAT_TASKS, QA_TASKS
 from crab_jax.data.synthetic import avuie2
-from crab_jax.data.synthetic.records import (LAYOUT, arig_record, ave_label_text, ave_record, avqa_label_text,
-                                             avqa_records, s4_record)
+from crab_jax.data.synthetic.qa_scenes import QA_QUESTIONS, sample_qa_clip
+from crab_jax.data.synthetic.records import (LAYOUT, LAYOUT_ROOTS, arig_record, ave_label_text, ave_record,
+                                             avqa_label_text, avqa_records, s4_record)
 from crab_jax.data.synthetic.render import BOX_SCALE, render_audio, render_frames
 from crab_jax.data.synthetic.scenes import (ALL_TASKS, AVE_UNITS, AVQA_FRAMES, AVQA_QUESTIONS,
-                                            AVQA_QUESTIONS_PER_CLIP, AVQA_SECONDS, AVS_UNITS, CLASSES, FRAME_SIZE,
-                                            KS_UNITS, SAMPLE_RATE, SPLITS, TASKS, UNIT_SAMPLES, AvsSample, sample_ave,
-                                            sample_avqa_clip, sample_avs, sample_ks)
+                                            AVQA_QUESTIONS_PER_CLIP, AVQA_SECONDS, AVS_UNITS, AVUIE2_TASKS,
+                                            AVUIE_TASKS, CLASSES, FRAME_SIZE, KS_UNITS, SAMPLE_RATE, SPLITS, TASKS,
+                                            UNIT_SAMPLES, AvqaClip, AvsSample, sample_ave, sample_avqa_clip,
+                                            sample_avs, sample_ks)
 from crab_jax.data.synthetic.writers import (VIDEO_CODEC, write_jpg, write_json, write_mask_png, write_mp3,
                                              write_mp4, write_text, write_wav)
 
-FORMAT_VERSION = 2      # 2: the AVUIE_2 layout and the ks task (a version-1 dataset is regenerated)
+# 2: the AVUIE_2 layout and the ks task; 3: the QA tasks (an older dataset is regenerated)
+FORMAT_VERSION = 3
 DEFAULT_NUM_TRAIN = 128
 DEFAULT_NUM_TEST = 32
 # Top-level entries a generation owns (removed by ``overwrite``).
-OWNED_ENTRIES = ("manifest.json",) + tuple(sorted({LAYOUT[t]["root"] for t in TASKS} | {avuie2.ROOT}))
+OWNED_ENTRIES = ("manifest.json",) + tuple(sorted(set(LAYOUT_ROOTS) | {avuie2.ROOT}))
+
+# AV-UIE media folders below a task's folder (the AVS tasks write per-clip folders).
+_MEDIA_FOLDERS = {"ave": ("AVE", "audio_data"), **{t: ("video_data", "audio_data") for t in AVQA_FORMAT_TASKS}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +110,20 @@ def _write_avs_clip(root: pathlib.Path, task: str, s: AvsSample) -> tuple[pathli
     return clip_dir, masks
 
 
+def _write_avqa_format(root: pathlib.Path, task: str, c: AvqaClip, split: str,
+                       num_records: int) -> tuple[list[tuple[str, dict]], pathlib.Path, pathlib.Path]:
+    """Writes one clip of an AVQA-format task (media, label texts); returns its ``(annotation
+    file, row)`` pairs and the video / audio files."""
+    base = root / LAYOUT[task]["root"]
+    video, audio = base / "video_data" / f"{c.video_id}.mp4", base / "audio_data" / f"{c.video_id}.wav"
+    frames, _ = render_frames(c.clip)
+    write_mp4(video, frames, fractions.Fraction(AVQA_FRAMES, AVQA_SECONDS))
+    write_wav(audio, render_audio(c.clip))
+    for q in c.questions[:num_records]:
+        write_text(root / LAYOUT[task]["labels"] / f"{q.question_id}.txt", avqa_label_text(q.answer))
+    return [(LAYOUT[task][split], r) for r in avqa_records(c)[:num_records]], video, audio
+
+
 def _run_job(root: pathlib.Path, seed: int, job: _Job) -> list[tuple[str, dict]]:
     """Renders and writes one clip (both layouts); returns ``(annotation file, row)`` pairs."""
     split = job.split
@@ -114,16 +138,10 @@ def _run_job(root: pathlib.Path, seed: int, job: _Job) -> list[tuple[str, dict]]
         return [(LAYOUT["ave"][split], ave_record(s))] + avuie2.ave_entries(root, s, split, video, audio)
     if job.task == "avqa":
         c = sample_avqa_clip(seed, split, job.index)
-        base = root / LAYOUT["avqa"]["root"]
-        video, audio = base / "video_data" / f"{c.video_id}.mp4", base / "audio_data" / f"{c.video_id}.wav"
-        frames, _ = render_frames(c.clip)
-        write_mp4(video, frames, fractions.Fraction(AVQA_FRAMES, AVQA_SECONDS))
-        write_wav(audio, render_audio(c.clip))
-        rows = avqa_records(c)[: job.num_records]
-        for q in c.questions[: job.num_records]:
-            write_text(root / LAYOUT["avqa"]["labels"] / f"{q.question_id}.txt", avqa_label_text(q.answer))
-        return ([(LAYOUT["avqa"][split], r) for r in rows]
-                + avuie2.avqa_entries(root, c, split, job.num_records, video, audio))
+        rows, video, audio = _write_avqa_format(root, "avqa", c, split, job.num_records)
+        return rows + avuie2.avqa_entries(root, c, split, job.num_records, video, audio)
+    if job.task in QA_TASKS:
+        return _write_avqa_format(root, job.task, sample_qa_clip(job.task, seed, split, job.index), split, 1)[0]
     if job.task == "ks":
         k = sample_ks(seed, split, job.index)
         video = avuie2.media_file(root, "ks", "video", f"{k.vid}.mp4")
@@ -184,8 +202,10 @@ def build_manifest(seed: int, num_train: int, num_test: int, tasks: Sequence[str
                     for c in CLASSES],
         "avqa_questions": {k: {"question": q, "type": t, "answers": list(a)}
                            for k, (q, t, a) in AVQA_QUESTIONS.items()},
+        "qa_questions": {k: {"question": q, "type": t, "answers": list(a)}
+                         for k, (q, t, a) in QA_QUESTIONS.items() if k in tasks},
         "layout": {t: LAYOUT[t] for t in tasks if t in LAYOUT},
-        "avuie2_layout": {t: avuie2.layout_of(t) for t in tasks},
+        "avuie2_layout": {t: avuie2.layout_of(t) for t in tasks if t in AVUIE2_TASKS},
         "counts": counts,
     }
 
@@ -202,10 +222,12 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, num_train: int = DEFAULT
       seed: the dataset seed (sample i of a task/split depends on ``(seed, task, split, i)`` only).
       num_train, num_test: samples per task and split (AVQA: questions; an S4 test clip
         expands to 5 frame records: in the AV-UIE reader, and as 5 AVUIE_2 test rows).
-      tasks: subset of :data:`~crab_jax.data.synthetic.scenes.ALL_TASKS` (``ks``: AVUIE_2 only).
+      tasks: subset of :data:`~crab_jax.data.synthetic.scenes.ALL_TASKS` (``ks``: AVUIE_2 only;
+        the QA tasks ``audcls, viscls, count, where, match, when``: AV-UIE only).
     Returns:
       the manifest dict: ``seed, num_train, num_test, tasks, media, classes, avqa_questions,
-      layout`` (AV-UIE, per task: ``root``, ``train``/``test`` annotation files, ``labels``),
+      qa_questions`` (the QA tasks generated), ``layout`` (AV-UIE, per task: ``root``,
+      ``train``/``test`` annotation files, ``labels``),
       ``avuie2_layout`` (per task: ``root``, ``train``/``test``, ``target_field``, media
       folders) and ``counts`` (per task and split: ``records`` = AV-UIE annotation rows,
       ``avuie2_records`` = AVUIE_2 rows, ``clips``).
@@ -214,7 +236,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, num_train: int = DEFAULT
     root = pathlib.Path(out_dir)
     _prepare_out(root, overwrite)
     for task in tasks:
-        for sub in {"ave": ("AVE", "audio_data"), "avqa": ("video_data", "audio_data")}.get(task, ()):
+        for sub in _MEDIA_FOLDERS.get(task, ()):
             (root / LAYOUT[task]["root"] / sub).mkdir(parents=True, exist_ok=True)
         for kind in ("video", "audio") if task in avuie2.VIDEO_TASKS else ():
             (root / avuie2.layout_of(task)[kind]).mkdir(parents=True, exist_ok=True)
@@ -232,7 +254,8 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, num_train: int = DEFAULT
         for split in SPLITS:
             if task in LAYOUT:
                 files.setdefault(LAYOUT[task][split], [])
-            files.setdefault(avuie2.annotation_file(task, split), [])
+            if task in AVUIE2_TASKS:
+                files.setdefault(avuie2.annotation_file(task, split), [])
     for name, rows in sorted(files.items()):
         write_json(root / name, rows)
     manifest = build_manifest(seed, num_train, num_test, tasks, counts)
@@ -261,8 +284,8 @@ def ensure_dataset(out_dir: str | os.PathLike, seed: int = 0, num_train: int = D
 def load_records(out_dir: str | os.PathLike, task: str, split: str) -> list[dict]:
     """The raw AV-UIE JSON rows of one task and split (S4 / ARIG files hold both splits: filtered
     by ``split``); the AVUIE_2 rows are in ``avuie2.annotation_file(task, split)``."""
-    if task not in TASKS or split not in SPLITS:
-        raise ValueError(f"load_records: task {task!r} / split {split!r} not in {TASKS} / {SPLITS}")
+    if task not in AVUIE_TASKS or split not in SPLITS:
+        raise ValueError(f"load_records: task {task!r} / split {split!r} not in {AVUIE_TASKS} / {SPLITS}")
     path = pathlib.Path(out_dir) / LAYOUT[task][split]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {task} annotation file (generate the dataset with --tasks {task})")
@@ -284,7 +307,8 @@ def _parse_tasks(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m crab_jax.data.synthetic",
-        description="Generate the synthetic audio-visual dataset (AVE, AVQA, S4, ARIG; KS on request) in "
+        description="Generate the synthetic audio-visual dataset (AVE, AVQA, S4, ARIG; on request KS, and "
+                    "the short-answer QA tasks audcls, viscls, count, where, match, when) in "
                     "two real JSON + media layouts under one data root: AV-UIE / AVSBench (Crab) and "
                     "AV-UIE v2 'AVUIE_2' (Crab+), the same samples in both (media encoded once, hard-"
                     "linked). Coloured shapes with their own tones, one object sounding per clip, so "
@@ -294,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                "OUT/music_avqa/{valid_train,test}_samples.json + video_data/ audio_data/ converted_label/, "
                "OUT/ave/{valid_train,test}_samples.json + AVE/ audio_data/ converted_label/, "
                "OUT/avs/{s4_samples.json,v1s_grounding_samples.json,v1s/<uid>/}, "
+               "OUT/synthetic_qa/<task>/ (the files of music_avqa/; AV-UIE only), "
                "OUT/AVUIE_2/<task>/{train,test}.json + video/ audio/ (ave, avqa, ks) or "
                "v1s/<uid>/{frames,labels_rgb}/ audio.wav (s4, arig).")
     p.add_argument("--out", required=True, help="output folder (created; must be empty unless --overwrite)")
@@ -305,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"and 5 AVUIE_2 test rows; default {DEFAULT_NUM_TEST})")
     p.add_argument("--tasks", type=_parse_tasks, default=TASKS,
                    help=f"comma list of tasks to generate from {','.join(ALL_TASKS)} (default "
-                        f"{','.join(TASKS)}; ks is written in the AVUIE_2 layout only)")
+                        f"{','.join(TASKS)}; ks is written in the AVUIE_2 layout only, the QA tasks "
+                        f"{','.join(QA_TASKS)} in the AV-UIE layout only)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous synthetic dataset in --out (only its own files are removed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -323,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = ", ".join(f"{t}: {c['train']['records']} train / {c['test']['records']} test"
                         for t, c in m["counts"].items() if t in m["layout"])
     plus = ", ".join(f"{t}: {c['train']['avuie2_records']} train / {c['test']['avuie2_records']} test"
-                     for t, c in m["counts"].items())
+                     for t, c in m["counts"].items() if t in m["avuie2_layout"])
     print(f"wrote {args.out} (seed {m['seed']}; AV-UIE: {summary or 'no task'}; AVUIE_2: {plus})")
     return 0
 

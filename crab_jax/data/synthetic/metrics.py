@@ -4,7 +4,8 @@ Parsing follows the real tasks' metrics (``shared/spec/tasks.md`` A.6; the parse
 :mod:`crab_jax.data.records.crab_answers`):
 
 * ``avqa``: exact match of the text in the last ``<answer> x </answer>`` (lower-cased,
-  whitespace-normalised) with the record's ``answer`` (A.6.3);
+  whitespace-normalised) with the record's ``answer`` (A.6.3); the QA tasks (``audcls``,
+  ``viscls``, ``count``, ``where``, ``match``, ``when``) are scored the same way;
 * ``ave``: segment accuracy over 10 slots from ``<event> E </event>`` and
   ``<range> s,e </range>`` against ``event, start_time, end_time`` (A.6.1);
 * ``arig``: IoU of the first box in the text (``(x1,y1)...(x2,y2)`` or ``[x1,y1,x2,y2]``)
@@ -28,15 +29,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 # The parsers have one home (the AV-UIE answer formats).
+from crab_jax.data.records.crab import AVQA_FORMAT_TASKS, QA_TASKS
 from crab_jax.data.records.crab_answers import (AVE_SLOTS, ave_slots, normalise_label, parse_answer, parse_box,
                                                 parse_event, parse_s4_object)
+from crab_jax.data.synthetic.qa_scenes import sample_qa_clip
 from crab_jax.data.synthetic.records import arig_record, ave_record, avqa_records
 from crab_jax.data.synthetic.render import track_masks
 from crab_jax.data.synthetic.scenes import sample_ave, sample_avqa_clip, sample_avs
 
-TASKS = ("avqa", "ave", "arig", "s4", "s4_category")
+TASKS = ("avqa", "ave", "arig", "s4", "s4_category") + QA_TASKS
 METRIC_NAMES = {"avqa": "accuracy", "ave": "segment accuracy", "arig": "box IoU", "s4": "mask IoU (J)",
-                "s4_category": "category accuracy"}
+                "s4_category": "category accuracy", **{t: "accuracy" for t in QA_TASKS}}
 CHANCE_SEED = 20261124     # the generator seed of the pool chance levels are measured on
 CHANCE_POOL = 512          # clips per task in that pool
 CHANCE_CANDIDATES = 256    # fixed box / mask answers tried (taken from the pool's own answers)
@@ -93,7 +96,7 @@ def _field(record: Any, name: str, task: str):
         value = getattr(record, name, None)
         if value is not None:
             return value
-        if task == "avqa" and name == "answer" and getattr(record, "gt", None) is not None:
+        if task in AVQA_FORMAT_TASKS and name == "answer" and getattr(record, "gt", None) is not None:
             return record.gt
     raise KeyError(f"score({task!r}): the record has no field {name!r} (expected a {task} test record: "
                    "its JSON fields or a crab_jax.data.records.record.Record)")
@@ -111,7 +114,7 @@ def score(task: str, prediction: Any, record: Any, *, gt_mask: np.ndarray | None
       task: one of :data:`TASKS`.
       prediction: the decoded text; for ``s4`` a binary ``[H, W]`` mask (e.g. ``sigmoid(logit) > 0.5``).
       record: the test record: its JSON fields (a mapping) or a :class:`crab_jax.data.records.record.Record`
-        (read by ``records.read_crab_task(task, "test", root)``). Fields used: ``answer`` (avqa;
+        (read by ``records.read_crab_task(task, "test", root)``). Fields used: ``answer`` (avqa and the QA tasks;
         a Record's ``gt``), ``event, start_time, end_time`` (ave), ``top_left, bottom_right``
         (arig), ``a_obj`` (s4_category).
       gt_mask: ``[H, W]`` ground-truth mask of the frame (``s4`` only).
@@ -124,7 +127,7 @@ def score(task: str, prediction: Any, record: Any, *, gt_mask: np.ndarray | None
         return mask_iou(prediction, gt_mask)
     if not isinstance(prediction, str):
         raise TypeError(f"score({task!r}): prediction must be the decoded text, got {type(prediction).__name__}")
-    if task == "avqa":
+    if task in AVQA_FORMAT_TASKS:
         return float(parse_answer(prediction) == normalise_label(_field(record, "answer", task)))
     if task == "ave":
         return ave_segment_accuracy(prediction, _field(record, "event", task), _field(record, "start_time", task),
@@ -140,7 +143,7 @@ def reference_record(task: str, reference_text: str) -> dict | None:
     """The record fields metric ``task`` needs, parsed from a reference answer in the format the
     answers are written in (None: unparsable). Scoring against the batch's own target text
     needs no record files: the parsed fields are the record's."""
-    if task == "avqa":
+    if task in AVQA_FORMAT_TASKS:
         answer = parse_answer(reference_text)
         return None if answer is None else {"answer": answer}
     if task == "ave":
@@ -246,6 +249,9 @@ def _pool_chance(task: str) -> float:
     if task == "avqa":
         rows = [r for i in range(CHANCE_POOL) for r in avqa_records(sample_avqa_clip(CHANCE_SEED, split, i))]
         return _best_constant_avqa(rows)
+    if task in QA_TASKS:
+        return _best_constant_avqa([r for i in range(CHANCE_POOL)
+                                    for r in avqa_records(sample_qa_clip(task, CHANCE_SEED, split, i))])
     if task == "ave":
         return _best_constant_ave([ave_record(sample_ave(CHANCE_SEED, split, i)) for i in range(CHANCE_POOL)])
     avs_task = "s4" if task.startswith("s4") else "arig"
@@ -276,10 +282,10 @@ def chance_level(task: str, records: Sequence[Any] | None = None, *, gt_masks: n
         return _pool_chance(task)
     if not len(records):
         raise ValueError(f"chance_level({task!r}): records is empty")
-    fields = {"avqa": ("question", "answer"), "ave": ("event", "start_time", "end_time"),
-              "arig": ("top_left", "bottom_right"), "s4_category": ("a_obj",)}[task]
+    fields = {"ave": ("event", "start_time", "end_time"), "arig": ("top_left", "bottom_right"),
+              "s4_category": ("a_obj",), **{t: ("question", "answer") for t in AVQA_FORMAT_TASKS}}[task]
     rows = [{f: _field(r, f, task) for f in fields} for r in records]
-    if task == "avqa":
+    if task in AVQA_FORMAT_TASKS:
         return _best_constant_avqa(rows)
     if task == "ave":
         return _best_constant_ave(rows)

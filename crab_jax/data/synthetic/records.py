@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from crab_jax.data.records.crab import annotation_path
-from crab_jax.data.records.record import CrabLayout, Record
+from crab_jax.data.records.crab import AVQA_FORMAT_TASKS, annotation_path, task_root
+from crab_jax.data.records.record import Record
 from crab_jax.data.synthetic.render import mask_box
-from crab_jax.data.synthetic.scenes import TASKS, AveSample, AvqaClip, AvsSample
+from crab_jax.data.synthetic.scenes import AVUIE_TASKS, AveSample, AvqaClip, AvsSample
 
 # The readers' folder names (CrabLayout defaults), so the output is a data root that
 # ``read_crab_task(task, mode, out_dir)`` reads as is.
-_CRAB_LAYOUT = CrabLayout()
-_ROOTS = {"avqa": _CRAB_LAYOUT.avqa, "ave": _CRAB_LAYOUT.ave, "s4": _CRAB_LAYOUT.avs, "arig": _CRAB_LAYOUT.avs}
-LAYOUT = {t: dict(root=_ROOTS[t], train=annotation_path(t, "train", _CRAB_LAYOUT),
-                  test=annotation_path(t, "test", _CRAB_LAYOUT),
-                  **({"labels": f"{_ROOTS[t]}/converted_label"} if t in ("avqa", "ave") else {}))
-          for t in TASKS}
+LAYOUT = {t: dict(root=task_root(t), train=annotation_path(t, "train"), test=annotation_path(t, "test"),
+                  **({"labels": f"{task_root(t)}/converted_label"} if t in AVQA_FORMAT_TASKS + ("ave",) else {}))
+          for t in AVUIE_TASKS}
+# Top-level folders of the AV-UIE layout (one per dataset; the QA tasks share one).
+LAYOUT_ROOTS = tuple(sorted({r["root"].split("/")[0] for r in LAYOUT.values()}))
 
 
 def ave_label_text(event: str, start: int, end: int) -> str:
@@ -35,7 +34,8 @@ def ave_record(s: AveSample) -> dict:
 
 
 def avqa_records(c: AvqaClip) -> list[dict]:
-    """Rows of ``music_avqa/*_samples.json``, one per question (paths relative to ``music_avqa``)."""
+    """Rows of ``music_avqa/*_samples.json`` (and of a QA task's ``synthetic_qa/<task>/*_samples.json``),
+    one per question (paths relative to that folder)."""
     return [{"video_id": c.video_id, "question_id": q.question_id, "type": q.type,
              "video_path": f"video_data/{c.video_id}.mp4", "audio_path": f"audio_data/{c.video_id}.wav",
              "question": q.question, "answer": q.answer} for q in c.questions]
@@ -62,7 +62,7 @@ def heldout_target(record: Record) -> str | None:
     reader leaves it out: AVQA / AVE, the ``converted_label`` text (written for both splits);
     None for any other record."""
     file = record.source.partition("#")[0]
-    if file == LAYOUT["avqa"]["test"]:
+    if file in {LAYOUT[t]["test"] for t in AVQA_FORMAT_TASKS}:
         return avqa_label_text(record.gt)
     if file == LAYOUT["ave"]["test"]:
         f = record.fields

@@ -22,6 +22,9 @@ Tasks (the same records, prompts and targets as the real datasets, ``shared/spec
   224-px frame coordinates of AVSBench (``top_left``, ``bottom_right``, inclusive).
 * ``ks`` (AVUIE_2 layout only, a Kinetics-Sounds-style classification): two objects visible
   over a whole 10-unit clip, one sounding throughout; ``action`` = the sounding object's class.
+* ``audcls``, ``viscls``, ``count``, ``where``, ``match``, ``when`` (AV-UIE layout only, Crab):
+  one short-answer question per AVQA-style clip, tasks whose demands conflict over the same
+  inputs (:mod:`crab_jax.data.synthetic.qa_scenes`).
 
 Media scale (small enough for CPU, long enough for Crab's audio rules): frames are
 ``FRAME_SIZE`` px square; one nominal "second" of AVE / AVS clips is ``UNIT_SAMPLES``
@@ -38,9 +41,14 @@ import dataclasses
 
 import numpy as np
 
+from crab_jax.data.records.crab import QA_TASKS
+
 TASKS = ("ave", "avqa", "s4", "arig")      # written in both layouts (AV-UIE and AVUIE_2)
 AVUIE2_ONLY_TASKS = ("ks",)                # written in the AVUIE_2 layout only (AV-UIE has no such task)
-ALL_TASKS = TASKS + AVUIE2_ONLY_TASKS
+AVUIE_ONLY_TASKS = QA_TASKS                # written in the AV-UIE layout only (Crab; no AVUIE_2 twin)
+AVUIE_TASKS = TASKS + AVUIE_ONLY_TASKS     # what the AV-UIE layout (Crab) holds
+AVUIE2_TASKS = TASKS + AVUIE2_ONLY_TASKS   # what the AVUIE_2 layout (Crab+) holds
+ALL_TASKS = TASKS + AVUIE2_ONLY_TASKS + AVUIE_ONLY_TASKS   # (appended: older tasks keep their sample streams)
 SPLITS = ("train", "test")
 
 FRAME_SIZE = 56            # px, square frames (tiny Crab's image size)
@@ -52,7 +60,7 @@ AVS_UNITS = 5              # S4 / ARIG: 5 frames, 5 audio units (tot = 5)
 AVQA_SECONDS = 6           # AVQA: 60 units of 1600 samples -> 2-unit windows of 3200 samples
 AVQA_FRAMES = 10
 KS_UNITS = 10              # KS: 10 frames, 10 audio units (Crab+'s ks crop: tot = 10)
-COUNT_WORDS = ("zero", "one", "two", "three")
+COUNT_WORDS = ("zero", "one", "two", "three", "four")
 
 
 @dataclasses.dataclass(frozen=True)

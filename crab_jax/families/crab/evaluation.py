@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from crab_jax.data.records.crab import QA_TASKS
 from crab_jax.data.synthetic import metrics as SM
 from crab_jax.families.crab.decoding import Generation
 from crab_jax.models.decoding import DecodeConfig, PromptBatch, decode_texts, exact_match, generated_ids
@@ -29,10 +30,10 @@ from crab_jax.models.losses import IGNORE_INDEX
 
 # Data task -> metric tasks of ``synthetic_metrics`` it is scored with.
 METRIC_TASKS = {"avqa": ("avqa",), "ave": ("ave",), "arig": ("arig",), "s4": ("s4", "s4_category"),
-                "ms3": ("s4", "s4_category"), "ref-avs": ("s4",)}
+                "ms3": ("s4", "s4_category"), "ref-avs": ("s4",), **{t: (t,) for t in QA_TASKS}}
 # The metric of each task a run summary reports (the first one found; then exact_match).
 HEADLINE = {"avqa": ("avqa",), "ave": ("ave",), "arig": ("arig",), "s4": ("s4_category", "s4"),
-            "ms3": ("s4_category", "s4"), "ref-avs": ("s4",)}
+            "ms3": ("s4_category", "s4"), "ref-avs": ("s4",), **{t: (t,) for t in QA_TASKS}}
 TOKEN_ROW_KEYS = ("input_ids", "attention_mask", "position_ids", "media_index", "labels")
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple, Sequence
 
+from crab_jax.data.records.crab import AVQA_FORMAT_TASKS
+
 # Modes a run's records come in: training, held-out evaluation (the test prompts).
 RUN_MODES = ("train", "test")
 FROM_TASKS = 0  # data.frame_slots / data.audio_slots value: sized from data.tasks
@@ -32,7 +34,8 @@ _SINGLE = SlotNeed(1, 1)     # an image + its one 1-s segment (QS prompts, AVSS 
 _AVS = SlotNeed(5, 5)        # AVSBench v1s / v1m: 5 frames, tot = 5
 # (task, mode) -> need. Quick start (``quick_start``) is the original's sample-JSON requests.
 SLOT_NEEDS: dict[tuple[str, str], SlotNeed] = {
-    **{(t, m): _AV_CLIP for t in ("avqa", "ave", "avvp", "avcap") for m in ("train", "test", "quick_start")},
+    **{(t, m): _AV_CLIP for t in AVQA_FORMAT_TASKS + ("ave", "avvp", "avcap")
+       for m in ("train", "test", "quick_start")},
     ("arig", "train"): SlotNeed(1, 5), ("arig", "test"): SlotNeed(1, 5), ("arig", "quick_start"): _SINGLE,
     **{(t, m): _AVS for t in ("s4", "ms3") for m in ("train", "test")},
     ("s4", "quick_start"): _SINGLE, ("ms3", "quick_start"): _SINGLE,

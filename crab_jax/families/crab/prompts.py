@@ -20,7 +20,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from crab_jax.data.errors import BadRecordError
-from crab_jax.data.records.crab import ORDINALS
+from crab_jax.data.records.crab import AVQA_FORMAT_TASKS, ORDINALS
 from crab_jax.data.records.record import Record
 from crab_jax.families.crab.tokens import MASK_TOKENS, SPECIAL_TOKENS
 from crab_jax.models.losses import IGNORE_INDEX
@@ -48,7 +48,7 @@ def crab_instruction(record: Record) -> str:
     """The user instruction of a Crab record (before the chat template), spec A.3 / A.4."""
     task, mode, f = record.task, record.mode, record.fields
     qs, test = mode == "quick_start", mode == "test"
-    if task == "avqa":
+    if task in AVQA_FORMAT_TASKS:  # AVQA and the synthetic QA tasks
         return H_AV + f"Please answer this question: {_need(record, record.question, 'question')}"
     if task == "ave":
         return H_AV + AVE_QUESTION

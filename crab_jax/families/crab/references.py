@@ -17,6 +17,7 @@ import json
 from typing import Any, Mapping
 
 from crab_jax.data.records import crab_answers as A
+from crab_jax.data.records.crab import AVQA_FORMAT_TASKS
 from crab_jax.data.records.record import Record
 from crab_jax.metrics.tables import UnusableRow
 
@@ -27,7 +28,7 @@ def record_reference(record: Record) -> dict[str, Any]:
     """The record fields ``record``'s task is scored against (JSON-serialisable; fields a
     quick-start record lacks are absent)."""
     f, task = record.fields, record.task
-    if task == "avqa":
+    if task in AVQA_FORMAT_TASKS:
         out = {"answer": record.gt if record.gt is not None else record.answer, "type": f.get("type")}
     elif task == "ave":
         out = {k: f.get(k) for k in ("event", "start_time", "end_time")}

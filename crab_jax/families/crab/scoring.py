@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crab_jax.data.records.crab import AVQA_FORMAT_TASKS
 from crab_jax.data.records.record import Record
 from crab_jax.families.crab import references, task_scorers
 from crab_jax.families.crab.prompts import crab_instruction, llama2_chat
@@ -26,7 +27,8 @@ def prediction_metadata(record: Record) -> dict[str, Any]:
     stores it), ``output`` (the test GT string the original stores, ``record.gt``; None for
     quick-start records), ``video_path`` / ``image_path`` / ``audio_path`` / ``mask_path``
     where the record has them (relative to the data root), ``question_type`` / ``vid`` /
-    ``qid`` (AVQA), and ``reference`` (:func:`crab_jax.families.crab.references.record_reference`).
+    ``qid`` (AVQA and the synthetic QA tasks), and ``reference``
+    (:func:`crab_jax.families.crab.references.record_reference`).
     """
     out: dict[str, Any] = {"task": record.task, "split": record.split, "source": record.source,
                            "instruction": llama2_chat(crab_instruction(record)), "output": record.gt}
@@ -34,7 +36,7 @@ def prediction_metadata(record: Record) -> dict[str, Any]:
         value = getattr(record, key)
         if value:
             out[key] = value
-    if record.task == "avqa":
+    if record.task in AVQA_FORMAT_TASKS:
         out.update(question_type=record.fields.get("type"), vid=record.fields.get("video_id"),
                    qid=record.fields.get("question_id"))
     out["reference"] = references.record_reference(record)

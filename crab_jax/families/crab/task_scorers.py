@@ -22,6 +22,7 @@ from PIL import Image
 
 from crab_jax.data.media.decode import AVSS_NUM_CLASSES, load_avss_mask, load_binary_mask
 from crab_jax.data.records import crab_answers as A
+from crab_jax.data.records.crab import QA_TASKS
 from crab_jax.families.crab import references as R
 from crab_jax.metrics import boxes, captions, classification, masks
 from crab_jax.metrics.event_scorers import AveSegmentScorer, AvvpEventScorer
@@ -256,6 +257,10 @@ def _binary(name: str):
     return lambda ctx: BinaryMaskScorer(ctx, name)
 
 
+def _qa(name: str):
+    return lambda ctx: AvqaScorer(ctx, name)
+
+
 TASK_SCORERS = {"avqa": AvqaScorer, "ave": AveScorer, "avvp": AvvpScorer, "arig": ArigScorer,
                 "avcap": CaptionScorer, "s4": _binary("s4"), "ms3": _binary("ms3"), "avss": AvssScorer,
-                "ref-avs": RefAvsScorer}
+                "ref-avs": RefAvsScorer, **{t: _qa(t) for t in QA_TASKS}}  # QA tasks: scored as AVQA

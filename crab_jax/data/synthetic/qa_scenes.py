@@ -1,0 +1,120 @@
+"""Scenes of the synthetic short-answer QA tasks (:data:`~crab_jax.data.records.crab.QA_TASKS`):
+one question per clip, in the AVQA format (AVQA's media, prompt, target and exact-match score).
+
+The tasks are built to compete for the same inputs, as real audio-visual tasks do: each
+clip is an AVQA-length clip (:data:`~crab_jax.data.synthetic.scenes.AVQA_FRAMES` frames,
+:data:`~crab_jax.data.synthetic.scenes.AVQA_SECONDS` s of audio) of large static objects, one
+per frame quadrant (:data:`QUADRANTS`), and the tone of one class:
+
+* ``audcls`` (audio only): one object visible, the tone of *another* class heard (its object
+  is not drawn); "which object's sound is heard?" -> the heard class.
+* ``viscls`` (vision only): the same kind of clip; "which object is shown?" -> the visible class.
+  ``audcls`` and ``viscls`` clips are drawn alike: only the question says which medium to read.
+* ``count``: 1-4 objects of different classes in different quadrants, one of them sounding;
+  "how many objects are visible?" -> ``one`` .. ``four``.
+* ``where``: one object, sounding; "in which corner is the sounding object?" -> its quadrant
+  (``top left`` ...): the frames of ``viscls``, read for position instead of identity.
+* ``match``: one object; half the clips play its own tone (``yes``), half another class's
+  (``no``): "does the sound belong to the visible object?" (the audio of ``audcls``, compared
+  with the frames).
+* ``when``: one object, visible and sounding only during one of :data:`WHEN_SEGMENTS` equal
+  parts of the clip (2 frames and the 2 AVQA audio windows of that part, so the tone fills
+  exactly those windows); "in which part of the video does the object appear and sound?" ->
+  ``first`` .. ``fifth``.
+
+Chance level (the best media-blind answer) is 1/6, 1/6, 1/4, 1/4, 1/2 and 1/5 by design
+(:mod:`crab_jax.data.synthetic.metrics` measures it on a pool).
+"""
+
+from __future__ import annotations
+
+from crab_jax.data.records.crab import ORDINALS, QA_TASKS
+from crab_jax.data.synthetic.scenes import (AVQA_FRAMES, AVQA_SECONDS, CLASS_NAMES, CLASSES, COUNT_WORDS,
+                                            SAMPLE_RATE, AvqaClip, AvqaQuestion, Track, _clip, _draw,
+                                            avqa_question_id, sample_rng)
+
+# Quadrant -> centre (x, y) on the 56-px frame. With a radius <= 11 and a jitter <= 2 an object
+# stays inside its 28-px quadrant (CLIP's 14-px patches: its own 2 x 2 patches).
+QUADRANTS = {"top left": (14, 14), "top right": (42, 14), "bottom left": (14, 42), "bottom right": (42, 42)}
+QA_RADIUS = (9, 11)
+QA_JITTER = 2
+WHEN_SEGMENTS = 5                  # parts of a `when` clip: AVQA_FRAMES / 5 = 2 frames and 2 windows each
+# The AVQA audio windows (crab_jax.data.media.audio.segment_windows): one per frame, around unit
+# 6k of 60, from 0.5 units before to 1.5 after.
+AVQA_UNITS, AVQA_WINDOW = 60, (0.5, 1.5)
+
+# task -> (question, stringified MUSIC-AVQA-style type, closed answer set): the one home of
+# the QA tasks' answer vocabularies.
+QA_QUESTIONS = {
+    "audcls": ("Which object's sound is heard?", '["Audio", "Classification"]', CLASS_NAMES),
+    "viscls": ("Which object is shown?", '["Visual", "Classification"]', CLASS_NAMES),
+    "count": ("How many objects are visible?", '["Visual", "Counting"]', COUNT_WORDS[1:1 + len(QUADRANTS)]),
+    "where": ("In which corner is the sounding object?", '["Audio-Visual", "Location"]', tuple(QUADRANTS)),
+    "match": ("Does the sound belong to the visible object?", '["Audio-Visual", "Matching"]', ("yes", "no")),
+    "when": ("In which part of the video does the object appear and sound?", '["Audio-Visual", "Temporal"]',
+             ORDINALS[:WHEN_SEGMENTS]),
+}
+assert tuple(QA_QUESTIONS) == QA_TASKS, "one question per QA task, in QA_TASKS order"
+
+_NUM_SAMPLES = AVQA_SECONDS * SAMPLE_RATE
+_FULL = (0, AVQA_FRAMES)
+_HIDDEN = (0, 0)                   # a track that is heard but never drawn
+
+
+def _placed(rng, cls: int, quadrant: str, visible: tuple[int, int]) -> Track:
+    cx, cy = QUADRANTS[quadrant]
+    centre = (cx + _draw(rng, (-QA_JITTER, QA_JITTER)), cy + _draw(rng, (-QA_JITTER, QA_JITTER)))
+    return Track(cls, _draw(rng, QA_RADIUS), centre, centre, visible)
+
+
+def _quadrant(rng) -> str:
+    return tuple(QUADRANTS)[int(rng.integers(len(QUADRANTS)))]
+
+
+def segment_tone_span(segment: int) -> tuple[int, int]:
+    """Samples ``[a, b)`` that exactly fill the AVQA audio windows of ``when`` part ``segment``."""
+    per = AVQA_FRAMES // WHEN_SEGMENTS
+    unit = _NUM_SAMPLES / AVQA_UNITS
+    first, last = segment * per, segment * per + per - 1      # frames = window indices
+    step = AVQA_UNITS / AVQA_FRAMES
+    a = max(0.0, (first * step - AVQA_WINDOW[0]) * unit)
+    b = min(float(_NUM_SAMPLES), (last * step + AVQA_WINDOW[1]) * unit)
+    return int(round(a)), int(round(b))
+
+
+def _scene(task: str, rng) -> tuple[list[Track], int, tuple[int, int], str]:
+    """``(tracks, sounding index, tone span, answer)`` of one clip of ``task``."""
+    if task in ("audcls", "viscls", "match"):
+        shown, other = (int(c) for c in rng.choice(len(CLASSES), 2, replace=False))
+        tracks = [_placed(rng, shown, _quadrant(rng), _FULL)]
+        own = task == "match" and rng.random() < 0.5
+        if not own:  # the heard class is not drawn
+            tracks.append(_placed(rng, other, _quadrant(rng), _HIDDEN))
+        answer = {"audcls": CLASSES[other].name, "viscls": CLASSES[shown].name,
+                  "match": "yes" if own else "no"}[task]
+        return tracks, 0 if own else 1, (0, _NUM_SAMPLES), answer
+    if task == "count":
+        n = _draw(rng, (1, len(QUADRANTS)))
+        classes = rng.choice(len(CLASSES), n, replace=False)
+        quadrants = rng.choice(len(QUADRANTS), n, replace=False)
+        tracks = [_placed(rng, int(c), tuple(QUADRANTS)[int(q)], _FULL) for c, q in zip(classes, quadrants)]
+        return tracks, int(rng.integers(n)), (0, _NUM_SAMPLES), COUNT_WORDS[n]
+    if task == "where":
+        quadrant = _quadrant(rng)
+        return [_placed(rng, int(rng.integers(len(CLASSES))), quadrant, _FULL)], 0, (0, _NUM_SAMPLES), quadrant
+    if task == "when":
+        segment = int(rng.integers(WHEN_SEGMENTS))
+        per = AVQA_FRAMES // WHEN_SEGMENTS
+        track = _placed(rng, int(rng.integers(len(CLASSES))), _quadrant(rng), (segment * per, segment * per + per))
+        return [track], 0, segment_tone_span(segment), ORDINALS[segment]
+    raise ValueError(f"qa_scenes: unknown QA task {task!r}; known: {QA_TASKS}")
+
+
+def sample_qa_clip(task: str, seed: int, split: str, index: int) -> AvqaClip:
+    """Clip ``index`` of QA task ``task`` and its one question (an AVQA clip: the same records)."""
+    rng = sample_rng(seed, task, split, index)
+    tracks, sounding, span, answer = _scene(task, rng)
+    clip = _clip(rng, tracks, sounding, AVQA_FRAMES, _NUM_SAMPLES, span)
+    question, qtype, _ = QA_QUESTIONS[task]
+    q = AvqaQuestion(task, avqa_question_id(split, index), question, qtype, answer)
+    return AvqaClip(clip, f"{task}-{split}-{index:05d}", (q,))
