@@ -83,16 +83,16 @@ def test_crab_heldout_keeps_frame_0_and_trains_on_the_written_labels(dataset):
 def test_crab_plus_heldout_trains_on_the_targets_of_the_test_rows(dataset_all_tasks):
     """AVUIE_2 layout (Crab+'s reader): every test row, in training form with its own target field."""
     root = dataset_all_tasks
-    heldout = heldout_records(root, scenes.ALL_TASKS, read_crab_plus_records)
-    rows = {t: json.loads((root / avuie2.annotation_file(t, "test")).read_text()) for t in scenes.ALL_TASKS}
+    heldout = heldout_records(root, scenes.AVUIE2_TASKS, read_crab_plus_records)
+    rows = {t: json.loads((root / avuie2.annotation_file(t, "test")).read_text()) for t in scenes.AVUIE2_TASKS}
     assert len(heldout) == sum(len(v) for v in rows.values())
     for r in heldout:
         file, _, index = r.source.partition("#")
         assert file == avuie2.annotation_file(r.task, "test")
         assert r.mode == "train" and r.gt is None
         assert r.answer == rows[r.task][int(index)][CRAB_PLUS_TARGET[r.task]]
-    texts = corpus_texts(root, scenes.ALL_TASKS, _texts, read_crab_plus_records)
-    train, _ = read_crab_plus_records(root, scenes.ALL_TASKS, "train")
+    texts = corpus_texts(root, scenes.AVUIE2_TASKS, _texts, read_crab_plus_records)
+    train, _ = read_crab_plus_records(root, scenes.AVUIE2_TASKS, "train")
     assert len(texts) == 2 * (len(train) + len(heldout))
 
 
