@@ -17,10 +17,12 @@ per frame quadrant (:data:`QUADRANTS`), and the tone of one class:
 * ``match``: one object; half the clips play its own tone (``yes``), half another class's
   (``no``): "does the sound belong to the visible object?" (the audio of ``audcls``, compared
   with the frames).
-* ``when``: one object, visible and sounding only during one of :data:`WHEN_SEGMENTS` equal
-  parts of the clip (2 frames and the 2 AVQA audio windows of that part, so the tone fills
-  exactly those windows); "in which part of the video does the object appear and sound?" ->
-  ``first`` .. ``fifth``.
+* ``when``: one object that appears and starts to sound at the start of one of
+  :data:`WHEN_SEGMENTS` equal parts of the clip (each 2 frames and their 2 AVQA audio windows;
+  the tone starts exactly at that part's first window) and stays to the end; "in which part of
+  the video does the object appear and start to sound?" -> ``first`` .. ``fifth``. (An onset,
+  not a single lit part: how much of the clip the object fills then says when it came, which
+  a tiny model learns quickly; a lone lit part needs absolute positions it barely learns.)
 
 Chance level (the best media-blind answer) is 1/6, 1/6, 1/4, 1/4, 1/2 and 1/5 by design
 (:mod:`crab_jax.data.synthetic.metrics` measures it on a pool).
@@ -51,8 +53,8 @@ QA_QUESTIONS = {
     "count": ("How many objects are visible?", '["Visual", "Counting"]', COUNT_WORDS[1:1 + len(QUADRANTS)]),
     "where": ("In which corner is the sounding object?", '["Audio-Visual", "Location"]', tuple(QUADRANTS)),
     "match": ("Does the sound belong to the visible object?", '["Audio-Visual", "Matching"]', ("yes", "no")),
-    "when": ("In which part of the video does the object appear and sound?", '["Audio-Visual", "Temporal"]',
-             ORDINALS[:WHEN_SEGMENTS]),
+    "when": ("In which part of the video does the object appear and start to sound?",
+             '["Audio-Visual", "Temporal"]', ORDINALS[:WHEN_SEGMENTS]),
 }
 assert tuple(QA_QUESTIONS) == QA_TASKS, "one question per QA task, in QA_TASKS order"
 
@@ -71,15 +73,12 @@ def _quadrant(rng) -> str:
     return tuple(QUADRANTS)[int(rng.integers(len(QUADRANTS)))]
 
 
-def segment_tone_span(segment: int) -> tuple[int, int]:
-    """Samples ``[a, b)`` that exactly fill the AVQA audio windows of ``when`` part ``segment``."""
-    per = AVQA_FRAMES // WHEN_SEGMENTS
-    unit = _NUM_SAMPLES / AVQA_UNITS
-    first, last = segment * per, segment * per + per - 1      # frames = window indices
-    step = AVQA_UNITS / AVQA_FRAMES
-    a = max(0.0, (first * step - AVQA_WINDOW[0]) * unit)
-    b = min(float(_NUM_SAMPLES), (last * step + AVQA_WINDOW[1]) * unit)
-    return int(round(a)), int(round(b))
+def onset_tone_span(segment: int) -> tuple[int, int]:
+    """Samples ``[a, end of clip)`` of a ``when`` tone starting with part ``segment``: ``a`` is
+    the start of the part's first AVQA audio window (the window before it stays silent)."""
+    first_window = segment * (AVQA_FRAMES // WHEN_SEGMENTS)      # windows are one per frame
+    a = (first_window * AVQA_UNITS / AVQA_FRAMES - AVQA_WINDOW[0]) * _NUM_SAMPLES / AVQA_UNITS
+    return max(0, int(round(a))), _NUM_SAMPLES
 
 
 def _scene(task: str, rng) -> tuple[list[Track], int, tuple[int, int], str]:
@@ -105,8 +104,8 @@ def _scene(task: str, rng) -> tuple[list[Track], int, tuple[int, int], str]:
     if task == "when":
         segment = int(rng.integers(WHEN_SEGMENTS))
         per = AVQA_FRAMES // WHEN_SEGMENTS
-        track = _placed(rng, int(rng.integers(len(CLASSES))), _quadrant(rng), (segment * per, segment * per + per))
-        return [track], 0, segment_tone_span(segment), ORDINALS[segment]
+        track = _placed(rng, int(rng.integers(len(CLASSES))), _quadrant(rng), (segment * per, AVQA_FRAMES))
+        return [track], 0, onset_tone_span(segment), ORDINALS[segment]
     raise ValueError(f"qa_scenes: unknown QA task {task!r}; known: {QA_TASKS}")
 
 
