@@ -14,9 +14,11 @@ per frame quadrant (:data:`QUADRANTS`), and the tone of one class:
   "how many objects are visible?" -> ``one`` .. ``four``.
 * ``where``: one object, sounding; "in which corner is the sounding object?" -> its quadrant
   (``top left`` ...): the frames of ``viscls``, read for position instead of identity.
-* ``match``: one object; half the clips play its own tone (``yes``), half another class's
-  (``no``): "does the sound belong to the visible object?" (the audio of ``audcls``, compared
-  with the frames).
+* ``match``: one object of one of the two most distinct classes (:data:`MATCH_CLASSES`); half
+  the clips play its own tone (``yes``), half the other one's (``no``): "does the sound belong
+  to the visible object?" (the audio of ``audcls``, compared with the frames of ``viscls``: an
+  XOR of the two media, which a tiny model learns in a few hundred steps with two classes,
+  not with six).
 * ``when``: one object that appears and starts to sound at the start of one of
   :data:`WHEN_SEGMENTS` equal parts of the clip (each 2 frames and their 2 AVQA audio windows;
   the tone starts exactly at that part's first window) and stays to the end; "in which part of
@@ -40,6 +42,8 @@ from crab_jax.data.synthetic.scenes import (AVQA_FRAMES, AVQA_SECONDS, CLASS_NAM
 QUADRANTS = {"top left": (14, 14), "top right": (42, 14), "bottom left": (14, 42), "bottom right": (42, 42)}
 QA_RADIUS = (9, 11)
 QA_JITTER = 2
+# `match` classes: red circle (330 Hz) and cyan ring (3250 Hz), the farthest colours and tones.
+MATCH_CLASSES = (0, 5)
 WHEN_SEGMENTS = 5                  # parts of a `when` clip: AVQA_FRAMES / 5 = 2 frames and 2 windows each
 # The AVQA audio windows (crab_jax.data.media.audio.segment_windows): one per frame, around unit
 # 6k of 60, from 0.5 units before to 1.5 after.
@@ -84,7 +88,8 @@ def onset_tone_span(segment: int) -> tuple[int, int]:
 def _scene(task: str, rng) -> tuple[list[Track], int, tuple[int, int], str]:
     """``(tracks, sounding index, tone span, answer)`` of one clip of ``task``."""
     if task in ("audcls", "viscls", "match"):
-        shown, other = (int(c) for c in rng.choice(len(CLASSES), 2, replace=False))
+        pool = list(MATCH_CLASSES) if task == "match" else len(CLASSES)
+        shown, other = (int(c) for c in rng.choice(pool, 2, replace=False))
         tracks = [_placed(rng, shown, _quadrant(rng), _FULL)]
         own = task == "match" and rng.random() < 0.5
         if not own:  # the heard class is not drawn
