@@ -32,6 +32,8 @@ Chance level (the best media-blind answer) is 1/6, 1/6, 1/4, 1/4, 1/2 and 1/5 by
 
 from __future__ import annotations
 
+import dataclasses
+
 from crab_jax.data.records.crab import ORDINALS, QA_TASKS
 from crab_jax.data.synthetic.scenes import (AVQA_FRAMES, AVQA_SECONDS, CLASS_NAMES, CLASSES, COUNT_WORDS,
                                             SAMPLE_RATE, AvqaClip, AvqaQuestion, Track, _clip, _draw,
@@ -44,6 +46,11 @@ QA_RADIUS = (9, 11)
 QA_JITTER = 2
 # `match` classes: red circle (330 Hz) and cyan ring (3250 Hz), the farthest colours and tones.
 MATCH_CLASSES = (0, 5)
+# Background ramp (grey levels, left -> right and top -> bottom; scenes.Clip.ramp): the four
+# quadrants' backgrounds differ, so what an object hides says where it is even in a frame's
+# mean (a plain background makes `where` need position-selective attention, which a tiny
+# model did not learn in 200 steps). Grey: never within the colour checks' reach of a class.
+QA_RAMP = (64, 32)
 WHEN_SEGMENTS = 5                  # parts of a `when` clip: AVQA_FRAMES / 5 = 2 frames and 2 windows each
 # The AVQA audio windows (crab_jax.data.media.audio.segment_windows): one per frame, around unit
 # 6k of 60, from 0.5 units before to 1.5 after.
@@ -118,7 +125,7 @@ def sample_qa_clip(task: str, seed: int, split: str, index: int) -> AvqaClip:
     """Clip ``index`` of QA task ``task`` and its one question (an AVQA clip: the same records)."""
     rng = sample_rng(seed, task, split, index)
     tracks, sounding, span, answer = _scene(task, rng)
-    clip = _clip(rng, tracks, sounding, AVQA_FRAMES, _NUM_SAMPLES, span)
+    clip = dataclasses.replace(_clip(rng, tracks, sounding, AVQA_FRAMES, _NUM_SAMPLES, span), ramp=QA_RAMP)
     question, qtype, _ = QA_QUESTIONS[task]
     q = AvqaQuestion(task, avqa_question_id(split, index), question, qtype, answer)
     return AvqaClip(clip, f"{task}-{split}-{index:05d}", (q,))

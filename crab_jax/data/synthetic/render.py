@@ -47,10 +47,17 @@ def track_masks(clip: Clip, size: int = FRAME_SIZE) -> np.ndarray:
     return out
 
 
+def background_image(clip: Clip, size: int = FRAME_SIZE) -> np.ndarray:
+    """``[size, size, 3]`` uint8 grey background: ``clip.background`` plus its ramp."""
+    y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    level = np.round(clip.background + clip.ramp[0] * x + clip.ramp[1] * y)
+    return np.repeat(np.clip(level, 0, 255)[..., None], 3, axis=-1).astype(np.uint8)
+
+
 def render_frames(clip: Clip, size: int = FRAME_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Returns ``(frames [T, size, size, 3] uint8, sounding-object masks [T, size, size] bool)``."""
     masks = track_masks(clip, size)
-    frames = np.full((clip.num_frames, size, size, 3), clip.background, np.uint8)
+    frames = np.repeat(background_image(clip, size)[None], clip.num_frames, axis=0)
     for j, tr in enumerate(clip.tracks):
         frames[masks[:, j]] = CLASSES[tr.cls].colour
     return frames, masks[:, clip.sounding]

@@ -137,6 +137,9 @@ class Clip:
       tone_span: samples ``[a, b)`` in which the sounding object's tone plays.
       amplitude_pct: tone amplitude in percent of full scale.
       noise_seed: seed of the background noise.
+      ramp: ``(x, y)`` grey levels the background brightens by from the left edge to the right
+        one and from the top to the bottom (0, 0: plain; the QA tasks' frames, whose object
+        then hides a background patch that says where it is).
     """
 
     tracks: tuple[Track, ...]
@@ -147,6 +150,7 @@ class Clip:
     tone_span: tuple[int, int]
     amplitude_pct: int
     noise_seed: int
+    ramp: tuple[int, int] = (0, 0)
 
     @property
     def sounding_class(self) -> ObjectClass:

@@ -16,7 +16,7 @@ from crab_jax.data.records.crab_plus import read_crab_plus_records
 from crab_jax.data.records.record import Record, load_answer
 from crab_jax.data.records.select import read_records
 from crab_jax.data.synthetic import metrics as sm
-from crab_jax.data.synthetic import qa_scenes, scenes
+from crab_jax.data.synthetic import qa_scenes, render, scenes
 from crab_jax.data.synthetic.records import avqa_label_text
 from crab_jax.data.synthetic.setup import heldout_records
 from crab_jax.families.crab import evaluation, media_slots, prompts, references, scoring
@@ -30,7 +30,7 @@ DESIGN_CHANCE = {"audcls": 1 / 6, "viscls": 1 / 6, "count": 1 / 4, "where": 1 / 
 @pytest.fixture(scope="module")
 def qa_root(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("synthetic_qa")
-    generate_small(root, 0, num_train=NUM_TRAIN, num_test=NUM_TEST, tasks=("avqa",) + QA_TASKS)
+    generate_small(root, 0, num_train=NUM_TRAIN, num_test=NUM_TEST, tasks=QA_TASKS)
     return root
 
 
@@ -111,6 +111,16 @@ def test_answers_cover_their_closed_set_and_chance_is_as_designed(task):
     chance = sm.chance_level(task)
     assert DESIGN_CHANCE[task] - 1e-9 <= chance < DESIGN_CHANCE[task] + 0.06, chance
     assert sm.summary(task, [1.0, 0.0])["chance"] == chance and sm.METRIC_NAMES[task] == "accuracy"
+
+
+def test_qa_backgrounds_ramp_by_quadrant_and_the_older_tasks_stay_plain():
+    qa = render.background_image(qa_scenes.sample_qa_clip("where", 0, "test", 0).clip).astype(int)
+    h = scenes.FRAME_SIZE // 2
+    means = {round(float(qa[y:y + h, x:x + h].mean())) for y in (0, h) for x in (0, h)}
+    assert len(means) == 4, means
+    for clip in (scenes.sample_avqa_clip(0, "test", 0).clip, scenes.sample_ave(0, "test", 0).clip):
+        frames, _ = render.render_frames(clip)
+        assert np.all(frames[:, 0, 0] == clip.background) and np.all(frames[:, -1, -1] == clip.background)
 
 
 def test_when_tone_starts_exactly_with_its_parts_first_audio_window():
