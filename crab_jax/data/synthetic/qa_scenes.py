@@ -47,13 +47,14 @@ QA_JITTER = 2
 # `match` classes: red circle (330 Hz) and cyan ring (3250 Hz), the farthest colours and tones.
 MATCH_CLASSES = (0, 5)
 # Background ramp (grey levels, left -> right and top -> bottom; scenes.Clip.ramp): the four
-# quadrants' backgrounds differ, so what an object hides says where it is even in a frame's
-# mean (a plain background makes `where` need position-selective attention, which a tiny
-# model did not learn in 200 steps). Grey: never within the colour checks' reach of a class.
+# quadrants' backgrounds differ, so what an object hides is a (faint) cue to where it is even in
+# a frame's mean; on a plain background `where` needs position-selective attention alone. The
+# tiny model still needs more than 200 steps for `where` (chance at 200, 0.64 at 600 steps).
+# Grey: never within the colour checks' reach of a class.
 QA_RAMP = (64, 32)
 WHEN_SEGMENTS = 5                  # parts of a `when` clip: AVQA_FRAMES / 5 = 2 frames and 2 windows each
-# The AVQA audio windows (crab_jax.data.media.audio.segment_windows): one per frame, around unit
-# 6k of 60, from 0.5 units before to 1.5 after.
+# The AVQA audio windows (the defaults of crab_jax.data.media.audio.segment_windows, Crab's AVQA
+# rule): one per frame, around unit 6k of 60, from 0.5 units before to 1.5 after.
 AVQA_UNITS, AVQA_WINDOW = 60, (0.5, 1.5)
 
 # task -> (question, stringified MUSIC-AVQA-style type, closed answer set): the one home of
