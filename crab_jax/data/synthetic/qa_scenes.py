@@ -31,8 +31,8 @@ Chance level (the best media-blind answer) is 1/6, 1/6, 1/4, 1/4, 1/2 and 1/5 by
 
 Learnability (``configs/tiny.py``, one task, batch 16, 256 training clips, 64 held out; Dec 2026):
 ``audcls`` 1.00 at 200 steps, ``count`` 0.94, ``viscls`` 0.58 at 200 steps; ``where`` and
-``when`` at chance at 200 steps, 0.64 and 0.94 at 600; ``match`` (an XOR of the media) at chance
-at 200 and 600 steps. Reading *what* is heard / seen is quick for the tiny model, reading
+``when`` at chance at 200 steps, 0.56 and 0.98 at 400, 0.64 and 0.94 at 600; ``match`` (an XOR
+of the media) at chance at 200 and 600 steps. Reading *what* is heard / seen is quick for the tiny model, reading
 *where* / *when* slower, *whether they agree* slowest.
 """
 
