@@ -20,7 +20,7 @@ import logging
 import pathlib
 import signal
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -85,6 +85,10 @@ class RunResult:
       data: the resolved data section (dataset root, tokenizer).
       headline: the family's task -> summary metric table (for :func:`~crab_jax.evaluation.heldout.format_results`).
       data_stats: the data iterator's ``stats()`` at the end (None for iterators without them).
+      state: the train state at the end (its ``params`` the trained weights).
+      setup: the run's :class:`~crab_jax.training.state.TrainSetup` (model config, mesh, merge):
+        with ``state``, what a caller needs to evaluate the trained model further (the transfer
+        study scores a single-task model on every study task).
     """
 
     history: list[dict]
@@ -94,6 +98,8 @@ class RunResult:
     data: DataSetup | None
     headline: dict
     data_stats: dict | None = None
+    state: Any = None
+    setup: Any = None
 
 
 def bucket_key(batch) -> tuple:
@@ -238,4 +244,4 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
         for hook in hooks:
             hook.close()
     return RunResult(metrics_hook.history, eval_hook.evals, workdir, tb_dir, data, dict(family.headline),
-                     data_iter.stats() if hasattr(data_iter, "stats") else None)
+                     data_iter.stats() if hasattr(data_iter, "stats") else None, state=state, setup=setup)
