@@ -37,5 +37,5 @@ def get_config():
     c = with_study_section(c)
     c.study.tasks = TASKS
     c.study.seeds = SEEDS
-    c.study.projector_trainable = (r"^vl_projector\.", r"^al_projector\.")
+    c.study.shared_trainable = (r"^vl_projector\.", r"^al_projector\.")
     return c

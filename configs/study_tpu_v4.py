@@ -33,5 +33,5 @@ def get_config():
     c = with_study_section(c)
     c.study.tasks = tuple(c.data.tasks)  # avqa, ave, avvp, arig, avcap, ms3, s4, avss, ref-avs
     c.study.seeds = (0, 1, 2)
-    c.study.projector_trainable = (r"^vl_projector\.", r"^al_projector\.")
+    c.study.shared_trainable = (r"^vl_projector\.", r"^al_projector\.")
     return c

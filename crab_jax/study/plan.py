@@ -13,11 +13,11 @@ Variants (``k`` = ``model.lora.num_heads``, ``r`` = ``model.lora.r``, ``alpha`` 
                heads of rank r, summed), alpha' = k * alpha so the scale alpha / r is unchanged.
   ilora        I-LoRA: k heads of rank r mixed by the per-token router.
   floor        no adapter trains (LoRA B stays at its zero init, so the LLM is the frozen base):
-               only the projectors; the score an adapter has to beat.
+               only the shared set (the projectors); the score an adapter has to beat.
 
 In every variant the base LLM and the encoders are frozen: the trainable set is the adapter
-regexes (``study.adapter_trainable``, not for ``floor``) plus the projectors
-(``study.projector_trainable``). The frozen weights come from the seed alone (each I-LoRA layer
+regexes (``study.adapter_trainable``, not for ``floor``) plus the shared set trained in every
+variant (``study.shared_trainable``: the projectors). The frozen weights come from the seed alone (each I-LoRA layer
 draws the same number of keys whatever its k and r), so every run of a seed starts from the
 same base model, encoders and projectors.
 """
@@ -64,7 +64,7 @@ def adapter_overrides(variant: str, lora: Mapping[str, Any], study: StudyConfig)
     }[variant]
     adapters = () if variant == "floor" else tuple(study.adapter_trainable)
     return {"model.lora.num_heads": heads, "model.lora.r": rank, "model.lora.alpha": scale_alpha,
-            "trainable": adapters + tuple(study.projector_trainable)}
+            "trainable": adapters + tuple(study.shared_trainable)}
 
 
 def run_overrides(tasks: tuple[str, ...], variant: str, seed: int, lora: Mapping[str, Any],

@@ -30,13 +30,15 @@ def study_defaults() -> ml_collections.ConfigDict:
     s.seeds = (0, 1, 2)             # every run is repeated per seed (model init, dropout, data order)
     # Multi-task models, one per variant per seed: lora (plain LoRA, k = 1 at model.lora.r),
     # lora_budget (k = 1 at the I-LoRA rank budget k * r), ilora (model.lora.num_heads heads),
-    # floor (no adapter trains: only the projectors). See crab_jax.study.plan.
+    # floor (no adapter trains: only study.shared_trainable). See crab_jax.study.plan.
     s.variants = VARIANTS
     s.single_variant = "lora"       # the adapter variant of the single-task models
     s.adapter_trainable = (r"\.lora_(A|B|route)$",)  # regexes of the adapter parameters (trainable)
-    # Regexes of the family's modality projectors, trained in every variant (the base LLM and the
-    # encoders stay frozen, so runs differ in their adapters only). Crab: ^vl_projector\., ^al_projector\.
-    s.projector_trainable = ()
+    # Regexes of the parameters trained in EVERY variant, the floor included: the family's modality
+    # projectors (Crab: ^vl_projector\., ^al_projector\.), and whatever else the config must train
+    # for the adapters to matter (a tiny random LLM's LM head). The rest of the base LLM and the
+    # encoders stay frozen, so the variants differ in their adapters only.
+    s.shared_trainable = ()
     # A transfer is "beyond the seed noise" when |mean paired difference| > noise_se standard errors
     # of the per-seed differences (std / sqrt(seeds)); with one seed it is "n/a".
     s.noise_se = 2.0
@@ -61,7 +63,7 @@ class StudyConfig:
     variants: tuple[str, ...]
     single_variant: str
     adapter_trainable: tuple[str, ...]
-    projector_trainable: tuple[str, ...]
+    shared_trainable: tuple[str, ...]
     noise_se: float
 
     def as_dict(self) -> dict:
@@ -104,11 +106,11 @@ def check_study_section(section: dict, training: ml_collections.ConfigDict, *, s
         bad = [v for v in names if v not in VARIANTS]
         if bad or not names:
             raise _error(key, section[key], f"expected variant names among {', '.join(VARIANTS)}")
-    adapters, projectors = _strings(section, "adapter_trainable"), _strings(section, "projector_trainable")
+    adapters, shared = _strings(section, "adapter_trainable"), _strings(section, "shared_trainable")
     if not adapters:
         raise _error("adapter_trainable", adapters, "empty; expected the adapter parameters' regexes")
-    if not projectors:
-        raise _error("projector_trainable", projectors,
+    if not shared:
+        raise _error("shared_trainable", shared,
                      "empty; expected regexes of the family's projector parameters (Crab: '^vl_projector\\\\.')")
     heads = int(training.model.lora.num_heads)
     if heads < 2 and ("ilora" in variants or section["single_variant"] == "ilora"):
@@ -117,7 +119,7 @@ def check_study_section(section: dict, training: ml_collections.ConfigDict, *, s
     if not isinstance(noise, (int, float)) or noise <= 0:
         raise _error("noise_se", noise, "expected a positive number of standard errors")
     return StudyConfig(tasks, tuple(int(s) for s in seeds), variants, str(section["single_variant"]),
-                       adapters, projectors, float(noise))
+                       adapters, shared, float(noise))
 
 
 def split_study(config: ml_collections.ConfigDict, *, source: str

@@ -1,0 +1,80 @@
+"""The study config (its own schema, split off the training config) and the plan of runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from crab_jax.config.check import ConfigError
+from crab_jax.study.plan import plan_runs
+from crab_jax.study.schema import VARIANTS, load_study_config
+from tests.train_helpers import REPO
+
+TINY = str(REPO / "configs" / "study_tiny.py")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_study_config(TINY, ["study.tasks=('avqa','ave')", "study.seeds=(0,1)", "train.num_steps=7"])
+
+
+def test_overrides_reach_both_parts_and_the_training_config_has_no_study_section(tiny):
+    training, study = tiny
+    assert "study" not in training and training.train.num_steps == 7
+    assert study.tasks == ("avqa", "ave") and study.seeds == (0, 1) and study.variants == VARIANTS
+
+
+def test_plan_has_one_single_run_per_task_and_seed_and_one_multi_run_per_variant_and_seed(tiny):
+    training, study = tiny
+    runs = plan_runs(training, study)
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 2 * (2 + len(VARIANTS))
+    assert "single-lora-avqa-s1" in names and "multi-ilora-s0" in names and "multi-lora_budget-s1" in names
+    for r in runs:
+        assert r.overrides["seed"] == r.overrides["data.seed"] == r.seed
+        assert r.overrides["data.tasks"] == r.tasks == (("avqa", "ave") if r.kind == "multi" else r.tasks)
+        assert not {"train.num_steps", "train.global_batch", "optim.lr"} & set(r.overrides)  # same for every run
+    assert [r.tasks for r in runs if r.kind == "single" and r.seed == 0] == [("avqa",), ("ave",)]
+
+
+def test_variants_set_heads_rank_and_a_frozen_base(tiny):
+    training, study = tiny
+    r, alpha, k = training.model.lora.r, training.model.lora.alpha, training.model.lora.num_heads
+    assert k >= 2
+    by_variant = {run.variant: run.overrides for run in plan_runs(training, study) if run.kind == "multi"}
+    lora_keys = lambda o: (o["model.lora.num_heads"], o["model.lora.r"], o["model.lora.alpha"])
+    assert lora_keys(by_variant["lora"]) == (1, r, alpha)
+    assert lora_keys(by_variant["lora_budget"]) == (1, k * r, k * alpha)   # same rank budget and alpha / r
+    assert lora_keys(by_variant["ilora"]) == (k, r, alpha)
+    shared = tuple(study.shared_trainable)
+    for variant, o in by_variant.items():
+        expected = shared if variant == "floor" else tuple(study.adapter_trainable) + shared
+        assert o["trainable"] == expected
+        assert not any(p.startswith(r"^llm\.") and "lm_head" not in p for p in o["trainable"])  # base LLM frozen
+
+
+@pytest.mark.parametrize("override, key", [
+    ("study.seedz=(0,)", "study.seeds"),          # a misspelt study key: the closest one
+    ("study.variants=('lora','dora')", "study.variants"),
+    ("study.seeds=(0,0)", "study.seeds"),
+    ("study.tasks=('avqa',)", "study.tasks"),
+    ("study.single_variant='big'", "study.single_variant"),
+    ("study.noise_se=-1.0", "study.noise_se"),
+    ("train.num_stepz=3", "train.num_steps"),     # a training key: the training schema's message
+    ("model.lora.num_heads=1", "model.lora.num_heads"),
+])
+def test_bad_keys_are_one_line_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_study_config(TINY, [override])
+    message = str(e.value)
+    assert "\n" not in message and key in message
+
+
+def test_a_training_config_without_a_study_section_is_refused():
+    with pytest.raises(ConfigError, match="no 'study' section"):
+        load_study_config(str(REPO / "configs" / "tiny.py"))
+
+
+def test_the_tpu_study_config_loads():
+    training, study = load_study_config(str(REPO / "configs" / "study_tpu_v4.py"))
+    assert len(study.tasks) == 9 and training.train.num_steps > 0
+    assert len(plan_runs(training, study)) == len(study.seeds) * (len(study.tasks) + len(study.variants))
