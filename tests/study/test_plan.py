@@ -78,3 +78,29 @@ def test_the_tpu_study_config_loads():
     training, study = load_study_config(str(REPO / "configs" / "study_tpu_v4.py"))
     assert len(study.tasks) == 9 and training.train.num_steps > 0
     assert len(plan_runs(training, study)) == len(study.seeds) * (len(study.tasks) + len(study.variants))
+
+
+def test_the_frozen_weights_drawn_after_an_adapter_do_not_depend_on_its_heads_or_rank(tiny):
+    """Every run of a seed starts from the same base model: an I-LoRA layer draws the same number
+    of keys from the seed whatever its k and r (so the encoders built after the LLM are the same)."""
+    import numpy as np
+    from flax import nnx
+
+    from crab_jax.models.ilora import ILoRAConfig, ILoRALinear
+    from crab_jax.models.layers import Linear
+
+    training, study = tiny
+    after = {}
+    for run in plan_runs(training, study):
+        o = run.overrides
+        cfg = ILoRAConfig(r=o["model.lora.r"], alpha=o["model.lora.alpha"], num_heads=o["model.lora.num_heads"])
+        rngs = nnx.Rngs(run.seed)
+        adapter = ILoRALinear(6, 5, cfg, rngs=rngs)
+        base = Linear(5, 4, rngs=rngs)  # drawn after the adapter, as the encoders after the LLM
+        assert adapter.lora_B.shape == (cfg.num_heads, cfg.r, 5)
+        after.setdefault(run.seed, []).append((np.asarray(adapter.weight[...]), np.asarray(base.weight[...])))
+    for seed, weights in after.items():
+        for w, b in weights[1:]:
+            np.testing.assert_array_equal(w, weights[0][0])
+            np.testing.assert_array_equal(b, weights[0][1])
+    assert not np.array_equal(after[0][0][1], after[1][0][1])  # a different seed draws different weights

@@ -1,0 +1,163 @@
+"""A miniature transfer study end to end (2 tasks, 1 seed, 2 steps), its resume, and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from crab_jax.study import transfer
+from crab_jax.study.plan import plan_runs
+from crab_jax.study.schema import load_study_config
+from crab_jax.study.transfer_table import JSON_FILE, MARKDOWN_FILE
+from tests.train_helpers import REPO, compile_cache
+
+TINY = str(REPO / "configs" / "study_tiny.py")
+TASKS = ("avqa", "ave")
+
+
+def miniature(tmp):
+    return load_study_config(TINY, [
+        f"study.tasks={TASKS!r}", "study.seeds=(0,)", "study.variants=('lora',)",
+        "train.num_steps=2", "train.global_batch=2", "train.compilation_cache='none'",
+        "data.synthetic.num_train=4", "data.synthetic.num_test=2", f"data.cache_dir={str(tmp / 'cache')!r}",
+        "eval.batch_size=4", "eval.max_new_tokens=3", "checkpoint.async_save=False"])
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    """The study run once; every run's frozen weights and trainable paths recorded on the way."""
+    tmp = tmp_path_factory.mktemp("study")
+    training, study = miniature(tmp)
+    seen = {}
+
+    def recording(config, workdir):
+        result = real(config, workdir)
+        seen[workdir.name] = ({k: np.asarray(v) for k, v in _flat(result.state.frozen).items()},
+                              list(result.setup.trainable_paths))
+        return result
+
+    real = transfer.run_training
+    with compile_cache(tmp / "jax_cache"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transfer, "run_training", recording)
+        table = transfer.run_study(training, study, tmp / "out", command="the command", progress=False)
+    return tmp, training, study, table, seen
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# Three tiny Crab runs: the seed's initialisation (~50 s on 2 busy cores) and two train-step compiles
+# (a single-task step logs one task's losses, the multi-task step two); the rest loads from the cache.
+@pytest.mark.slow
+def test_every_planned_run_finishes_and_scores_every_task(study_run):
+    tmp, training, study, table, seen = study_run
+    names = [p.name for p in plan_runs(training, study)]
+    assert sorted(seen) == sorted(names) == ["multi-lora-s0", "single-lora-ave-s0", "single-lora-avqa-s0"]
+    for name in names:
+        result = json.loads((tmp / "out" / "runs" / name / "result.json").read_text())
+        assert result["name"] == name and result["steps_run"] == 2
+        assert set(result["scores"]) == set(TASKS)  # a single-task model too is scored on every task
+        assert all(e["n"] == 2 for e in result["scores"].values())
+    assert (tmp / "out" / MARKDOWN_FILE).read_text().count("\n| a") == 2  # avqa, ave rows
+    assert "the command" in (tmp / "out" / MARKDOWN_FILE).read_text()
+
+
+@pytest.mark.slow
+def test_runs_of_a_seed_share_the_frozen_base_and_train_no_base_weight(study_run):
+    _, _, _, _, seen = study_run
+    reference = seen["single-lora-avqa-s0"][0]
+    for name, (frozen, trainable) in seen.items():
+        assert not any(p.startswith("llm.") and ".lora_" not in p for p in trainable), name
+        assert any(p.startswith("vl_projector.") for p in trainable)
+        common = [k for k in reference if k in frozen and "lora_" not in k]
+        assert any(k.startswith("visual_encoder.") for k in common) and any(k.startswith("llm.") for k in common)
+        for k in common:
+            np.testing.assert_array_equal(frozen[k], reference[k], err_msg=f"{name}: {k}")
+
+
+@pytest.mark.slow
+def test_transfer_json_numbers_are_the_differences_of_its_scores(study_run):
+    tmp, _, study, _, _ = study_run
+    table = json.loads((tmp / "out" / JSON_FILE).read_text())
+    runs = {r["name"]: r for r in table["runs"]}
+    for task in TASKS:
+        single = runs[f"single-lora-{task}-s0"]["scores"][task]
+        assert table["tasks"][task]["single"]["mean"] == single
+        for variant in study.variants:
+            multi = runs[f"multi-{variant}-s0"]["scores"][task]
+            t = table["tasks"][task]["multi"][variant]["transfer"]
+            assert t["per_seed"] == {"0": multi - single} and t["mean"] == multi - single
+            assert t["beyond_noise"] is None  # one seed: n/a
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_runs_and_resumes_a_missing_one(study_run, monkeypatch):
+    tmp, training, study, table, _ = study_run
+    out = tmp / "out"
+    rows = {p.name: (out / "runs" / p.name / "metrics.jsonl").read_text() for p in plan_runs(training, study)}
+
+    def no_training(config, workdir):
+        raise AssertionError(f"{workdir.name} trained again")
+
+    monkeypatch.setattr(transfer, "run_training", no_training)
+    again = transfer.run_study(training, study, out, command="the command", progress=False)
+    assert again["tasks"] == json.loads(json.dumps(table["tasks"]))  # the same numbers, from the result files
+
+    # A run that stopped before its result.json: resumed from its final checkpoint, not retrained.
+    (out / "runs" / "multi-lora-s0" / "result.json").unlink()
+    called = []
+    monkeypatch.setattr(transfer, "run_training",
+                        lambda config, workdir: called.append(workdir.name) or real_run_training(config, workdir))
+    with compile_cache(tmp / "jax_cache"):  # the fixture's compiled programs
+        transfer.run_study(training, study, out, progress=False)
+    assert called == ["multi-lora-s0"] and (out / "runs" / "multi-lora-s0" / "result.json").is_file()
+    for name, text in rows.items():
+        assert (out / "runs" / name / "metrics.jsonl").read_text() == text, f"{name}: new metrics rows"
+
+
+from crab_jax.training.loop import run_training as real_run_training  # noqa: E402  (the unpatched one)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_help_explains_the_variants_and_outputs(capsys):
+    from crab_jax.cli.study import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["transfer", "--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0
+    for word in ("lora_budget", "floor", "transfer.md", "result.json", "--config.KEY=VALUE", "positive transfer"):
+        assert word in text
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config.study.seedz=(0,)"], "study.seeds"),
+    (["--config.train.num_stepz=3"], "train.num_steps"),
+])
+def test_a_bad_key_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
+    from crab_jax.cli.study_transfer import main
+
+    assert main(["--config", TINY, "--workdir", str(tmp_path / "w"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err
+
+
+def test_a_bad_workdir_or_config_file_is_one_line_and_exit_2(tmp_path, capsys):
+    from crab_jax.cli.study_transfer import main
+
+    (tmp_path / "file").write_text("x")
+    assert main(["--config", TINY, "--workdir", str(tmp_path / "file")]) == 2
+    assert main(["--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "w")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "is a file" in lines[0] and "no such config file" in lines[1]
