@@ -22,10 +22,12 @@ and one multi-task model per variant (study.variants) with the same steps, data 
   lora         plain LoRA at the same rank r (model.lora.num_heads = 1)
   lora_budget  plain LoRA at I-LoRA's total rank budget (one head of rank k * r, alpha k * alpha)
   ilora        I-LoRA with k = model.lora.num_heads heads
-  floor        frozen base: only the projectors train (the score adapters must beat)
+  floor        frozen base: no adapter trains, only study.shared_trainable (the score adapters
+               must beat)
 
-The base LLM and encoders stay frozen in every run (adapters + projectors train). Every model is
-scored on EVERY study task's held-out set with the task's own headline metric. Writes:
+The base LLM and encoders stay frozen in every run: the adapters (study.adapter_trainable) and
+study.shared_trainable (the projectors) train. Every model is scored on EVERY study task's
+held-out set with the task's own headline metric. Writes:
 
   DIR/runs/<name>/        each run's checkpoints and metrics; result.json when it is done
   DIR/transfer.json       every score per run and seed, the paired transfers, the headline

@@ -145,7 +145,7 @@ def markdown(table: Mapping) -> str:
     study = table["study"]
     variants = list(study["variants"])
     seeds = ", ".join(str(s) for s in study["seeds"])
-    head = ["task", "metric", f"single ({label(study['single_variant'])})"]
+    head = ["task", "metric", f"single-task, {label(study['single_variant'])}"]
     for v in variants:
         head += [f"multi {label(v)}", f"Δ {label(v)}"]
     lines = [f"# Transfer study: single-task vs multi-task ({len(study['tasks'])} tasks, seeds {seeds})", "",
