@@ -78,6 +78,10 @@ def study_data(training: ml_collections.ConfigDict, study: StudyConfig, *, progr
         # A run's synthetic folder holds its own task set; a shared one would be regenerated per run.
         raise ConfigError(f"config data.path={run.data.path!r}: a synthetic study generates one folder per "
                           "task set; leave data.path empty (data.cache_dir chooses where)")
+    if run.data.prepared:
+        # A prepared folder is read whole, whatever data.tasks says: a single-task run would see every task.
+        raise ConfigError(f"config data.prepared={run.data.prepared!r}: a study's single-task runs read their "
+                          "own task's records; leave data.prepared empty (data.path: the records)")
     return prepare_data(run.data, family, progress=progress)
 
 
@@ -93,12 +97,12 @@ def evaluate_on_tasks(config: ml_collections.ConfigDict, tasks: Sequence[str], r
                       data: DataSetup) -> dict[str, dict]:
     """The trained state of ``result`` scored on the held-out split of every task in ``tasks``:
     ``{"task/metric": {mean, n, chance?}}`` (the run's model config must be the one the study's
-    data gives: the same vocabulary and media slots)."""
+    data gives: the same vocabulary, from the study's tokenizer)."""
     run, family = resolve(set_keys(config, {"data.tasks": tuple(tasks)}))
     expected = run_model_config(run, family, data)
     if expected != result.setup.model_cfg:
         raise ValueError(f"{result.workdir}: the run's model config differs from the one of the study's task list "
-                         f"{list(tasks)} (data.frame_slots / audio_slots = 0 follow the tasks: set them)")
+                         f"{list(tasks)} (a different vocabulary? every run reads data.tokenizer={data.tokenizer_dir})")
     return evaluate_state(run, family, result.setup, result.state, data)
 
 

@@ -162,3 +162,15 @@ def test_a_bad_workdir_or_config_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "w")]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and "is a file" in lines[0] and "no such config file" in lines[1]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.path='/tmp/shared_synthetic'", "data.path"),   # one folder would be regenerated per task set
+    ("data.prepared='/tmp/prepared'", "data.prepared"),   # read whole: a single-task run would see every task
+])
+def test_data_a_single_task_run_cannot_restrict_is_refused(tmp_path, override, key):
+    from crab_jax.config.check import ConfigError
+
+    training, study = load_study_config(TINY, [override])
+    with pytest.raises(ConfigError, match=key):
+        transfer.study_data(training, study, progress=False)
