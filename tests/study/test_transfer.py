@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -57,7 +58,10 @@ def _flat(tree, prefix=""):
 
 # Three tiny Crab runs: the seed's initialisation (~50 s on 2 busy cores) and two train-step compiles
 # (a single-task step logs one task's losses, the multi-task step two); the rest loads from the cache.
+# ~2 min of CPU for the module's real runs, so heavy; test_study_logic_* below cover the same
+# bookkeeping with a stand-in trainer in the default selection.
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_every_planned_run_finishes_and_scores_every_task(study_run):
     tmp, training, study, table, seen = study_run
     names = [p.name for p in plan_runs(training, study)]
@@ -72,6 +76,7 @@ def test_every_planned_run_finishes_and_scores_every_task(study_run):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_runs_of_a_seed_share_the_frozen_base_and_train_no_base_weight(study_run):
     _, _, _, _, seen = study_run
     reference = seen["single-lora-avqa-s0"][0]
@@ -86,6 +91,7 @@ def test_runs_of_a_seed_share_the_frozen_base_and_train_no_base_weight(study_run
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_transfer_json_numbers_are_the_differences_of_its_scores(study_run):
     tmp, _, study, _, _ = study_run
     table = json.loads((tmp / "out" / JSON_FILE).read_text())
@@ -101,6 +107,7 @@ def test_transfer_json_numbers_are_the_differences_of_its_scores(study_run):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_rerun_skips_finished_runs_and_resumes_a_missing_one(study_run, monkeypatch):
     tmp, training, study, table, _ = study_run
     out = tmp / "out"
@@ -174,3 +181,73 @@ def test_data_a_single_task_run_cannot_restrict_is_refused(tmp_path, override, k
     training, study = load_study_config(TINY, [override])
     with pytest.raises(ConfigError, match=key):
         transfer.study_data(training, study, progress=False)
+
+
+# ----------------------------------------------------------------------------- the study's bookkeeping, fast
+
+
+def stand_in_score(config, task: str) -> float:
+    """A made-up held-out score that depends on the run (tasks, adapter, seed) and the task."""
+    key = (tuple(config.data.tasks), int(config.model.lora.num_heads), int(config.model.lora.r),
+           tuple(config.trainable), int(config.seed), task)
+    return (sum(ord(c) for c in repr(key)) % 97) / 97
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """run_training / evaluation / data stood in for: the study's own logic only (no model)."""
+    trained = []
+
+    def train(config, workdir):
+        trained.append(workdir.name)
+        workdir.mkdir(parents=True, exist_ok=True)
+        steps = int(config.train.num_steps)
+        with open(workdir / "metrics.jsonl", "a") as f:
+            f.writelines(json.dumps({"step": s + 1, "loss": 1.0 / (s + 1)}) + "\n" for s in range(steps))
+        return SimpleNamespace(history=[{"loss": 1.0 / (s + 1)} for s in range(steps)], config=config)
+
+    def evaluate(config, tasks, result, data):
+        assert tuple(config.data.tasks) == result.config.data.tasks and config.data.tokenizer == "/tok"
+        return {f"{t}/{t}": {"mean": stand_in_score(result.config, t), "n": 4} for t in tasks}
+
+    monkeypatch.setattr(transfer, "run_training", train)
+    monkeypatch.setattr(transfer, "evaluate_on_tasks", evaluate)
+    monkeypatch.setattr(transfer, "study_data", lambda *a, **k: SimpleNamespace(tokenizer_dir="/tok"))
+    return trained
+
+
+def test_study_logic_runs_the_plan_then_skips_it_and_resumes_what_is_missing(tmp_path, stand_in):
+    training, study = load_study_config(TINY, [f"study.tasks={TASKS!r}", "study.seeds=(0,1,2)",
+                                               "train.num_steps=3"])
+    names = [p.name for p in plan_runs(training, study)]
+    table = transfer.run_study(training, study, tmp_path, command="cmd", progress=False)
+    assert sorted(stand_in) == sorted(names) and len(names) == 3 * (2 + 4)
+    for name in names:
+        assert json.loads((tmp_path / "runs" / name / "result.json").read_text())["steps_run"] == 3
+    metrics = {n: (tmp_path / "runs" / n / "metrics.jsonl").read_text() for n in names}
+
+    stand_in.clear()
+    assert transfer.run_study(training, study, tmp_path, progress=False)["tasks"] == table["tasks"]
+    assert stand_in == []  # nothing trained again
+    (tmp_path / "runs" / "multi-ilora-s1" / "result.json").unlink()
+    transfer.run_study(training, study, tmp_path, progress=False)
+    assert stand_in == ["multi-ilora-s1"]
+    assert all((tmp_path / "runs" / n / "metrics.jsonl").read_text() == metrics[n]
+               for n in names if n != "multi-ilora-s1")
+
+
+def test_study_logic_table_numbers_are_the_differences_of_the_scores_in_transfer_json(tmp_path, stand_in):
+    training, study = load_study_config(TINY, [f"study.tasks={TASKS!r}", "study.seeds=(0,1,2)",
+                                               "train.num_steps=1"])
+    transfer.run_study(training, study, tmp_path, progress=False)
+    table = json.loads((tmp_path / JSON_FILE).read_text())
+    runs = {r["name"]: r["scores"] for r in table["runs"]}
+    for task in TASKS:
+        single = {s: runs[f"single-lora-{task}-s{s}"][task] for s in (0, 1, 2)}
+        for variant in study.variants:
+            diffs = [runs[f"multi-{variant}-s{s}"][task] - single[s] for s in (0, 1, 2)]
+            t = table["tasks"][task]["multi"][variant]["transfer"]
+            assert [t["per_seed"][str(s)] for s in (0, 1, 2)] == diffs
+            assert t["mean"] == pytest.approx(np.mean(diffs)) and t["std"] == pytest.approx(np.std(diffs, ddof=1))
+            assert t["beyond_noise"] == (abs(np.mean(diffs)) > 2 * np.std(diffs, ddof=1) / np.sqrt(3))
+    assert table["headline_text"] in (tmp_path / MARKDOWN_FILE).read_text()
