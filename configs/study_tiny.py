@@ -26,13 +26,13 @@ import pathlib
 from crab_jax.config.loader import load_config_file
 from crab_jax.study.schema import with_study_section
 
-# TODO(lead): the six new synthetic tasks go here once the generator has them:
-#   ("audcls", "viscls", "count", "where", "match", "when")
-# (the whole study must then have >= 6 tasks; until then the existing three stand in).
-TASKS = ("avqa", "ave", "s4")
+# The six synthetic QA tasks built to compete (crab_jax.data.synthetic.qa_scenes): what is heard,
+# what is seen, how many are seen, where / when the sounding object is, whether sound and sight agree.
+TASKS = ("audcls", "viscls", "count", "where", "match", "when")
 SEEDS = (0, 1, 2)
-STEPS = 150
+STEPS = 200
 NUM_TEST = 32
+MAX_NEW_TOKENS = 16  # "So the answer is <answer> bottom right </answer>." and the end token fit
 
 
 def get_config():
@@ -41,6 +41,7 @@ def get_config():
     c.train.num_steps = STEPS
     c.data.tasks = TASKS
     c.data.synthetic.num_test = NUM_TEST
+    c.eval.max_new_tokens = MAX_NEW_TOKENS
     c.checkpoint.every_steps = STEPS    # the end of each run only (a rerun resumes from it)
     c.checkpoint.keep = 1
     c.metrics.log_every = 25
