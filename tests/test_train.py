@@ -13,33 +13,16 @@ import json
 import numpy as np
 import pytest
 
-from tests.train_helpers import REPO, compile_cache
+from tests.train_helpers import compile_cache, synthetic_tiny_config
 
 STEPS = 3
 
 
 def short_tiny_config(tmp_path):
     """``configs/tiny.py`` with a tiny dataset, a few steps, small buckets and one eval batch."""
-    from crab_jax.config.loader import load_config_file
-
-    c = load_config_file(str(REPO / "configs" / "tiny.py"))
-    c.data.tasks = ("avqa", "s4")
-    c.data.synthetic.num_train = 8
-    c.data.synthetic.num_test = 4
-    c.data.path = str(tmp_path / "synthetic")
-    c.data.cache_dir = str(tmp_path / "cache")
-    c.data.frame_slots = 10
-    c.data.audio_slots = 10
-    c.train.global_batch = 4
-    c.train.num_steps = STEPS
-    c.checkpoint.every_steps = 2
-    c.eval.batch_size = 4
-    c.eval.max_batches = 1
-    c.eval.max_new_tokens = 4
-    c.metrics.log_every = 1
-    c.metrics.tensorboard = True
-    c.metrics.progress_bar = False
-    return c
+    return synthetic_tiny_config(tmp_path, ("avqa", "s4"), num_train=8, steps=STEPS, **{
+        "data.frame_slots": 10, "data.audio_slots": 10, "checkpoint.every_steps": 2, "eval.max_batches": 1,
+        "eval.max_new_tokens": 4, "metrics.log_every": 1, "metrics.tensorboard": True})
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,23 @@ def small_config(**overrides):
     return apply_overrides(c, overrides)
 
 
+def synthetic_tiny_config(tmp_path, tasks, *, num_train: int, num_test: int = 4, steps: int, **overrides):
+    """``configs/tiny.py`` on a small synthetic dataset generated under ``tmp_path`` (its own data and
+    cache folders), batch 4, ``steps`` steps, one eval batch of 4, no bar; ``overrides`` as in
+    :func:`small_config`."""
+    c = load_config_file(str(REPO / "configs" / "tiny.py"))
+    c.data.tasks = tuple(tasks)
+    c.data.synthetic.num_train = num_train
+    c.data.synthetic.num_test = num_test
+    c.data.path = str(tmp_path / "synthetic")
+    c.data.cache_dir = str(tmp_path / "cache")
+    c.train.global_batch = 4
+    c.train.num_steps = steps
+    c.eval.batch_size = 4
+    c.metrics.progress_bar = False
+    return apply_overrides(c, overrides)
+
+
 def apply_overrides(c, overrides):
     """``{"a.b.c": value}`` set on the ConfigDict ``c`` (dotted keys, as ``--config.a.b.c=value``)."""
     for key, value in overrides.items():

@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from crab_jax import families
-from crab_jax.evaluation.scoring import format_report, report_json, score_files
+from crab_jax.evaluation.scoring import format_report, report_json, score_files, tasks_in_files
 
 ALL_TASKS = "all"
 
@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "original's infer_results.jsonl / inference_results.jsonl).")
     p.add_argument("--family", default="crab", choices=families.names(), help="model family (default: crab)")
     p.add_argument("--task", action="append", required=True, metavar="T",
-                   help="task to score (repeatable, or 'all': every task of the family; the original's files "
-                        "do not name their task, so give exactly one for them)")
+                   help="task to score (repeatable, or 'all': every task of the family that the files hold "
+                        "lines for; the original's files do not name their task, so give exactly one for them)")
     p.add_argument("--predictions", action="append", required=True, nargs="+", metavar="FILE",
                    help="predictions JSONL file(s) (repeatable)")
     p.add_argument("--data-root", metavar="DIR",
@@ -73,14 +73,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     family = families.get(args.family)
     known = sorted(family.task_scorers)
-    tasks = list(dict.fromkeys(known if ALL_TASKS in args.task else args.task))
-    unknown = [t for t in tasks if t not in family.task_scorers]
-    if unknown:
-        return _fail(f"unknown task(s) {unknown} for family {family.name!r}; known: {known + [ALL_TASKS]}")
     files = [f for group in args.predictions for f in group]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         return _fail(f"predictions file(s) not found: {', '.join(missing)}")
+    asked = [t for t in args.task if t != ALL_TASKS]
+    if ALL_TASKS in args.task:  # every task of the family that the files hold lines for
+        asked += [t for t in tasks_in_files(files) if t in family.task_scorers]
+        if not asked:
+            return _fail(f"--task all: no line of {', '.join(files)} names a task of family {family.name!r} "
+                         f"({', '.join(known)}); an original's file holds one task: name it with --task")
+    tasks = list(dict.fromkeys(asked))
+    unknown = [t for t in tasks if t not in family.task_scorers]
+    if unknown:
+        return _fail(f"unknown task(s) {unknown} for family {family.name!r}; known: {known + [ALL_TASKS]}")
     if args.data_root and not os.path.isdir(args.data_root):
         return _fail(f"--data-root {args.data_root} is not a folder")
     report = score_files(family, tasks, files, data_root=args.data_root, skip_unparsable=args.skip_unparsable)

@@ -81,6 +81,16 @@ def _task_of(row: dict, tasks: Sequence[str]) -> tuple[str | None, str | None]:
     return (str(task), None) if str(task) in tasks else (None, None)
 
 
+def tasks_in_files(files: Sequence[str]) -> list[str]:
+    """The tasks the lines of ``files`` name (their ``task`` field), in order of first appearance."""
+    seen: dict[str, None] = {}
+    for path in files:
+        for line in read_predictions(path).rows:
+            if line.row.get("task") is not None:
+                seen.setdefault(str(line.row["task"]), None)
+    return list(seen)
+
+
 def score_files(family: Family, tasks: Sequence[str], files: Sequence[str], *, data_root: str | None = None,
                 skip_unparsable: bool = False) -> Report:
     """Scores every line of ``files`` for ``tasks`` with the family's scorers.

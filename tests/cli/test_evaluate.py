@@ -87,6 +87,21 @@ def test_crab_jax_predictions_of_several_tasks_with_gt_masks(tmp_path, capsys):
     assert "GT mask 'avs/0.png' not found" in capsys.readouterr().out
 
 
+def test_all_tasks_are_the_tasks_the_files_hold(tmp_path, capsys):
+    f = write_lines(tmp_path / "preds.jsonl", [
+        {"task": "avqa", "predict": "<s><answer> two </answer></s>",
+         "reference": {"answer": "Two", "type": '["Visual", "Counting"]'}},
+        {"task": "ave", "predict": "x", "reference": {"event": "dog", "start_time": 0, "end_time": 1}},
+    ])
+    out = tmp_path / "t.json"
+    assert main(["--task", "all", "--predictions", f, "--json", str(out)]) == 0
+    assert sorted(json.loads(out.read_text())["tasks"]) == ["ave", "avqa"]  # not every scorer of the family
+    original = write_lines(tmp_path / "infer_results.jsonl", [{"predict": "x", "output": "y"}])
+    assert main(["--task", "all", "--predictions", original]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no line of" in err[0] and "name it with --task" in err[0], err
+
+
 def test_exit_2_for_a_missing_file_or_an_unknown_task(tmp_path, capsys):
     f = write_lines(tmp_path / "p.jsonl", [{"predict": "x", "output": "y"}])
     assert main(["--task", "avqa", "--predictions", str(tmp_path / "missing.jsonl")]) == 2

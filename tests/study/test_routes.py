@@ -14,7 +14,7 @@ from crab_jax.config.command_line import USAGE_EXIT
 from crab_jax.evaluation.route_figures import HEAD_TASK_PNG, LAYERS_PNG, PLOT_METADATA_KEY, SIMILARITY_PNG
 from crab_jax.study.routes import INDEX_JSON, write_routes
 from tests.evaluation.route_helpers import make_routes
-from tests.train_helpers import REPO, compile_cache
+from tests.train_helpers import compile_cache, synthetic_tiny_config
 
 PNGS = (HEAD_TASK_PNG, LAYERS_PNG, SIMILARITY_PNG)
 
@@ -91,24 +91,12 @@ TASKS = ("avqa", "s4")
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A 1-step tiny Crab run on the synthetic data (checkpointed, no evaluation)."""
-    from crab_jax.config.loader import load_config_file
     from crab_jax.training.loop import run_training
 
     tmp = tmp_path_factory.mktemp("routes_run")
-    c = load_config_file(str(REPO / "configs" / "tiny.py"))
-    c.data.tasks = TASKS
-    c.data.synthetic.num_train = 4
-    c.data.synthetic.num_test = 4
-    c.data.path = str(tmp / "synthetic")
-    c.data.cache_dir = str(tmp / "cache")
-    c.train.global_batch = 4
-    c.train.num_steps = 1
-    c.checkpoint.every_steps = 1
-    c.checkpoint.async_save = False
-    c.eval.batch_size = 4
-    c.eval.at_end = False
-    c.metrics.tensorboard = False
-    c.metrics.progress_bar = False
+    c = synthetic_tiny_config(tmp, TASKS, num_train=4, steps=1, **{
+        "checkpoint.every_steps": 1, "checkpoint.async_save": False, "eval.at_end": False,
+        "metrics.tensorboard": False})
     with compile_cache(tmp_path_factory.mktemp("jax_cache_routes")):
         run_training(c, tmp / "workdir")
     return tmp / "workdir"
