@@ -17,7 +17,9 @@ OVERRIDE_PREFIX = "--config."
 DESCRIPTION = """\
 Does multi-task training help or hurt each task, per adapter variant? For the study's tasks
 (study.tasks) and seeds (study.seeds), trains one single-task model per task (study.single_variant)
-and one multi-task model per variant (study.variants) with the same steps, data and seeds:
+and one multi-task model per variant (study.variants) with the same data and seeds, and the same
+steps (study.multi_steps = compute) or each task seen as often as by its single-task model
+(study.multi_steps = data: tasks x train.num_steps):
 
   lora         plain LoRA at the same rank r (model.lora.num_heads = 1)
   lora_budget  plain LoRA at I-LoRA's total rank budget (one head of rank k * r, alpha k * alpha)

@@ -3,8 +3,11 @@
 Per seed (``study.seeds``): one single-task model per study task with the study's
 ``single_variant`` (``single-<variant>-<task>-s<seed>``), then one multi-task model on every
 study task per variant in ``study.variants`` (``multi-<variant>-s<seed>``). Every run keeps the
-training config's steps, batch, optimizer and data (a task's records are the same in every run)
-and differs only in the keys :func:`run_overrides` sets: its tasks, the seed and the adapter.
+training config's batch, optimizer and data (a task's records are the same in every run) and
+differs only in the keys :func:`run_overrides` sets: its tasks, the seed, the adapter and, for a
+multi-task model with ``study.multi_steps = "data"``, its steps (tasks x ``train.num_steps``, so
+each task is seen as often as by its single-task model; ``"compute"``: the same steps as each
+single-task model).
 
 Variants (``k`` = ``model.lora.num_heads``, ``r`` = ``model.lora.r``, ``alpha`` = ``model.lora.alpha``):
 
@@ -68,9 +71,13 @@ def adapter_overrides(variant: str, lora: Mapping[str, Any], study: StudyConfig)
 
 
 def run_overrides(tasks: tuple[str, ...], variant: str, seed: int, lora: Mapping[str, Any],
-                  study: StudyConfig) -> dict[str, Any]:
-    return {"data.tasks": tuple(tasks), "seed": int(seed), "data.seed": int(seed),
-            **adapter_overrides(variant, lora, study)}
+                  study: StudyConfig, *, steps: int | None = None) -> dict[str, Any]:
+    """The training-config keys of one run (``steps``: its ``train.num_steps`` when not the config's)."""
+    out = {"data.tasks": tuple(tasks), "seed": int(seed), "data.seed": int(seed),
+           **adapter_overrides(variant, lora, study)}
+    if steps is not None:
+        out["train.num_steps"] = int(steps)
+    return out
 
 
 def single_name(variant: str, task: str, seed: int) -> str:
@@ -85,6 +92,7 @@ def plan_runs(training: Mapping[str, Any], study: StudyConfig) -> list[PlannedRu
     """Every run of the study (``training``: the study's training config, a ConfigDict or dict),
     seed by seed (a finished seed gives a complete one-seed table)."""
     lora = training["model"]["lora"]
+    multi_steps = len(study.tasks) * int(training["train"]["num_steps"]) if study.multi_steps == "data" else None
     runs = []
     for seed in study.seeds:
         for task in study.tasks:
@@ -93,5 +101,6 @@ def plan_runs(training: Mapping[str, Any], study: StudyConfig) -> list[PlannedRu
                                    run_overrides((task,), study.single_variant, seed, lora, study)))
         for variant in study.variants:
             runs.append(PlannedRun(multi_name(variant, seed), MULTI, tuple(study.tasks), variant, seed,
-                                   run_overrides(tuple(study.tasks), variant, seed, lora, study)))
+                                   run_overrides(tuple(study.tasks), variant, seed, lora, study,
+                                                 steps=multi_steps)))
     return runs

@@ -22,6 +22,10 @@ SECTION = "study"
 
 # The adapter variants a study can train (crab_jax.study.plan turns each into training-config keys).
 VARIANTS = ("lora", "lora_budget", "ilora", "floor")
+# How many steps a multi-task model trains (crab_jax.study.plan): "compute" = train.num_steps, as
+# each single-task model (each of N tasks seen ~1/N as often); "data" = N x train.num_steps (each
+# task seen as often as by its single-task model: the papers' setting).
+MULTI_STEPS = ("compute", "data")
 
 
 def study_defaults() -> ml_collections.ConfigDict:
@@ -33,6 +37,7 @@ def study_defaults() -> ml_collections.ConfigDict:
     # floor (no adapter trains: only study.shared_trainable). See crab_jax.study.plan.
     s.variants = VARIANTS
     s.single_variant = "lora"       # the adapter variant of the single-task models
+    s.multi_steps = "compute"       # multi-task steps: compute (= train.num_steps) | data (tasks x num_steps)
     s.adapter_trainable = (r"\.lora_(A|B|route)$",)  # regexes of the adapter parameters (trainable)
     # Regexes of the parameters trained in EVERY variant, the floor included: the family's modality
     # projectors (Crab: ^vl_projector\., ^al_projector\.), and whatever else the config must train
@@ -62,6 +67,7 @@ class StudyConfig:
     seeds: tuple[int, ...]
     variants: tuple[str, ...]
     single_variant: str
+    multi_steps: str
     adapter_trainable: tuple[str, ...]
     shared_trainable: tuple[str, ...]
     noise_se: float
@@ -106,6 +112,8 @@ def check_study_section(section: dict, training: ml_collections.ConfigDict, *, s
         bad = [v for v in names if v not in VARIANTS]
         if bad or not names:
             raise _error(key, section[key], f"expected variant names among {', '.join(VARIANTS)}")
+    if section["multi_steps"] not in MULTI_STEPS:
+        raise _error("multi_steps", section["multi_steps"], f"expected one of {', '.join(MULTI_STEPS)}")
     adapters, shared = _strings(section, "adapter_trainable"), _strings(section, "shared_trainable")
     if not adapters:
         raise _error("adapter_trainable", adapters, "empty; expected the adapter parameters' regexes")
@@ -119,7 +127,7 @@ def check_study_section(section: dict, training: ml_collections.ConfigDict, *, s
     if not isinstance(noise, (int, float)) or noise <= 0:
         raise _error("noise_se", noise, "expected a positive number of standard errors")
     return StudyConfig(tasks, tuple(int(s) for s in seeds), variants, str(section["single_variant"]),
-                       adapters, shared, float(noise))
+                       str(section["multi_steps"]), adapters, shared, float(noise))
 
 
 def split_study(config: ml_collections.ConfigDict, *, source: str

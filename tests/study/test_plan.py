@@ -36,6 +36,13 @@ def test_plan_has_one_single_run_per_task_and_seed_and_one_multi_run_per_variant
     assert [r.tasks for r in runs if r.kind == "single" and r.seed == 0] == [("avqa",), ("ave",)]
 
 
+def test_data_matched_multi_task_models_train_tasks_times_the_steps():
+    training, study = load_study_config(TINY, ["study.tasks=('avqa','ave','s4')", "study.seeds=(0,)",
+                                               "train.num_steps=7", "study.multi_steps='data'"])
+    for r in plan_runs(training, study):
+        assert r.overrides.get("train.num_steps") == (3 * 7 if r.kind == "multi" else None), r
+
+
 def test_variants_set_heads_rank_and_a_frozen_base(tiny):
     training, study = tiny
     r, alpha, k = training.model.lora.r, training.model.lora.alpha, training.model.lora.num_heads
@@ -59,6 +66,7 @@ def test_variants_set_heads_rank_and_a_frozen_base(tiny):
     ("study.tasks=('avqa',)", "study.tasks"),
     ("study.single_variant='big'", "study.single_variant"),
     ("study.noise_se=-1.0", "study.noise_se"),
+    ("study.multi_steps='more'", "study.multi_steps"),
     ("train.num_stepz=3", "train.num_steps"),     # a training key: the training schema's message
     ("model.lora.num_heads=1", "model.lora.num_heads"),
 ])

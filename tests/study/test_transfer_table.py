@@ -15,7 +15,7 @@ TASKS = ("avqa", "ave", "s4")
 
 def study(seeds=(0, 1, 2), variants=("lora", "ilora"), noise_se=2.0) -> StudyConfig:
     return StudyConfig(tasks=TASKS, seeds=seeds, variants=variants, single_variant="lora",
-                       adapter_trainable=(r"\.lora_A$",), shared_trainable=(r"^proj\.",), noise_se=noise_se)
+                       multi_steps="compute", adapter_trainable=(r"\.lora_A$",), shared_trainable=(r"^proj\.",), noise_se=noise_se)
 
 
 def result(kind, variant, seed, scores, task=None):
