@@ -6,19 +6,13 @@ same r, LoRA at I-LoRA's rank budget, I-LoRA with k = 3 heads, the frozen-base f
 with the same steps, batch, data and seed; the base LLM and the encoders are frozen (the adapters,
 the Q-Former projectors and the LM head train: ``study.shared_trainable`` below). Every model is scored on every study task's held-out clips.
 
-Size: ``STEPS`` = 150 steps of 16 samples per run (the loss is at ~0.2 by then: the answer
-formats are learnt; media-dependent answers take longer, so held-out scores stay near the
-chance levels at this size), ``NUM_TEST`` = 32 held-out clips per task, 40 new tokens.
+Size: ``STEPS`` = 200 steps of 16 samples per run (compute-matched: ``study.multi_steps`` =
+"compute"), ``NUM_TEST`` = 32 held-out clips per task, 16 new tokens.
 
-Time, measured (2 CPU cores shared by 4 agents, load average ~10, so an upper bound): the
-three-task, one-seed study (7 runs) took 14 min wall, 8.5 min of CPU. A run whose programs are
-compiled already takes ~65 s to train and ~18 s to score 3 x 32 clips; a run with a new shape
-(the first single-task run, each multi-task variant) adds ~45 s of compiles (the persistent
-compilation cache serves every later seed). The full study (6 tasks, 3 seeds: 18 single + 12
-multi runs, each scored on 6 x 32 clips) is then ~30 x (65 + 36) s + 5 x 45 s ~ 54 min at that
-load; from the CPU time (~73 s per run, ~85 s with six tasks' scoring) ~40 min on two free
-cores. Fewer steps (``--config.train.num_steps``) or clips (``data.synthetic.num_test``) trade
-accuracy for time.
+Time, measured (2026-12-03, 2 CPU cores, a few test runs sharing them at times): the whole
+study, 30 runs (6 tasks x 3 seeds single-task + 4 variants x 3 seeds multi-task), took 25 min:
+22.5 min training including compiles (~45 s per run; the persistent compilation cache serves
+every later run of a shape), 1.7 min scoring. The result and what it says: docs/study.md.
 """
 
 import pathlib
