@@ -383,8 +383,9 @@ def test_evaluate_cli_scores_every_task_of_a_file(tmp_path, seg_files, monkeypat
                             "--data-root", str(data), "--skip-unparsable", "--json", str(tmp_path / "r.json")])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "== s4" in printed and "== ref_avs" in printed
+    assert "== s4" in printed and "== ref_avs" not in printed  # all = the family's tasks the file holds
     result = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(result["tasks"]) == ["cremad", "ks", "s4"]
     ks = result["tasks"]["ks"]
     assert ks["metrics"] == [{"name": "accuracy", "value": 1.0, "n": 1}] and ks["skipped"] == 1
     assert result["tasks"]["s4"]["skipped"] == 2
