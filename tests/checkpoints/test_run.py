@@ -100,6 +100,8 @@ def uninterrupted(tmp_path_factory, cache_dir):
     return workdir, dict(losses_by_line(workdir))
 
 
+@pytest.mark.slow
+@pytest.mark.heavy  # the fixed point; CI runs the random-moment kill below (one of them keeps CI in budget)
 def test_kill_9_during_async_save_resumes_from_last_committed(uninterrupted, tmp_path, cache_dir):
     _, want = uninterrupted
     assert sorted(want) == list(range(1, STEPS + 1))
