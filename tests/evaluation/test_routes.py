@@ -154,15 +154,9 @@ def test_summaries_are_token_means_per_task_with_nan_for_a_task_without_tokens(s
 
 
 def test_crab_plus_routes_are_the_decoders_with_its_modalities():
-    from crab_jax.config.schema import get_config
-    from crab_jax.config.sections import RunConfig
-    from crab_jax.families.crab_plus.presets import tiny_thinker_config
+    from tests.families.crab_plus.thinker_helpers import random_thinker_batch
 
-    family, cfg = get("crab_plus"), tiny_thinker_config()
-    c = get_config()
-    c.model.family, c.data.seq_len = "crab_plus", 256
-    spec = family.batch.spec(RunConfig.from_config(c).data, cfg, 2)
-    batch = next(iter(family.batch.random_batches(spec, cfg, 0)))
+    family, cfg, batch = random_thinker_batch(2)
     model = family.build_model(cfg, nnx.Rngs(0))
     routes = collect_routes(family, model, cfg, [batch], ("a", "b", "c", "d"))
     # The decoder's layers only (the vision / audio towers' routers see patches, not tokens).

@@ -59,3 +59,18 @@ def device_batch(arrays, cfg: CrabPlusConfig) -> dict:
 
 def tolerance(manifest: dict, fixture: str) -> float:
     return manifest["fixtures"][fixture]["suggested_tolerance"]["suggested_atol_relative_to_max_abs_of_reference"]
+
+
+def random_thinker_batch(batch_size: int, seq_len: int = 256):
+    """``(family, cfg, batch)``: the tiny thinker's config and one batch of Crab+'s random source
+    (every placeholder kind present) at ``seq_len`` tokens."""
+    from crab_jax.config.schema import get_config
+    from crab_jax.config.sections import RunConfig
+    from crab_jax.families import get
+    from crab_jax.families.crab_plus.presets import tiny_thinker_config
+
+    family, cfg = get("crab_plus"), tiny_thinker_config()
+    c = get_config()
+    c.model.family, c.data.seq_len = "crab_plus", seq_len
+    spec = family.batch.spec(RunConfig.from_config(c).data, cfg, batch_size)
+    return family, cfg, next(iter(family.batch.random_batches(spec, cfg, 0)))
