@@ -150,6 +150,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.synthetic.seed = 0          # generator seed: sample i depends on (seed, task, split, i) only
     c.data.synthetic.num_train = 128   # training records per task (AVQA: questions)
     c.data.synthetic.num_test = 32     # held-out records per task (S4: clips; frame 0 is evaluated)
+    # records, training: sequence packing (crab_jax.data.pipeline.buckets). seq_len > 0 packs the samples the
+    # family can pack (Crab: those without a mask to train) several to a row of seq_len tokens, attention kept
+    # within each sample; they form one more bucket (the others keep data.buckets). Held-out evaluation is unpacked.
+    c.data.packing = ml_collections.ConfigDict()
+    c.data.packing.seq_len = 0         # tokens per packed row; 0 = no packing
+    c.data.packing.samples = 8         # most samples per packed row
+    c.data.packing.frame_slots = 0     # frames a packed row's media buffer holds; 0 = sized from the records
+    c.data.packing.audio_slots = 0     # audio segments a packed row holds; 0 = sized from the records
 
     c.eval = ml_collections.ConfigDict()
     # Held-out evaluation (generation + task metrics vs chance, crab_jax.evaluation.generation.evaluate) on the

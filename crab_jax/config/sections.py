@@ -114,6 +114,14 @@ class SyntheticConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PackingConfig:
+    seq_len: int
+    samples: int
+    frame_slots: int
+    audio_slots: int
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str
     path: str
@@ -136,6 +144,7 @@ class DataConfig:
     max_bad_fraction: float
     skip_bad_files: bool
     synthetic: SyntheticConfig
+    packing: PackingConfig
 
     @property
     def seq_buckets(self) -> tuple[int, ...]:

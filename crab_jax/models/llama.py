@@ -187,16 +187,24 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotate_half(x) * sin
 
 
-def attention_mask_for(attention_mask: jax.Array, q_offset: jax.Array | int, q_len: int) -> jax.Array:
-    """Causal + padding mask ``[batch, 1, q_len, kv_len]`` (True = may attend).
+def attention_mask_for(attention_mask: jax.Array, q_offset: jax.Array | int, q_len: int,
+                       segment_ids: jax.Array | None = None) -> jax.Array:
+    """Causal + padding (+ packing) mask ``[batch, 1, q_len, kv_len]`` (True = may attend).
 
     ``attention_mask`` ``[batch, kv_len]`` covers every key slot; query ``i`` sits in slot
-    ``q_offset + i`` and sees key slots ``<=`` its own that are not padding.
+    ``q_offset + i`` and sees key slots ``<=`` its own that are not padding. ``segment_ids``
+    ``[batch, kv_len]`` (a packed row: ``k >= 1`` for the ``k``-th sample, 0 for padding; no
+    cache, so ``q_len == kv_len``) further keeps each query to the keys of its own sample.
     """
     kv_len = attention_mask.shape[-1]
     q_slot = q_offset + jnp.arange(q_len)[:, None]
     causal = jnp.arange(kv_len)[None, :] <= q_slot  # [q, kv]
-    return causal[None, None] & attention_mask.astype(bool)[:, None, None, :]
+    mask = causal[None, None] & attention_mask.astype(bool)[:, None, None, :]
+    if segment_ids is not None:
+        if q_len != kv_len:
+            raise ValueError(f"segment_ids (packed rows) need the whole row at once: q_len {q_len} != kv_len {kv_len}")
+        mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    return mask
 
 
 # -- KV cache -------------------------------------------------------------------------------
@@ -327,7 +335,8 @@ class LlamaModel(nnx.Module):
             run = nnx.remat(run, policy=remat_policy(self.cfg.remat), prevent_cse=not self.cfg.scan_layers)
         return run
 
-    def __call__(self, *, input_ids=None, inputs_embeds=None, attention_mask, position_ids, cache: KVCache | None = None):
+    def __call__(self, *, input_ids=None, inputs_embeds=None, attention_mask, position_ids, cache: KVCache | None = None,
+                 segment_ids=None):
         """Returns the final-norm hidden states ``[b, s, embed]`` and the updated cache (or None)."""
         cfg = self.cfg
         if (input_ids is None) == (inputs_embeds is None):
@@ -340,7 +349,9 @@ class LlamaModel(nnx.Module):
         if cache is not None and attention_mask.shape[-1] != cache.max_len:
             raise ValueError(f"with a cache, attention_mask must cover all {cache.max_len} slots, "
                              f"got {attention_mask.shape}")
-        mask = attention_mask_for(attention_mask, 0 if cache is None else cache.index, seq)
+        if cache is not None and segment_ids is not None:
+            raise ValueError("segment_ids (packed rows) are for training forwards; decoding with a cache is unpacked")
+        mask = attention_mask_for(attention_mask, 0 if cache is None else cache.index, seq, segment_ids)
         run = self._layer_fn(cos=cos, sin=sin, mask=mask, cache_index=cache_index)
         kv = None if cache is None else (cache.key, cache.value)
 
@@ -373,22 +384,27 @@ class LlamaForCausalLM(nnx.Module):
             param_dtype=cfg.param_dtype, rngs=rngs, kernel_init=normal_init(0.02))
 
     def __call__(self, *, input_ids=None, inputs_embeds=None, attention_mask, position_ids,
-                 cache: KVCache | None = None, return_hidden: bool = False):
+                 cache: KVCache | None = None, return_hidden: bool = False, segment_ids=None):
         """Next-token logits.
 
         Args:
           input_ids: ``[b, s]`` int, or inputs_embeds ``[b, s, embed]``.
           attention_mask: ``[b, s]`` 0/1 (left padding); with a cache ``[b, cache.max_len]``
             covering every cache slot (slots after the current chunk are masked by causality).
-          position_ids: ``[b, s]`` (see :func:`position_ids_from_mask`).
+          position_ids: ``[b, s]`` (see :func:`position_ids_from_mask`; in a packed row they
+            restart at 0 for every sample).
           cache: a :class:`KVCache`; this call writes slots ``cache.index .. cache.index+s-1``.
+          segment_ids: ``[b, s]`` int, packed rows (several samples per row): ``k >= 1`` for
+            the ``k``-th sample, 0 for padding; attention stays within a sample. None: one
+            sample per row. Not with a cache.
         Returns:
           logits ``[b, s, vocab_size]`` float32 (padded vocabulary rows sliced off); with
           ``return_hidden`` also the hidden states after the final norm ``[b, s, embed]``;
           with a cache, the updated cache last.
         """
         hidden, cache_out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds,
-                                       attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+                                       attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                                       segment_ids=segment_ids)
         if self.lm_head is None:
             table = self.model.embed_tokens.weight[...].astype(self.cfg.dtype)
             logits = jnp.einsum("bse,ve->bsv", hidden.astype(self.cfg.dtype), table)

@@ -41,3 +41,14 @@ def per_sample_lm_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array,
     """Next-token NLL summed per sample ``[b]`` and the number of predicted tokens ``[b]``."""
     nll, valid = token_nll(logits, labels)
     return jnp.sum(nll, axis=1), valid.sum(1).astype(jnp.float32)
+
+
+def per_segment_lm_sums(logits: jax.Array, labels: jax.Array, segment_ids: jax.Array,
+                        num_segments: int) -> tuple[jax.Array, jax.Array]:
+    """:func:`per_sample_lm_sums` of packed rows: ``[b, P]`` NLL sums and predicted tokens of each
+    row's ``P = num_segments`` samples (``segment_ids [b, S]``: ``k >= 1`` for the ``k``-th sample,
+    0 for padding). A prediction belongs to the sample of its target token (position ``t + 1``)."""
+    nll, valid = token_nll(logits, labels)
+    owner = jax.nn.one_hot(segment_ids[:, 1:] - 1, num_segments, dtype=jnp.float32)  # [b, S-1, P]; 0 -> none
+    return (jnp.einsum("bs,bsp->bp", nll, owner),
+            jnp.einsum("bs,bsp->bp", valid.astype(jnp.float32), owner))

@@ -222,9 +222,12 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
                                          f"(last committed: {ckpt.latest_step()})")
                 step += 1
                 # Real (non-padding) tokens; other processes' rows are assumed alike.
-                tokens = float(np.asarray(local["attention_mask"]).sum()) * jax.process_count()
+                real = np.asarray(local["attention_mask"])
+                tokens = float(real.sum()) * jax.process_count()
                 metrics = summarize(aux, tuple(run.data.tasks))
-                metrics.update(step=step, step_time_s=dt, tokens_per_s=tokens / dt)
+                # padding_fraction: the token slots of the step that hold no sample (what packing cuts).
+                metrics.update(step=step, step_time_s=dt, tokens_per_s=tokens / dt,
+                               padding_fraction=1.0 - float(real.sum()) / max(real.size, 1))
                 if key not in flops_per_token:  # the bucket's sequence length and media slots
                     flops_per_token[key] = family.flops(model_cfg, spec, setup.trainable_paths).per_token
                 u = mfu(flops_per_token[key], tokens, dt, jax.device_count(), peak)

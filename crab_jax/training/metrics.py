@@ -35,9 +35,11 @@ ROUTER_SUM, ROUTER_COUNT = "router_sum", "router_count"
 
 
 def per_task_sums(values: jax.Array, task_id: jax.Array, num_tasks: int) -> jax.Array:
-    """``[b, ...]`` per-sample values -> ``[num_tasks, ...]`` sums."""
-    onehot = jax.nn.one_hot(task_id, num_tasks, dtype=jnp.float32)  # [b, T]
-    return jnp.tensordot(onehot, values.astype(jnp.float32), axes=(0, 0))
+    """Per-sample values ``[*lead, ...]`` -> ``[num_tasks, ...]`` sums by ``task_id [*lead]``
+    (``[b]``, or ``[b, P]`` for packed rows; -1 = no sample: counted nowhere)."""
+    onehot = jax.nn.one_hot(task_id, num_tasks, dtype=jnp.float32)  # [*lead, T]
+    lead = tuple(range(task_id.ndim))
+    return jnp.tensordot(onehot, values.astype(jnp.float32), axes=(lead, lead))
 
 
 def router_keys(tower: str = "") -> tuple[str, str]:
@@ -54,7 +56,7 @@ def tower_gates(intermediates, scope: str = "") -> list[tuple[int, jax.Array]]:
             for path, gates in recorded_gates(intermediates, scope)]
 
 
-def router_usage_sums(gates: Sequence[tuple[int, jax.Array]], row_valid: jax.Array, task_id: jax.Array, *,
+def router_usage_sums(gates: Sequence[tuple[int, jax.Array]], row_segment: jax.Array, segment_task: jax.Array, *,
                       num_tasks: int, num_layers: int, groups: int) -> tuple[jax.Array, jax.Array] | None:
     """Sum over samples of each sample's mean gate over its valid rows, ``[num_tasks, groups, k]``,
     and the count ``[num_tasks, groups]`` (samples with a valid row x projections) to divide by.
@@ -62,28 +64,31 @@ def router_usage_sums(gates: Sequence[tuple[int, jax.Array]], row_valid: jax.Arr
 
     gates: :func:`tower_gates` of one tower; each array holds ``b * n`` rows per layer, read
       row-major as ``[L, b, n, k]`` (``L = 1`` for an unscanned layer).
-    row_valid: ``[b, n]`` which rows of each sample count (the LLM: ``attention_mask``).
+    row_segment: ``[b, n]`` int, the sample each row belongs to within its batch row (``1 .. P``),
+      0 for rows that count nowhere: one sample per row gives the 0/1 valid rows (the LLM:
+      ``attention_mask``), a packed row its ``segment_ids``.
+    segment_task: ``[b, P]`` the task of each of those samples (-1: none).
     """
     if not gates:
         return None
-    mask = row_valid.astype(jnp.float32)       # [b, n]
-    b, n = mask.shape
-    real = mask.sum(1)                         # [b]
+    b, n = row_segment.shape
+    owner = jax.nn.one_hot(row_segment - 1, segment_task.shape[1], dtype=jnp.float32)  # [b, n, P]
+    real = owner.sum(1)                        # [b, P]
     denom = jnp.maximum(real, 1.0)
     # A sample without a real row of the tower (no audio, an all-padding row) counts nowhere.
-    onehot = jax.nn.one_hot(task_id, num_tasks, dtype=jnp.float32) * (real > 0)[:, None]  # [b, T]
+    onehot = jax.nn.one_hot(segment_task, num_tasks, dtype=jnp.float32) * (real > 0)[..., None]  # [b, P, T]
     total, count = None, None
     for first, g in gates:
         k = g.shape[-1]
         if g.size % (b * n * k):
             raise ValueError(f"router gates {g.shape} do not hold b x n = {b} x {n} rows per layer "
-                             f"(the tower's row_valid is {mask.shape})")
+                             f"(the tower's rows are {row_segment.shape})")
         stacked = g.reshape(g.size // (b * n * k), b, n, k)  # [L, b, n, k]
-        per_sample = jnp.einsum("lbnk,bn->lbk", stacked, mask) / denom[None, :, None]
+        per_sample = jnp.einsum("lbnk,bnp->lbpk", stacked, owner) / denom[None, :, :, None]
         group_of = (first + np.arange(stacked.shape[0])) * groups // num_layers
         group_onehot = jax.nn.one_hot(group_of, groups, dtype=jnp.float32)  # [L, G]
-        sums = jnp.einsum("lbk,bt,lg->tgk", per_sample, onehot, group_onehot)
-        counts = jnp.einsum("bt,lg->tg", onehot, group_onehot)
+        sums = jnp.einsum("lbpk,bpt,lg->tgk", per_sample, onehot, group_onehot)
+        counts = jnp.einsum("bpt,lg->tg", onehot, group_onehot)
         total = sums if total is None else total + sums
         count = counts if count is None else count + counts
     return total, count

@@ -47,6 +47,18 @@ def tree_all_finite(tree) -> jax.Array:
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
 
 
+def tower_samples(tower, batch: dict, cfg) -> tuple[jax.Array, jax.Array]:
+    """``(row_segment [b, n], segment_task [b, P])`` of a router tower's rows (see
+    :func:`~crab_jax.training.metrics.router_usage_sums`): the LLM's tokens of a packed batch by
+    their ``segment_ids``; otherwise the tower's valid rows, one sample (``task_id``) per row."""
+    if "segment_ids" in batch:
+        if tower.name:
+            raise ValueError(f"packed batches: the router usage of the {tower.name!r} tower's rows per sample is not "
+                             "implemented (a family with I-LoRA in its encoders trains unpacked: data.packing.enabled=False)")
+        return batch["segment_ids"], batch["segment_task_id"]
+    return tower.row_valid(batch, cfg).astype(jnp.int32), batch["task_id"][:, None]
+
+
 def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, num_tasks: int,
                     router_groups: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The un-jitted step (see :func:`jit_train_step`)."""
@@ -58,19 +70,23 @@ def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, nu
         out, inter = nnx.capture(lambda m: family.forward_loss(m, batch, with_seg), nnx.Intermediate)(model)
         nll, tok = out.lm_sums
         task_id = batch["task_id"]
+        # Packed rows (several samples per row): the LM sums and the LLM's router usage are per
+        # sample, [b, P], by the row's segments; the rest of the per-sample values are per row.
+        sample_task = batch.get("segment_task_id", task_id)
         aux = {
             "loss": out.loss,
             **out.terms,
-            "task_nll": per_task_sums(nll, task_id, num_tasks),
-            "task_tokens": per_task_sums(tok, task_id, num_tasks),
-            "task_samples": per_task_sums(jnp.ones_like(nll), task_id, num_tasks),
+            "task_nll": per_task_sums(nll, sample_task, num_tasks),
+            "task_tokens": per_task_sums(tok, sample_task, num_tasks),
+            "task_samples": per_task_sums(jnp.ones_like(nll), sample_task, num_tasks),
         }
         for name, values in out.per_sample.items():
             aux[f"{TASK_SUM_PREFIX}{name}"] = per_task_sums(values, task_id, num_tasks)
         for tower, num_layers in towers:  # the LLM, then the family's encoder towers
             gates = tower_gates(inter, tower.path)
             if gates:  # a tower without I-LoRA (or without media in this bucket) logs nothing
-                usage = router_usage_sums(gates, tower.row_valid(batch, cfg), task_id, num_tasks=num_tasks,
+                row_segment, segment_task = tower_samples(tower, batch, cfg)
+                usage = router_usage_sums(gates, row_segment, segment_task, num_tasks=num_tasks,
                                           num_layers=num_layers, groups=router_groups)
                 sum_key, count_key = router_keys(tower.name)
                 aux[sum_key], aux[count_key] = usage

@@ -111,6 +111,46 @@ def test_left_padded_batch_matches_hf(pad_multiple, attention):
 
 
 @pytest.mark.parity
+@pytest.mark.parametrize("attention", ["reference", "fused"])
+def test_packed_rows_match_hf_on_each_sample_alone(attention):
+    """Rows packed with several samples (``segment_ids``, positions restarting per sample, right
+    padding): every sample's logits equal HF's on that sample alone."""
+    hf, hf_cfg = _hf_model(0)
+    model = _jax_model(LlamaConfig.from_hf(hf_cfg, attention=attention), _state_numpy(hf))
+    rows = [[7, 5, 3], [12], [4, 9]]  # sample lengths per row
+    seq = 17
+    rng = np.random.default_rng(3)
+    ids = np.full((len(rows), seq), 2, np.int32)
+    segment = np.zeros((len(rows), seq), np.int32)
+    positions = np.zeros((len(rows), seq), np.int32)
+    spans = []
+    for r, lengths in enumerate(rows):
+        start = 0
+        for k, n in enumerate(lengths):
+            ids[r, start:start + n] = rng.integers(3, TINY["vocab_size"], size=n)
+            segment[r, start:start + n] = k + 1
+            positions[r, start:start + n] = np.arange(n)
+            spans.append((r, start, n))
+            start += n
+    logits = nnx.jit(lambda m, i, s, p: m(input_ids=i, attention_mask=(s > 0).astype(jnp.int32), position_ids=p,
+                                          segment_ids=s))(model, jnp.asarray(ids), jnp.asarray(segment),
+                                                          jnp.asarray(positions))
+    for r, start, n in spans:
+        alone = ids[r:r + 1, start:start + n]
+        want = _hf_logits(hf, alone, np.ones_like(alone))[0]
+        assert_parity(np.asarray(logits)[r, start:start + n], want, f"llama packed row {r} at {start} ({attention})")
+
+
+def test_segment_ids_are_refused_with_a_cache():
+    cfg = LlamaConfig.from_hf(_hf_model(0)[1])
+    model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
+    cache = KVCache.init(cfg, 1, 8)
+    ones = jnp.ones((1, 8), jnp.int32)
+    with pytest.raises(ValueError, match="segment_ids"):
+        model(input_ids=ones[:, :4], attention_mask=ones, position_ids=ones[:, :4], cache=cache, segment_ids=ones)
+
+
+@pytest.mark.parity
 def test_long_sequence_matches_hf():
     """512 positions: a wrong rotary frequency or layout only shows at large angles."""
     hf, hf_cfg = _hf_model(1, hidden_size=64, intermediate_size=128)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from crab_jax.models.ilora import ILoRAConfig, ILoRALinear, record_router_gates
-from crab_jax.training.metrics import router_keys, router_usage_sums, summarize, tower_gates
+from crab_jax.training.metrics import per_task_sums, router_keys, router_usage_sums, summarize, tower_gates
 
 B, SLOTS, ROWS, K, TASKS, LAYERS, GROUPS = 4, 3, 5, 3, 3, 4, 2
 
@@ -29,7 +29,7 @@ def numpy_usage(layers, valid, task_id, num_tasks, num_layers, groups):
         for i in range(gates.shape[0]):
             rows = np.flatnonzero(valid[i])
             if len(rows):
-                acc.setdefault((int(task_id[i]), g), []).append(gates[i, rows].mean(0))
+                acc.setdefault((int(task_id[i].item()), g), []).append(gates[i, rows].mean(0))
     return {key: np.mean(v, axis=0) for key, v in acc.items()}
 
 
@@ -42,13 +42,14 @@ def as_means(sums, counts):
 @pytest.fixture
 def tower():
     """A tower's gates per layer in its batch layout ``[b*V, P, k]``, the ``[b, V*P]`` valid rows
-    (sample 1 has none: it must count nowhere) and the task of each sample."""
+    (sample 1 has none: it must count nowhere) and the task of each sample ``[b, 1]`` (one
+    sample per batch row)."""
     rng = np.random.default_rng(0)
     layers = [(layer, random_gates(rng, (B * SLOTS, ROWS, K))) for layer in range(LAYERS)]
     valid = rng.random((B, SLOTS * ROWS)) < 0.6
     valid[1] = False
-    task_id = np.array([0, 2, 2, 0], np.int32)
-    return layers, valid, task_id
+    task_id = np.array([[0], [2], [2], [0]], np.int32)
+    return layers, valid.astype(np.int32), task_id
 
 
 def test_router_usage_sums_are_per_sample_means_over_valid_rows(tower):
@@ -64,6 +65,29 @@ def test_router_usage_sums_are_per_sample_means_over_valid_rows(tower):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=str(key))
     # two samples of task 0, one countable of task 2, each over the LAYERS / GROUPS layers of a group
     np.testing.assert_array_equal(np.asarray(counts)[:, 0], [2 * LAYERS / GROUPS, 0, LAYERS / GROUPS])
+
+
+def test_packed_rows_count_each_sample_on_its_own_rows(tower):
+    """Two samples per batch row (``segment_ids`` 1 on the first rows, 2 on the rest): the sums
+    equal those of the same samples one per row."""
+    layers, valid, _ = tower
+    n = valid.shape[1]
+    split = n // 3
+    segment = np.where(np.arange(n) < split, 1, 2) * valid
+    segment_task = np.array([[0, 1], [2, -1], [1, 2], [0, 0]], np.int32)
+    args = dict(num_tasks=TASKS, num_layers=LAYERS, groups=GROUPS)
+    sums, counts = router_usage_sums([(l, jnp.asarray(g)) for l, g in layers], jnp.asarray(segment),
+                                     jnp.asarray(segment_task), **args)
+    # The same samples unpacked: every (row, segment) its own sample of the tower's rows.
+    samples = [(i, p) for i in range(B) for p in (1, 2) if segment_task[i, p - 1] >= 0]
+    unpacked = [(l, g.reshape(B, n, K)[[i for i, _ in samples]]) for l, g in layers]
+    one_valid = np.stack([segment[i] == p for i, p in samples])
+    one_task = np.array([segment_task[i, p - 1] for i, p in samples])
+    want = numpy_usage(unpacked, one_valid, one_task, TASKS, LAYERS, GROUPS)
+    got = as_means(sums, counts)
+    assert set(got) == set(want) and len(want) > 2
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=str(key))
 
 
 def test_masked_rows_do_not_count(tower):
@@ -146,3 +170,10 @@ def test_summarize_names_the_llm_as_before_and_each_tower_after_the_task():
     assert set(router) == set(want)  # no LLM names for avqa: it had no sample (count 0)
     for key, value in want.items():
         assert router[key] == pytest.approx(value), key
+
+
+def test_per_task_sums_of_packed_rows_skip_empty_sample_slots():
+    values = jnp.asarray([[1.0, 2.0, 5.0], [3.0, 4.0, 7.0]])
+    task = jnp.asarray([[0, 2, -1], [2, 2, -1]])  # the last slot of each row holds no sample
+    np.testing.assert_allclose(np.asarray(per_task_sums(values, task, 3)), [1.0, 0.0, 9.0])
+    np.testing.assert_allclose(np.asarray(per_task_sums(values[:, 0], task[:, 0], 3)), [1.0, 0.0, 3.0])

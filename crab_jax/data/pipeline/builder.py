@@ -46,6 +46,9 @@ class ExampleBuilder(Protocol):
     def collate(self, examples: Sequence, bucket: Bucket) -> dict[str, np.ndarray]:
         """Examples that fit ``bucket`` -> one batch, every array of the bucket's static shape."""
 
+    # Optional: ``collate_packed(rows, bucket) -> batch``, rows of several examples each for a packed
+    # bucket (:attr:`Bucket.packed`); a builder without it cannot train with ``data.packing``.
+
     def bucket_spec(self, bucket: Bucket, batch: int) -> Any:
         """The family's BatchSpec of ``bucket`` with ``batch`` samples (one compile each)."""
 

@@ -1,10 +1,11 @@
-"""What a Grain worker runs: one slot of a local batch -> its example, then the slots -> a batch.
+"""What a Grain worker runs: one slot (row) of a local batch -> its examples, then the slots -> a batch.
 
-Slot ``s`` of the stream is slot ``s % local_batch`` of local batch ``s // local_batch``; the
-epoch plan (:func:`~crab_jax.data.pipeline.buckets.plan_epoch`) says which record fills it
-and whether it is a filler. A record that fails to decode (or no longer fits its planned
-bucket) is replaced in its batch by a filler and reported, never raised: the main process
-counts it (:class:`~crab_jax.data.pipeline.iterator.BatchIterator`).
+Slot ``s`` of the stream is row ``s % local_batch`` of local batch ``s // local_batch``; the
+epoch plan (:func:`~crab_jax.data.pipeline.buckets.plan_epoch`) says which records fill it
+(one, or several in a packed bucket's row) and whether it is a filler. A record that fails to
+decode (or no longer fits its planned bucket) is reported, never raised, and left out: its
+row is replaced by a filler when it was the row's only record; the main process counts it
+(:class:`~crab_jax.data.pipeline.iterator.BatchIterator`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from crab_jax.data.pipeline.buckets import Bucket, PlannedBatch, batches_per_epo
 
 @dataclasses.dataclass(frozen=True)
 class SlotResult:
-    """One decoded slot of a local batch: the example (None when its record failed), the record
-    index, whether the slot is a filler, and why the record failed."""
+    """One decoded slot (row) of a local batch: the examples of its records that decoded (none
+    when all failed), their record indices, whether the row is a filler, and why records failed."""
 
-    example: Any
-    index: int
+    examples: tuple
+    indices: tuple[int, ...]
     filler: bool
-    error: tuple[str, str, str] | None  # (record source, file, reason)
+    errors: tuple[tuple[int, str, str, str], ...]  # (record index, record source, file, reason)
 
 
 @dataclasses.dataclass(eq=False)
@@ -33,7 +34,8 @@ class SlotDecoder:
     """Picklable worker function: local slot number -> :class:`SlotResult`; and the batch_fn."""
 
     source: Any
-    buckets: tuple[Bucket | None, ...]
+    buckets: tuple[Bucket | None, ...]     # per record (None: unusable)
+    items: tuple[tuple[Bucket, tuple[int, ...]], ...]  # the rows (buckets.plan_items)
     global_batch: int
     seed: int
     shuffle: bool
@@ -51,41 +53,54 @@ class SlotDecoder:
 
     @functools.cached_property
     def per_epoch(self) -> int:
-        return batches_per_epoch(self.buckets, self.global_batch)
+        return batches_per_epoch(self.items, self.global_batch)
 
     def _plan(self, epoch: int) -> list[PlannedBatch]:
         if epoch not in self._plans:
             self._plans.clear()  # one epoch at a time (a plan holds one entry per record)
-            self._plans[epoch] = plan_epoch(self.buckets, self.global_batch, self.seed, epoch, self.shuffle)
+            self._plans[epoch] = plan_epoch(self.items, self.global_batch, self.seed, epoch, self.shuffle)
         return self._plans[epoch]
 
     def planned(self, batch_number: int) -> PlannedBatch:
         return self._plan(batch_number // self.per_epoch)[batch_number % self.per_epoch]
 
+    def _decode(self, index: int, bucket: Bucket):
+        ex = self.source.example(index)
+        why = self.builder.fits(ex, bucket)
+        if why:
+            raise BadRecordError(self.source.sources[index], why)
+        return ex
+
     def __call__(self, slot: int) -> tuple[Bucket, SlotResult]:
         k, j = divmod(int(slot), self.local_batch)
         pb = self.planned(k)
         g = self.shard_index * self.local_batch + j
-        index, filler = pb.records[g], pb.filler[g]
-        try:
-            ex = self.source.example(index)
-            why = self.builder.fits(ex, pb.bucket)
-            if why:
-                raise BadRecordError(self.source.sources[index], why)
-        except BadRecordError as e:
-            return pb.bucket, SlotResult(None, index, filler, (self.source.sources[index], e.path, e.reason))
-        return pb.bucket, SlotResult(self.builder.filler(ex) if filler else ex, index, filler, None)
+        indices, filler = pb.records[g], pb.filler[g]
+        examples, good, errors = [], [], []
+        for index in indices:
+            try:
+                ex = self._decode(index, pb.bucket)
+            except BadRecordError as e:
+                errors.append((index, self.source.sources[index], e.path, e.reason))
+                continue
+            examples.append(self.builder.filler(ex) if filler else ex)
+            good.append(index)
+        return pb.bucket, SlotResult(tuple(examples), tuple(good), filler, tuple(errors))
 
     def collate(self, results: Sequence[tuple[Bucket, SlotResult]]) -> tuple[dict, dict]:
         """Slots of one local batch -> (batch arrays, report of this batch: ``seen`` / ``filler``
-        slots, ``bad`` as ``(record index, record source, file, reason)``, ``bucket``, ``records``)."""
+        records, ``bad`` as ``(record index, record source, file, reason)``, ``bucket``,
+        ``records``: the record of each row, -1 for a filler; a packed row's first)."""
         bucket = results[0][0]
-        good = [r.example for _, r in results if r.example is not None]
+        good = [r.examples[0] for _, r in results if r.examples]
         spare = self.builder.filler(good[0]) if good else self.builder.blank()
-        exs = [r.example if r.example is not None else spare for _, r in results]
-        report = {"seen": sum(1 for _, r in results if not r.filler),
-                  "filler": sum(1 for _, r in results if r.filler or r.example is None),
-                  "bad": [(r.index,) + r.error for _, r in results if r.error is not None and not r.filler],
+        rows = [list(r.examples) if r.examples else [spare] for _, r in results]
+        report = {"seen": sum(len(r.indices) + len(r.errors) for _, r in results if not r.filler),
+                  "filler": sum(1 for _, r in results if r.filler or not r.examples),
+                  "bad": [e for _, r in results if not r.filler for e in r.errors],
                   "bucket": [bucket.seq_len, bucket.fbank_frames],
-                  "records": [(-1 if r.example is None or r.filler else r.index) for _, r in results]}
-        return self.builder.collate(exs, bucket), report
+                  "records": [(-1 if not r.indices or r.filler else r.indices[0]) for _, r in results]}
+        if bucket.packed:
+            report["packed_samples"] = sum(len(r.indices) for _, r in results if not r.filler)
+            return self.builder.collate_packed(rows, bucket), report
+        return self.builder.collate([row[0] for row in rows], bucket), report

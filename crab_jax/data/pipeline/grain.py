@@ -24,7 +24,7 @@ import grain
 
 from crab_jax.config.sections import DataConfig
 from crab_jax.data.errors import BadFileError, BadRecordError
-from crab_jax.data.pipeline.buckets import PlanInfo, assign_buckets
+from crab_jax.data.pipeline.buckets import Packing, PlanInfo, assign_buckets, plan_items
 from crab_jax.data.pipeline.decoder import SlotDecoder
 from crab_jax.data.pipeline.iterator import BatchIterator, TooManyBadRecordsError
 from crab_jax.data.pipeline.plan import build_plan_index
@@ -41,7 +41,7 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
                   num_epochs: int | None = None, workers: int = 0, index_workers: int | None = None,
                   read_threads: int | None = None, prefetch: int | None = None, cache_dir: str | None = None,
                   initial_bad: Sequence[BadRecordError] = (), skipped_files: Sequence[BadFileError] = (),
-                  progress: bool = False) -> BatchIterator:
+                  packing: Packing | None = None, progress: bool = False) -> BatchIterator:
     """The pipeline over any :class:`ExampleSource` (see the module docstring).
 
     Args:
@@ -55,9 +55,14 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
       initial_bad: bad records found before the pipeline (annotation errors), counted.
       skipped_files: annotation files the run goes on without (``data.skip_bad_files``),
         listed in ``stats()`` and not counted as records.
+      packing: pack the builder's packable records several to a row (None: one per row;
+        :mod:`~crab_jax.data.pipeline.buckets`); the builder then needs ``collate_packed``.
     Bad records are counted per task: the source's ``tasks`` (one per example) where it has
     them (raw records), else their annotation file.
     """
+    if packing is not None and not hasattr(source.builder, "collate_packed"):
+        raise ValueError(f"config data.packing.seq_len={packing.seq_len}: {type(source.builder).__name__} cannot pack "
+                         "samples into rows (no collate_packed); set data.packing.seq_len=0")
     shard_index, shard_count = _shard(shard_options)
     if global_batch % shard_count:
         raise ValueError(f"global batch {global_batch} is not divisible by the {shard_count} data processes")
@@ -75,7 +80,8 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
     if not any(b is not None for b in buckets):
         raise TooManyBadRecordsError(f"no usable record among {len(source)} (first problems: "
                                      f"{[str(e) for e in bad[:5]]})")
-    decoder = SlotDecoder(source, tuple(buckets), int(global_batch), int(seed), bool(shuffle), shard_index,
+    items = plan_items(buckets, infos, int(global_batch), int(seed), packing)
+    decoder = SlotDecoder(source, tuple(buckets), tuple(items), int(global_batch), int(seed), bool(shuffle), shard_index,
                           shard_count)
     return BatchIterator(decoder, num_epochs=num_epochs, workers=workers, read_threads=read_threads,
                          prefetch=prefetch, max_bad_fraction=max_bad_fraction,
@@ -83,16 +89,30 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
                          skipped_files=skipped_files, record_tasks=tasks)
 
 
+def packing_of(data: DataConfig) -> Packing | None:
+    """The run's :class:`Packing` (``data.packing``; None when ``seq_len`` is 0), checked."""
+    p = data.packing
+    if int(p.seq_len) <= 0:
+        return None
+    for key in ("samples", "frame_slots", "audio_slots"):
+        value = int(getattr(p, key))
+        if value < (1 if key == "samples" else 0):
+            raise ValueError(f"config data.packing.{key}={value}: expected "
+                             + ("at least 1 sample per row" if key == "samples" else "0 (sized from the records) or more"))
+    return Packing(int(p.seq_len), int(p.samples), int(p.frame_slots), int(p.audio_slots))
+
+
 def make_train_iterator(data: DataConfig, source: ExampleSource, *, global_batch: int,
                         initial_bad: Sequence[BadRecordError] = (), skipped_files: Sequence[BadFileError] = (),
                         shard_options=None,
                         num_epochs: int | None = None, progress: bool = False) -> BatchIterator:
     """The training pipeline over ``source`` as the run's ``data`` section sets it up
-    (buckets, shuffle seed, workers, threads, prefetch, bad fraction, plan-index cache)."""
+    (buckets, packing, shuffle seed, workers, threads, prefetch, bad fraction, plan-index cache)."""
     return make_iterator(source, global_batch=global_batch, seq_buckets=data.seq_buckets, seed=int(data.seed),
                          shuffle=bool(data.shuffle), shard_options=shard_options, num_epochs=num_epochs,
                          workers=int(data.worker_count), read_threads=int(data.read_threads) or None,
                          prefetch=int(data.prefetch) or None, max_bad_fraction=float(data.max_bad_fraction),
                          fallback_fbank_frames=int(data.fbank_frames), cache_dir=str(data.cache_root),
-                         initial_bad=initial_bad, skipped_files=skipped_files, progress=progress)
+                         initial_bad=initial_bad, skipped_files=skipped_files, packing=packing_of(data),
+                         progress=progress)
 

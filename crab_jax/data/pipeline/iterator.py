@@ -89,7 +89,7 @@ class BatchIterator(Iterator[dict]):
 
     def bucket_specs(self) -> list:
         """The family's BatchSpec (local batch) of every bucket in use: one compile each."""
-        used = sorted({b for b in self.decoder.buckets if b is not None})
+        used = sorted({b for b, _ in self.decoder.items})
         return [self.decoder.builder.bucket_spec(b, self.decoder.local_batch) for b in used]
 
     def _build(self):
@@ -171,11 +171,14 @@ class BatchIterator(Iterator[dict]):
         d = self.decoder
         return {"kind": STATE_KIND, "position": self.position, "seed": d.seed, "global_batch": d.global_batch,
                 "shard_index": d.shard_index, "shard_count": d.shard_count, "num_records": len(d.buckets),
+                "num_rows": len(d.items),
                 "stats": self.stats(), "bad_indices": sorted(self._bad_indices)}
 
     def set_state(self, state: Mapping) -> None:
         d = self.decoder
         want = {"kind": STATE_KIND, "seed": d.seed, "global_batch": d.global_batch, "num_records": len(d.buckets)}
+        if "num_rows" in state:  # older states predate packing: they had a row per record
+            want["num_rows"] = len(d.items)
         wrong = {k: state.get(k) for k, v in want.items() if state.get(k) != v}
         if wrong:
             raise ValueError(f"data iterator state does not match this pipeline: state has {wrong}, "

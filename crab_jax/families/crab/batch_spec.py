@@ -14,6 +14,15 @@ A *batch* is a dict of numpy arrays in exactly the format :meth:`Crab.__call__` 
     seg_frame     [b]             int32     (frame slot whose CLIP features the seg module reads)
     task_id       [b]             int32     (index into the config's ``data.tasks``; metrics only)
 
+A *packed* batch (``segments`` = P > 0, :mod:`crab_jax.families.crab.packing`) holds up to P
+samples per row, right-padded, with two more keys::
+
+    segment_ids      [b, S] int32   (k for the row's k-th sample, 0 for padding)
+    segment_task_id  [b, P] int32   (task of each of the row's samples; -1: none)
+
+and ``T`` / ``A`` are the row's frame and audio segment slots (its samples' media one after
+another); its rows have no mask to train (``is_seg`` False).
+
 The trainer accepts any iterator with ``__next__`` yielding such dicts and ``bucket_specs()``
 (the BatchSpec of every shape it yields), and optionally ``get_state() -> JSON-able dict`` /
 ``set_state(dict)`` for checkpoint/resume.
@@ -52,6 +61,7 @@ class BatchSpec:
       audio_slots: ``A`` audio segment slots.
       fbank_frames: ``F`` fbank frames per audio segment (98 for 1 s at 10 ms hop).
       image_size: ``H = W`` of frames and masks.
+      segments: samples per packed row ``P`` (0: one sample per row, no segment keys).
     """
 
     batch: int
@@ -60,11 +70,15 @@ class BatchSpec:
     audio_slots: int
     fbank_frames: int
     image_size: int
+    segments: int = 0
 
     def shapes(self, num_mask_tokens: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Key -> (shape, dtype) of every array of a batch."""
         b, s, h = self.batch, self.seq_len, self.image_size
         tokens = {k: ((b, s), np.dtype(np.int32)) for k in BATCH_KEYS[:5]}
+        if self.segments:
+            tokens.update(segment_ids=((b, s), np.dtype(np.int32)),
+                          segment_task_id=((b, self.segments), np.dtype(np.int32)))
         return dict(
             tokens,
             frames=((b, self.frame_slots, 3, h, h), np.dtype(np.float32)),

@@ -22,10 +22,16 @@ from crab_jax.data.pipeline.buckets import Bucket, PlanInfo
 from crab_jax.data.records.record import Record
 from crab_jax.families.crab import collate as C
 from crab_jax.families.crab import examples as E
+from crab_jax.families.crab import packing as P
 from crab_jax.families.crab import stored_examples as S
 from crab_jax.families.crab.batch_spec import BatchSpec
 from crab_jax.families.crab.media_slots import resolve_slots
 from crab_jax.families.crab.model import CrabConfig, media_layout
+
+
+# Bumped whenever PlanInfo gains a field plan_info fills (2: frames, audio segments, packable), so an
+# older cached plan index is not read back.
+PLAN_INFO_VERSION = 2
 
 
 def settings_from(cfg: CrabConfig, data_root: str | os.PathLike, tasks: Sequence[str], *,
@@ -95,14 +101,22 @@ class CrabExampleBuilder:
     def collate(self, examples: Sequence[E.Example], bucket: Bucket) -> dict[str, np.ndarray]:
         return C.collate(examples, bucket, self.settings, self.collation)
 
+    def collate_packed(self, rows: Sequence[Sequence[E.Example]], bucket: Bucket) -> dict[str, np.ndarray]:
+        return P.collate_packed(rows, bucket, self.settings, self.collation)
+
     def bucket_spec(self, bucket: Bucket, batch: int) -> BatchSpec:
         s = self.settings
+        if bucket.packed:
+            return BatchSpec(batch=batch, seq_len=bucket.seq_len, frame_slots=bucket.frame_slots,
+                             audio_slots=bucket.audio_slots, fbank_frames=bucket.fbank_frames, image_size=s.image_size,
+                             segments=bucket.segments)
         return BatchSpec(batch=batch, seq_len=bucket.seq_len, frame_slots=s.frame_slots, audio_slots=s.audio_slots,
                          fbank_frames=bucket.fbank_frames, image_size=s.image_size)
 
     # -- plan-index cache --------------------------------------------------------------
     def cache_key(self) -> str:
         h = hashlib.sha256()
+        h.update(f"plan_info v{PLAN_INFO_VERSION}".encode())
         h.update(repr(dataclasses.asdict(self.settings)).encode())
         h.update(json.dumps(sorted(self._need_tokenizer().get_vocab().items())).encode())
         return h.hexdigest()

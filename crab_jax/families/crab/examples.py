@@ -278,7 +278,8 @@ def plan_info(record: Record, tokenizer, settings: ExampleSettings) -> PlanInfo:
     segments, fbank_frames = audio_plan(record, settings) if "<audio>" in names else (0, 0)
     _check_slots(record, frames, segments, settings)
     expanded = len(ids) - len(names) + frames * settings.visual_queries + segments * settings.audio_queries
-    return PlanInfo(int(expanded), int(fbank_frames))
+    return PlanInfo(int(expanded), int(fbank_frames), frames=int(frames), audio_segments=int(segments),
+                    packable=not is_seg_record(record, settings))
 
 
 def build_example(record: Record, tokenizer, settings: ExampleSettings, index: int = -1) -> Example:
@@ -321,4 +322,5 @@ def example_plan_info(ex: Example, settings: ExampleSettings) -> PlanInfo:
     n_ph = sum(1 for t in ex.input_ids.tolist() if t in ph)
     expanded = (len(ex.input_ids) - n_ph + ex.frames.shape[0] * settings.visual_queries
                 + ex.fbank.shape[0] * settings.audio_queries)
-    return PlanInfo(int(expanded), ex.fbank_frames)
+    return PlanInfo(int(expanded), ex.fbank_frames, frames=int(ex.frames.shape[0]), audio_segments=int(ex.fbank.shape[0]),
+                    packable=not ex.is_seg)

@@ -34,7 +34,7 @@ from crab_jax.families.base import LossOutput
 from crab_jax.models.beats import Beats, BeatsConfig
 from crab_jax.models.clip import ClipEncoderConfig, ClipVisualEncoder
 from crab_jax.models.ilora import ILoRAConfig
-from crab_jax.models.losses import lm_loss_from_sums, per_sample_lm_sums
+from crab_jax.models.losses import lm_loss_from_sums, per_sample_lm_sums, per_segment_lm_sums
 from crab_jax.models.media import splice_media
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
@@ -106,7 +106,7 @@ class CrabOutput(NamedTuple):
     hidden: jax.Array             # [b, S, d] after the final norm
     inputs_embeds: jax.Array      # [b, S, d]
     lm_loss: jax.Array            # scalar
-    lm_sums: tuple[jax.Array, jax.Array]  # per-sample NLL sum [b], predicted tokens [b]
+    lm_sums: tuple[jax.Array, jax.Array]  # per-sample NLL sum, predicted tokens: [b] ([b, P] packed)
     mask_loss: jax.Array | None   # scalar (None without the seg branch)
     mask_terms: jax.Array | None  # [b, 3] (BCE, dice, CE)
     binary_logits: jax.Array | None  # [b, 1, H, W]
@@ -192,12 +192,19 @@ class Crab(nnx.Module):
         gt_mask: jax.Array | None = None,
         is_seg: jax.Array | None = None,
         is_avss: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        num_segments: int = 1,
     ) -> CrabOutput:
-        """LLM (+ seg branch when ``seg_features`` is given) on already-encoded media."""
+        """LLM (+ seg branch when ``seg_features`` is given) on already-encoded media.
+
+        ``segment_ids [b, S]`` (packed rows of up to ``num_segments`` samples, see
+        :meth:`__call__`): attention stays within each sample and ``lm_sums`` are ``[b, P]``.
+        """
         embeds = self.embed(input_ids, media_rows, media_index)
         logits, hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, return_hidden=True)
-        sums = per_sample_lm_sums(logits, labels)
+                                  position_ids=position_ids, return_hidden=True, segment_ids=segment_ids)
+        sums = (per_sample_lm_sums(logits, labels) if segment_ids is None
+                else per_segment_lm_sums(logits, labels, segment_ids, num_segments))
         loss = lm_loss_from_sums(*sums)
         if seg_features is None or self.seg_module is None:
             return CrabOutput(logits, hidden, embeds, loss, sums, None, None, None, None, None)
@@ -215,6 +222,12 @@ class Crab(nnx.Module):
         the real frames of each zero-padded segment; absent: all real); with the seg branch
         also ``mask_positions [b, n_mask]``, ``gt_mask [b, 1, H, W]``, ``is_seg, is_avss [b]``,
         ``seg_frame [b]`` (the frame slot of the image each mask belongs to).
+
+        A packed batch (:mod:`crab_jax.families.crab.packing`) also holds ``segment_ids [b, S]``
+        (``k`` for the row's ``k``-th sample, 0 for padding) and ``segment_task_id [b, P]``: each
+        row's media buffer holds its samples' frames and audio segments one after another, and
+        ``media_index`` points every sample's media tokens into it, so the encoders run on real
+        media only and the model is otherwise unchanged.
         """
         visual_rows, taps = self.encode_visual(batch["frames"])
         audio_rows = self.encode_audio(batch["fbank"], batch.get("fbank_valid"))
@@ -230,11 +243,19 @@ class Crab(nnx.Module):
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"], labels=batch["labels"],
             media_rows=media_rows, media_index=batch["media_index"], **seg_inputs,
+            **packed_inputs(batch),
         )
 
     def total_loss(self, out: CrabOutput) -> jax.Array:
         """``lm_loss + mask_loss`` as the original sums them (mask loss weight 1)."""
         return out.lm_loss if out.mask_loss is None else out.lm_loss + out.mask_loss
+
+
+def packed_inputs(batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+    """``segment_ids`` and ``num_segments`` of a packed batch; {} for an unpacked one."""
+    if "segment_ids" not in batch:
+        return {}
+    return {"segment_ids": batch["segment_ids"], "num_segments": int(batch["segment_task_id"].shape[1])}
 
 
 def forward_loss(model: Crab, batch: Mapping[str, jax.Array], with_seg: bool) -> LossOutput:
