@@ -32,20 +32,22 @@ from crab_jax.models.layers import Linear, zeros_init
 from crab_jax.parallel.sharding import param
 
 
-# How :func:`dot_product_attention` computes (``model.attention``): ``reference`` is the einsum
-# path below (fp32 logits and softmax; what the parity tests pin), ``fused`` is
+# How attention computes (``model.attention``): ``reference`` is the einsum path of
+# :func:`dot_product_attention` (fp32 logits and softmax; what the parity tests pin), ``fused`` is
 # ``jax.nn.dot_product_attention`` (XLA's fused attention; cuDNN flash attention on GPU where the
-# shapes allow), ``auto`` = fused on GPU / TPU and reference on CPU.
-ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "fused")
+# shapes allow), ``splash`` the Pallas TPU kernel of :mod:`crab_jax.models.splash_attention` for the
+# LLM's causal self-attention (training forwards; decoding with a KV cache and the encoders use
+# ``fused``); ``auto`` = splash on TPU, fused on GPU, reference on CPU.
+ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "fused", "splash")
 
 
 def resolve_attention(name: str, backend: str | None = None) -> str:
-    """``auto`` -> ``fused`` on an accelerator, ``reference`` on CPU; other names checked."""
+    """``auto`` -> ``splash`` on TPU, ``fused`` on GPU, ``reference`` on CPU; other names checked."""
     if name not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"config model.attention={name!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
     if name != "auto":
         return name
-    return "reference" if (backend or jax.default_backend()) == "cpu" else "fused"
+    return {"cpu": "reference", "tpu": "splash"}.get(backend or jax.default_backend(), "fused")
 
 
 def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
@@ -86,6 +88,8 @@ def dot_product_attention(
     Returns:
       ``[b, q_len, h, d]`` in ``v``'s dtype.
     """
+    if implementation == "splash":  # the kernel is the LLM's (causal, segments); elsewhere the fused path
+        implementation = "fused"
     if implementation == "fused":
         if probs_dropout is not None:
             raise ValueError("fused attention takes no probs_dropout (use implementation='reference')")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import flax.struct
 import jax
@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from crab_jax.models.attention import dot_product_attention, merge_heads, split_heads
+from crab_jax.models.splash_attention import splash_attention
 from crab_jax.models.ilora import ILoRAConfig, projection
 from crab_jax.models.layers import Embed, Linear, RMSNorm, as_dtype, normal_init
 from crab_jax.parallel.sharding import constrain
@@ -89,8 +90,9 @@ class LlamaConfig:
                              f"num_key_value_heads {self.num_key_value_heads}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} not in {REMAT_POLICIES}")
-        if self.attention not in ("reference", "fused"):
-            raise ValueError(f"attention {self.attention!r}: expected 'reference' or 'fused' (resolve 'auto' first)")
+        if self.attention not in ("reference", "fused", "splash"):
+            raise ValueError(f"attention {self.attention!r}: expected 'reference', 'fused' or 'splash' "
+                             "(resolve 'auto' first)")
         if self.vocab_pad_multiple < 1:
             raise ValueError("vocab_pad_multiple must be >= 1")
         if self.attention_out_bias is None:
@@ -207,6 +209,16 @@ def attention_mask_for(attention_mask: jax.Array, q_offset: jax.Array | int, q_l
     return mask
 
 
+class AttentionMasks(NamedTuple):
+    """What the decoder layers' attention reads: the dense causal + padding (+ packing) mask
+    ``[b, 1, q_len, kv_len]`` (:func:`attention_mask_for`) and the segment ids ``[b, s]`` the
+    splash kernel takes instead (a packed row's ``segment_ids``, else the 0/1 padding mask; the
+    dense mask is then never computed)."""
+
+    dense: jax.Array
+    segments: jax.Array
+
+
 # -- KV cache -------------------------------------------------------------------------------
 
 
@@ -251,7 +263,7 @@ class LlamaAttention(nnx.Module):
         self.o_proj = proj("o_proj", q_out, e, axes=("heads", "embed"), use_bias=cfg.attention_out_bias)
 
     def __call__(self, x, *, cos, sin, mask, kv_cache=None, cache_index=None):
-        """x ``[b, s, embed]``; mask ``[b, 1, s, kv_len]``; kv_cache (k, v) ``[b, max_len, kv_heads, d]``.
+        """x ``[b, s, embed]``; mask :class:`AttentionMasks`; kv_cache (k, v) ``[b, max_len, kv_heads, d]``.
 
         Returns the output and the updated (k, v) cache slices (None without a cache).
         """
@@ -265,7 +277,10 @@ class LlamaAttention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             kv_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = dot_product_attention(q, k, v, mask=mask, implementation=self.attention)
+        if self.attention == "splash" and kv_cache is None:
+            out = splash_attention(q, k, v, mask.segments)
+        else:
+            out = dot_product_attention(q, k, v, mask=mask.dense, implementation=self.attention)
         return self.o_proj(merge_heads(out)), kv_cache
 
 
@@ -351,7 +366,8 @@ class LlamaModel(nnx.Module):
                              f"got {attention_mask.shape}")
         if cache is not None and segment_ids is not None:
             raise ValueError("segment_ids (packed rows) are for training forwards; decoding with a cache is unpacked")
-        mask = attention_mask_for(attention_mask, 0 if cache is None else cache.index, seq, segment_ids)
+        mask = AttentionMasks(attention_mask_for(attention_mask, 0 if cache is None else cache.index, seq, segment_ids),
+                              attention_mask if segment_ids is None else segment_ids)
         run = self._layer_fn(cos=cos, sin=sin, mask=mask, cache_index=cache_index)
         kv = None if cache is None else (cache.key, cache.value)
 

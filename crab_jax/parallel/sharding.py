@@ -134,27 +134,37 @@ def activation_sharding(mesh: Mesh, rules):
         _ACTIVATION_CONTEXT.reset(token)
 
 
-def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
-    """``x`` with a sharding constraint from its logical activation ``axes`` (one per dim) inside
-    :func:`activation_sharding`, else ``x`` unchanged. A mesh axis that does not divide its dim is
-    dropped for that dim (a micro-batch smaller than the batch shards stays whole)."""
+def activation_spec(shape: Sequence[int], axes: Sequence[str | None]) -> tuple[Mesh, PartitionSpec] | None:
+    """The mesh and ``PartitionSpec`` of an activation of ``shape`` with logical ``axes`` (one per
+    dim) inside :func:`activation_sharding`; None outside. A mesh axis that does not divide its dim
+    is dropped for that dim (a micro-batch smaller than the batch shards stays whole)."""
     context = _ACTIVATION_CONTEXT.get()
     if context is None:
-        return x
-    if len(axes) != x.ndim:
-        raise ValueError(f"constrain: {len(axes)} logical axes {tuple(axes)} for an array of shape {x.shape}")
+        return None
+    if len(axes) != len(shape):
+        raise ValueError(f"constrain: {len(axes)} logical axes {tuple(axes)} for an array of shape {tuple(shape)}")
     for a in axes:
         if a is not None and a not in ACTIVATION_AXES:
             raise ValueError(f"unknown logical activation axis {a!r}; known: {ACTIVATION_AXES}")
     mesh, rules = context
     spec = logical_to_mesh_spec(axes, rules)
     dims = []
-    for dim, a in zip(x.shape, list(spec) + [None] * (x.ndim - len(spec))):
+    for dim, a in zip(shape, list(spec) + [None] * (len(shape) - len(spec))):
         names = () if a is None else (a,) if isinstance(a, str) else tuple(a)
         names = tuple(n for n in names if mesh.shape[n] > 1)
         dims.append(None if not names or dim % math.prod(mesh.shape[n] for n in names) else
                     (names[0] if len(names) == 1 else names))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*dims)))
+    return mesh, PartitionSpec(*dims)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """``x`` with a sharding constraint from its logical activation ``axes`` (one per dim) inside
+    :func:`activation_sharding`, else ``x`` unchanged (:func:`activation_spec`)."""
+    found = activation_spec(x.shape, axes)
+    if found is None:
+        return x
+    mesh, spec = found
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def weight_shardings(state: nnx.State, mesh: Mesh, rules) -> tuple[dict, list[str]]:

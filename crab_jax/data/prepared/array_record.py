@@ -69,9 +69,16 @@ def make_builder(data_dir: str | os.PathLike, builder: ExampleBuilder,
 def write_meta(out_dir: str | os.PathLike, builder: ExampleBuilder, split: str,
                infos: Sequence[tuple[str, PlanInfo]], bad: Sequence[tuple[str, str]]) -> None:
     meta = {"split": split, "dataset": builder.dataset_name, "settings": dict(builder.stored_settings()),
-            "plan_index": [[s, i.expanded_len, i.fbank_frames, i.media_slots] for s, i in infos],
+            "plan_index": [[s, i.expanded_len, i.fbank_frames, i.media_slots, i.frames, i.audio_segments,
+                            int(i.packable)] for s, i in infos],
             "bad_records": [{"path": p, "reason": r} for p, r in bad]}
     (pathlib.Path(out_dir) / META_FILE).write_text(json.dumps(meta))
+
+
+def plan_info_of_row(row: Sequence) -> PlanInfo:
+    """A stored plan-index row (see :func:`write_meta`) -> :class:`PlanInfo`."""
+    sizes = [int(x) for x in row[1:6]]
+    return PlanInfo(*sizes, packable=len(row) > 6 and bool(row[6]))
 
 
 class PreparedSource:
@@ -92,8 +99,9 @@ class PreparedSource:
             raise ValueError(f"{meta_path}: prepared with other settings than this run (prepared, now): {wrong}")
         self.builder = builder
         self.sources = [row[0] for row in self.meta["plan_index"]]
-        # rows: [source, expanded_len, fbank_frames(, media_slots)] (older folders lack the last)
-        self._infos = [PlanInfo(*(int(x) for x in row[1:4])) for row in self.meta["plan_index"]]
+        # rows: [source, expanded_len, fbank_frames(, media_slots(, frames, audio_segments, packable))]; older
+        # folders lack the last ones (their records then train unpacked)
+        self._infos = [plan_info_of_row(row) for row in self.meta["plan_index"]]
         self._ds = None
 
     def _data(self):
