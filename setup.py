@@ -53,9 +53,10 @@ setup(
         # reading / writing torch .bin / .pt checkpoints (safetensors needs no torch)
         "convert": ["torch==2.13.0"],
         # the TPU runtime / compiler (also what `crab_jax.training.aot` needs on a CPU host)
-        # gs:// workdirs: epath (Orbax metadata, JSONL) needs gcsfs (same release as fsspec),
+        # gs:// workdirs: epath (Orbax metadata, JSONL) needs gcsfs, which pins fsspec to its own release
+        # (so no exact pin here: gcsfs 2026.9.0 was never released, and pip picks the pair);
         # tensorboardX's gs:// event writer needs google-cloud-storage.
-        "tpu": ["jax[tpu]==0.10.2", "gcsfs==2026.9.0", "google-cloud-storage>=2.18,<4"],
+        "tpu": ["jax[tpu]==0.10.2", "gcsfs>=2026.8.2", "google-cloud-storage>=2.18,<4"],
     },
     entry_points={"console_scripts": ["crab-convert-weights=crab_jax.cli.convert_weights.cli:main"]},
 )

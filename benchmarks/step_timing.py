@@ -66,7 +66,8 @@ class Runner:
     (trainable parameters), ``times`` (seconds of each timed step).
     """
 
-    def __init__(self, config, model_cfg, name: str):
+    def __init__(self, config, model_cfg, name: str, local_batch: dict | None = None):
+        """``local_batch``: the batch to step on (default: the run's ``random`` source's first)."""
         from crab_jax.data.sources import train_iterator
         from crab_jax.parallel.mesh import to_global
         from crab_jax.training.aot import xla_cost
@@ -76,10 +77,14 @@ class Runner:
         self.name = name
         run, family = resolve(config)
         setup, _, _ = build_setup(run, model_cfg=model_cfg, steps=1000)
-        local = next(train_iterator(run, family, model_cfg, None, progress=False))
+        local = local_batch if local_batch is not None else next(train_iterator(run, family, model_cfg, None,
+                                                                               progress=False))
         shapes = {k: np.shape(v) for k, v in local.items()}
         self.batch = to_global(local, batch_shardings(shapes, setup.mesh))
         self.tokens = float(np.asarray(local["attention_mask"]).sum())
+        # Samples of the batch: a packed row holds several (segment_task_id >= 0), a row one.
+        self.samples = int((np.asarray(local["segment_task_id"]) >= 0).sum()) if "segment_task_id" in local \
+            else int(np.asarray(local["attention_mask"]).shape[0])
         step = make_train_step(setup, micro_batches=int(run.train.micro_batches), with_seg=bool(run.model.seg_branch),
                                num_tasks=len(run.data.tasks), router_groups=int(run.metrics.router_layer_groups))
         self.state = setup.init_fn()
@@ -87,7 +92,8 @@ class Runner:
         self.step_fn = jit_train_step(setup, step, shapes).lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - t0
         self.xla_flops = xla_cost(self.step_fn)["flops"]
-        spec = family.batch.spec(run.data, model_cfg, int(run.train.global_batch))
+        spec = (family.batch.packed_spec if "segment_ids" in local else family.batch.spec)(
+            run.data, model_cfg, int(run.train.global_batch))
         self.flops_per_token = family.flops(model_cfg, spec, setup.trainable_paths).per_token
         self.trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract.params))
         self.times: list[float] = []
@@ -197,10 +203,12 @@ def check_variants(names: Sequence[str], known: Sequence[str]) -> tuple[str, ...
 
 
 def run_cli(*, default_config: str, variants: Sequence[str], batch: int, seq_len: int, steps: int,
-            extra_flags: Callable[[object], dict], run: Callable, title: Callable[[dict], str]) -> None:
+            extra_flags: Callable[[object], dict], run: Callable, title: Callable[[dict], str],
+            table: Callable[[dict, str], None] | None = None) -> None:
     """The benchmarks' shared command line: ``--config`` (+ ``--config.a.b=v``), the common flags
     (batch, seq_len, hidden, layers, steps, variants, json) and ``extra_flags(absl.flags)``; then
-    ``run(config, args) -> result dict``, its table (unless ``--json``) and its JSON line."""
+    ``run(config, args) -> result dict``, its table (``table(result, title)``, default
+    :func:`print_table`; not with ``--json``) and its JSON line."""
     import argparse
     import json
 
@@ -226,7 +234,7 @@ def run_cli(*, default_config: str, variants: Sequence[str], batch: int, seq_len
         args.variants = check_variants(args.variants, variants)
         out = run(config.value, args)
         if not args.json:
-            print_table(out, title(out))
+            (table or print_table)(out, title(out))
         print(json.dumps(out))
 
     app.run(main)

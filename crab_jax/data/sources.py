@@ -167,6 +167,9 @@ def train_iterator(run: RunConfig, family, model_cfg, setup: DataSetup, *, progr
     """This process's training batches: ``random`` batches, or the Grain pipeline over the records."""
     data = run.data
     if data.source == "random":
+        if int(data.packing.seq_len) > 0:
+            raise ValueError(f"config data.packing.seq_len={data.packing.seq_len}: the random source has no records "
+                             "to pack; set data.packing.seq_len=0 or a records source (data.source=synthetic|avuie)")
         spec = random_spec(run, family, model_cfg, per_process_batch(run.train.global_batch, "train.global_batch"))
         seed = run.seed * 1000 + jax.process_index()
         return family.batch.random_batches(spec, model_cfg, seed, num_distinct=int(data.num_distinct),

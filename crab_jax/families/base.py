@@ -62,6 +62,10 @@ class BatchFormat:
       arrays], has_answer [b])``: a training-format batch cut to its prompts (same shapes) for
       generation, the prompts padded on ``padding``'s side (``"right"``: only a family whose
       original right-pads its generation batches accepts it, to reproduce its numbers).
+    packed_spec: ``(data, model_cfg, batch_size) -> BatchSpec`` of the packed bucket as the config
+      sizes it (``data.packing``; its media slots: ``data.packing.frame_slots`` / ``audio_slots``, or
+      the most at ``samples`` samples per row when 0), for compiling without data (the AOT check);
+      None: the family cannot pack (its builder has no ``collate_packed``).
     """
 
     spec: Callable[[DataConfig, Any, int], BatchSpec]
@@ -69,6 +73,7 @@ class BatchFormat:
     random_batches: Callable[..., Iterator[dict]]
     check: Callable[..., None]
     prompt_batch: Callable[..., Any]
+    packed_spec: Callable[[DataConfig, Any, int], BatchSpec] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

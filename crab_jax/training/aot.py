@@ -150,8 +150,15 @@ def aot_model_config(run: RunConfig, family: Family):
 
 
 def batch_spec(run: RunConfig, setup):
-    """The global batch's static shapes (the family's random source for the run's data config)."""
-    return setup.family.batch.spec(run.data, setup.model_cfg, int(run.train.global_batch))
+    """The global batch's static shapes: the packed bucket's with ``data.packing`` on (the shape
+    most steps of such a run take), else the family's random source's for the run's data config."""
+    batch = setup.family.batch
+    if int(run.data.packing.seq_len) > 0:
+        if batch.packed_spec is None:
+            raise ValueError(f"config data.packing.seq_len={run.data.packing.seq_len}: the {setup.family.name} "
+                             "family cannot pack samples; set data.packing.seq_len=0")
+        return batch.packed_spec(run.data, setup.model_cfg, int(run.train.global_batch))
+    return batch.spec(run.data, setup.model_cfg, int(run.train.global_batch))
 
 
 def abstract_batch(run: RunConfig, setup) -> dict:

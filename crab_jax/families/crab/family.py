@@ -34,6 +34,17 @@ def random_spec(data: DataConfig, cfg: CrabConfig, batch: int) -> batch_spec.Bat
                                 image_size=cfg.clip.vision.image_size)
 
 
+def packed_spec(data: DataConfig, cfg: CrabConfig, batch: int) -> batch_spec.BatchSpec:
+    """The packed bucket's shape from the config alone (``data.packing``; see ``BatchFormat.packed_spec``)."""
+    p = data.packing
+    slots = resolve_slots(data.tasks, int(data.frame_slots), int(data.audio_slots), check=False)
+    return batch_spec.BatchSpec(batch=batch, seq_len=int(p.seq_len),
+                                frame_slots=int(p.frame_slots) or slots.frames * int(p.samples),
+                                audio_slots=int(p.audio_slots) or slots.audio_segments * int(p.samples),
+                                fbank_frames=int(data.fbank_frames), image_size=cfg.clip.vision.image_size,
+                                segments=int(p.samples))
+
+
 def batch_shapes(spec: batch_spec.BatchSpec, cfg: CrabConfig) -> dict:
     return spec.shapes(len(cfg.mask_token_ids))
 
@@ -59,7 +70,8 @@ FAMILY = Family(
     base_vocab_of=tokens.base_vocab_of,
     added_tokens=tokens.ADDED_TOKENS,
     record_texts=prompts.build_crab_text,
-    batch=BatchFormat(spec=random_spec, shapes=batch_shapes, random_batches=random_batches, check=check_batch,
+    batch=BatchFormat(spec=random_spec, packed_spec=packed_spec, shapes=batch_shapes, random_batches=random_batches,
+                      check=check_batch,
                       prompt_batch=evaluation.prompt_batch),
     read_records=read_records,
     example_builder=example_builder,
