@@ -169,9 +169,10 @@ class Original:
             config = json.load(f)["fixtures"]["crab_full"]["config"]
         fixture = os.path.join(args.fixtures, "crab_full")
         sys.path.insert(0, args.crab_repo)
-        import transformers  # noqa: F401  (before the stand-in torchaudio: it probes the real one once)
+        importlib.import_module("transformers")  # before the stand-in torchaudio: it probes the real one once
 
-        install_kaldi(args.kaldi)
+        if args.kaldi:
+            install_kaldi(args.kaldi)
         stub_video_llama2()
         patch_sizes(torch, prompt_embed_dim=config["seg"]["prompt_embed_dim"],
                     vision_width=config["clip_vision_config"]["hidden_size"],
@@ -202,7 +203,7 @@ class Original:
             if on:
                 params.append(p)
         if what not in self.optimizers:
-            self.optimizers[what] = self.torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+            self.optimizers[what] = (self.torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0), params)
         return self.optimizers[what]
 
     def _forward(self, what: str):
@@ -210,6 +211,8 @@ class Original:
         return self.model(**self.batch)
 
     def losses(self) -> dict:
+        """Eval-mode losses (every dropout off) of the LM and AVS paths, before any step."""
+        self.model.eval()
         with self.torch.no_grad():
             lm = float(self._forward("train_lm").loss)
             total = float(self._forward("train_avs").loss)
@@ -221,12 +224,16 @@ class Original:
                 "seq_lens": [int(x.shape[0]) for x in self.batch["batch_input_ids"]]}
 
     def train_step(self, what: str) -> None:
-        opt = self._set_trainable(what)
+        """One step as the HF Trainer runs it: training mode (dropout on), clip to norm 1, AdamW."""
+        opt, params = self._set_trainable(what)
+        self.model.train()
         loss = self._forward(what).loss
         loss.backward()
+        self.torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.lm.is_avs_task = False
+        self.model.eval()
 
     # ---------------------------------------------------------------- generation
     def generate(self, n: int):
@@ -256,7 +263,8 @@ def main(argv=None) -> int:
     p.add_argument("--crab-repo", required=True)
     p.add_argument("--fixtures", required=True, help="shared/fixtures/crab")
     p.add_argument("--media", required=True, help="shared/media")
-    p.add_argument("--kaldi", required=True, help="torchaudio/compliance/kaldi.py from the torchaudio wheel")
+    p.add_argument("--kaldi", default="", help="torchaudio/compliance/kaldi.py from the torchaudio wheel, loaded "
+                   "standalone (torchaudio's C extension has no build for every torch); default: import torchaudio")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--trainable-lm", nargs="+", required=True, help="regexes over the original's parameter names")
     p.add_argument("--trainable-avs", nargs="+", required=True)
