@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import pathlib
 import re
@@ -341,27 +342,41 @@ def interleaved(jax_side, original, reps: int) -> dict[str, dict[str, list[float
 
 
 def summarize(times: dict, batch: int) -> list[dict]:
-    """Rows of the table: median per side and the crab_jax / original speed (median of paired ratios)."""
+    """Rows of the table: per side the median and the best rep, the crab_jax / original speed as the
+    median of the paired (same-round) ratios, and the ratio of the bests (on a loaded machine the
+    best rep is the closest to an idle one). Train steps are given as samples/s, the rest in ms."""
     def row(name, unit, orig, ours, target_key, rate=None):
         speed = statistics.median(o / j for o, j in zip(orig, ours))
-        med_o, med_j = statistics.median(orig), statistics.median(ours)
-        if rate is not None:
-            med_o, med_j = rate / med_o, rate / med_j
+        med = {"original": statistics.median(orig), "crab_jax": statistics.median(ours)}
+        best = {"original": min(orig), "crab_jax": min(ours)}
+        best_speed = best["original"] / best["crab_jax"]
+        shown = lambda x: rate / x if rate is not None else x
         target = TARGETS.get(target_key)
-        return dict(measure=name, unit=unit, original=med_o, crab_jax=med_j, speed=speed, target=target,
-                    met=None if target is None else speed >= target)
+        return dict(measure=name, unit=unit, original=shown(med["original"]), crab_jax=shown(med["crab_jax"]),
+                    best_original=shown(best["original"]), best_crab_jax=shown(best["crab_jax"]), speed=speed,
+                    best_speed=best_speed, target=target, met=None if target is None else speed >= target)
 
     t = times
-    per_token = {s: [(g32 - g1) / (NEW_TOKENS - 1) for g32, g1 in zip(t["gen_32"][s], t["gen_1"][s])]
-                 for s in ("original", "crab_jax")}
     ms = lambda xs: [1e3 * x for x in xs]
-    return [
+    rows = [
         row("train step, LM path", "samples/s", t["train_lm"]["original"], t["train_lm"]["crab_jax"], "train_lm",
             rate=batch),
         row("train step, AVS path (LM + mask loss)", "samples/s", t["train_avs"]["original"],
             t["train_avs"]["crab_jax"], "train_avs", rate=batch),
         row("time to first token (batch of 3)", "ms", ms(t["gen_1"]["original"]), ms(t["gen_1"]["crab_jax"]), "ttft"),
-        row("decoding, per token (batch of 3)", "ms", ms(per_token["original"]), ms(per_token["crab_jax"]), "per_token"),
+    ]
+    # Per token: (32 tokens - 1 token) / 31 of the same round; its "best" from the two best reps.
+    per_token = {s: [(g32 - g1) / (NEW_TOKENS - 1) for g32, g1 in zip(t["gen_32"][s], t["gen_1"][s])]
+                 for s in ("original", "crab_jax")}
+    tok = row("decoding, per token (batch of 3)", "ms", ms(per_token["original"]), ms(per_token["crab_jax"]),
+              "per_token")
+    if tok["crab_jax"] <= 0:  # crab_jax's 31 extra tokens cost less than the rounds' noise: no ratio
+        tok["speed"] = float("nan")
+    for s in ("original", "crab_jax"):
+        tok["best_" + s] = 1e3 * (min(t["gen_32"][s]) - min(t["gen_1"][s])) / (NEW_TOKENS - 1)
+    tok["best_speed"] = tok["best_original"] / tok["best_crab_jax"] if tok["best_crab_jax"] > 0 else float("nan")
+    rows += [
+        tok,
         row(f"{NEW_TOKENS}-token generation, end to end", "ms", ms(t["gen_32"]["original"]),
             ms(t["gen_32"]["crab_jax"]), "gen_32"),
         row("preprocessing, one AVE sample", "ms", ms(t["prep_ave"]["original"]), ms(t["prep_ave"]["crab_jax"]),
@@ -369,16 +384,23 @@ def summarize(times: dict, batch: int) -> list[dict]:
         row("preprocessing, one S4 sample", "ms", ms(t["prep_s4"]["original"]), ms(t["prep_s4"]["crab_jax"]),
             "prep_s4"),
     ]
+    return rows
+
+
+def _ratio(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}x"
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| measure | original (median) | crab_jax (median) | crab_jax / original speed | target | met |")
-    print("|---|---|---|---|---|---|")
+    print("| measure | original median | crab_jax median | speed (paired median) | original best | "
+          "crab_jax best | speed (bests) | target | met (paired median) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         target = "-" if r["target"] is None else f">= {r['target']:g}x"
         met = "-" if r["met"] is None else ("yes" if r["met"] else "no")
-        print(f"| {r['measure']} | {r['original']:.2f} {r['unit']} | {r['crab_jax']:.2f} {r['unit']} | "
-              f"{r['speed']:.2f}x | {target} | {met} |")
+        u = r["unit"]
+        print(f"| {r['measure']} | {r['original']:.2f} {u} | {r['crab_jax']:.2f} {u} | {_ratio(r['speed'])} | "
+              f"{r['best_original']:.2f} {u} | {r['best_crab_jax']:.2f} {u} | {_ratio(r['best_speed'])} | {target} | {met} |")
 
 
 def main(argv=None) -> int:
@@ -400,6 +422,9 @@ def main(argv=None) -> int:
                 print(f"{k}: original {theirs[k]:.7f}  crab_jax {mine[k]:.7f}  |diff| {abs(theirs[k] - mine[k]):.2e}")
             print(f"trainable parameters: original {theirs['trainable_params']}  crab_jax {mine['trainable_params']}")
             times = interleaved(ours, original, args.reps)
+            from crab_jax.models.decoding import TRACES
+
+            print(f"crab_jax generator traces per (prompt shape, new tokens): {dict(TRACES)}")  # 1 each: no retrace
         rows = summarize(times, batch=int(theirs["samples"]))
         load_after = os.getloadavg()
         print(f"\nmedians of {args.reps} interleaved reps; 1/5/15-min load average at start "

@@ -58,3 +58,6 @@ def test_rows_are_medians_and_paired_speed_ratios():
     per_token = rows["decoding, per token (batch of 3)"]
     assert per_token["crab_jax"] == pytest.approx(10.0) and per_token["original"] == pytest.approx(500.0)
     assert per_token["speed"] == pytest.approx(50.0) and per_token["target"] is None
+    # bests: the fastest rep of each side (1.0 s for crab_jax, 2.0 s for the original)
+    assert lm["best_crab_jax"] == pytest.approx(3.0) and lm["best_speed"] == pytest.approx(2.0)
+    assert per_token["best_crab_jax"] == pytest.approx(10.0) and per_token["best_speed"] == pytest.approx(50.0)
