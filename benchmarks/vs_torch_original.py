@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 import types
@@ -193,8 +194,6 @@ class Original:
 
     # ------------------------------------------------------------------ training
     def _set_trainable(self, what: str):
-        import re
-
         patterns = [re.compile(p) for p in self.trainable[what]]
         params = []
         for name, p in self.model.named_parameters():
@@ -218,7 +217,7 @@ class Original:
             total = float(self._forward("train_avs").loss)
         self.lm.is_avs_task = False
         n_params = {w: sum(p.numel() for n, p in self.model.named_parameters()
-                           if any(__import__("re").search(r, n) for r in self.trainable[w])) for w in self.trainable}
+                           if any(re.search(r, n) for r in self.trainable[w])) for w in self.trainable}
         return {"lm_loss": lm, "avs_total_loss": total, "mask_loss": total - lm, "trainable_params": n_params,
                 "samples": len(self.batch["batch_task_names"]), "tasks": self.batch["batch_task_names"],
                 "seq_lens": [int(x.shape[0]) for x in self.batch["batch_input_ids"]]}
