@@ -16,7 +16,11 @@ Variants (``k`` = ``model.lora.num_heads``, ``r`` = ``model.lora.r``, ``alpha`` 
                heads of rank r, summed), alpha' = k * alpha so the scale alpha / r is unchanged.
   ilora        I-LoRA: k heads of rank r mixed by the per-token router.
   floor        no adapter trains (LoRA B stays at its zero init, so the LLM is the frozen base):
-               only the shared set (the projectors); the score an adapter has to beat.
+               only the shared set (the projectors); the score an adapter has to beat. With an
+               empty shared set (a recipe that trains the adapters only) nothing would train:
+               the floor is the untouched base model, scored without training
+               (:attr:`PlannedRun.trains` False; its ``trainable`` keys name the adapters only
+               so that the model can be built: their B is zero, so they add nothing).
 
 In every variant the base LLM and the encoders are frozen: the trainable set is the adapter
 regexes (``study.adapter_trainable``, not for ``floor``) plus the shared set trained in every
@@ -45,6 +49,8 @@ class PlannedRun:
     variant: the adapter variant (:data:`crab_jax.study.schema.VARIANTS`).
     seed: its ``seed`` and ``data.seed``.
     overrides: dotted training-config keys -> values that make the run out of the study's config.
+    trains: False for a floor with nothing trainable (``study.shared_trainable`` empty): the
+      model is scored as the config builds it, no step runs.
     """
 
     name: str
@@ -53,6 +59,12 @@ class PlannedRun:
     variant: str
     seed: int
     overrides: Mapping[str, Any]
+    trains: bool = True
+
+
+def trains(variant: str, study: StudyConfig) -> bool:
+    """Whether a run of ``variant`` has anything to train (the floor without a shared set has not)."""
+    return variant != "floor" or bool(study.shared_trainable)
 
 
 def adapter_overrides(variant: str, lora: Mapping[str, Any], study: StudyConfig) -> dict[str, Any]:
@@ -65,7 +77,9 @@ def adapter_overrides(variant: str, lora: Mapping[str, Any], study: StudyConfig)
         "ilora": (k, r, alpha),
         "floor": (1, r, alpha),
     }[variant]
-    adapters = () if variant == "floor" else tuple(study.adapter_trainable)
+    # An untrained floor names the adapters: a model needs a trainable set to be built, and their
+    # zero B leaves the base model untouched (nothing steps).
+    adapters = () if variant == "floor" and trains(variant, study) else tuple(study.adapter_trainable)
     return {"model.lora.num_heads": heads, "model.lora.r": rank, "model.lora.alpha": scale_alpha,
             "trainable": adapters + tuple(study.shared_trainable)}
 
@@ -98,9 +112,10 @@ def plan_runs(training: Mapping[str, Any], study: StudyConfig) -> list[PlannedRu
         for task in study.tasks:
             runs.append(PlannedRun(single_name(study.single_variant, task, seed), SINGLE, (task,),
                                    study.single_variant, seed,
-                                   run_overrides((task,), study.single_variant, seed, lora, study)))
+                                   run_overrides((task,), study.single_variant, seed, lora, study),
+                                   trains=trains(study.single_variant, study)))
         for variant in study.variants:
             runs.append(PlannedRun(multi_name(variant, seed), MULTI, tuple(study.tasks), variant, seed,
                                    run_overrides(tuple(study.tasks), variant, seed, lora, study,
-                                                 steps=multi_steps)))
+                                                 steps=multi_steps), trains=trains(variant, study)))
     return runs

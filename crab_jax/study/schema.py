@@ -42,7 +42,9 @@ def study_defaults() -> ml_collections.ConfigDict:
     # Regexes of the parameters trained in EVERY variant, the floor included: the family's modality
     # projectors (Crab: ^vl_projector\., ^al_projector\.), and whatever else the config must train
     # for the adapters to matter (a tiny random LLM's LM head). The rest of the base LLM and the
-    # encoders stay frozen, so the variants differ in their adapters only.
+    # encoders stay frozen, so the variants differ in their adapters only. () when the recipe
+    # trains the adapters only (nothing is shared): the floor is then the untouched base model,
+    # scored without training (crab_jax.study.plan).
     s.shared_trainable = ()
     # A transfer is "beyond the seed noise" when |mean paired difference| > noise_se standard errors
     # of the per-seed differences (std / sqrt(seeds)); with one seed it is "n/a".
@@ -117,9 +119,6 @@ def check_study_section(section: dict, training: ml_collections.ConfigDict, *, s
     adapters, shared = _strings(section, "adapter_trainable"), _strings(section, "shared_trainable")
     if not adapters:
         raise _error("adapter_trainable", adapters, "empty; expected the adapter parameters' regexes")
-    if not shared:
-        raise _error("shared_trainable", shared,
-                     "empty; expected regexes of the family's projector parameters (Crab: '^vl_projector\\\\.')")
     heads = int(training.model.lora.num_heads)
     if heads < 2 and ("ilora" in variants or section["single_variant"] == "ilora"):
         raise ConfigError(f"config model.lora.num_heads={heads}: the ilora variant needs k >= 2 heads")

@@ -14,6 +14,9 @@ task, write the table.
    trained state (:attr:`~crab_jax.training.loop.RunResult.state`) is evaluated once on the
    held-out split of EVERY study task (:func:`crab_jax.evaluation.heldout.evaluate_state` with
    the study's task list), each scored with its family's headline metric.
+   A floor with nothing to train (:attr:`~crab_jax.study.plan.PlannedRun.trains` False: an
+   empty ``study.shared_trainable``) is built as the trainer builds it (the seed, then
+   ``model.init_checkpoint``) and scored the same way, without a step.
 3. A finished run writes ``DIR/runs/<name>/result.json`` (atomically) as its last act; a rerun
    skips every run that has one (an interrupted run resumes from its checkpoint).
 4. Writes ``DIR/transfer.json`` and ``DIR/transfer.md`` (:mod:`crab_jax.study.transfer_table`).
@@ -47,7 +50,7 @@ from crab_jax.study.plan import PlannedRun, plan_runs
 from crab_jax.study.schema import StudyConfig
 from crab_jax.training.compile_cache import enable_compilation_cache
 from crab_jax.training.loop import RunResult, run_training
-from crab_jax.training.setup import resolve, run_model_config
+from crab_jax.training.setup import build_setup, initial_state, resolve, run_model_config
 
 log = logging.getLogger("crab_jax.study")
 
@@ -137,14 +140,23 @@ def quiet_logging(level: int = logging.WARNING):
             lg.setLevel(lvl)
 
 
+def untrained(config: ml_collections.ConfigDict, run_dir: pathlib.Path, data: DataSetup) -> RunResult:
+    """The run's model before any step, as :func:`run_training` would start it (its seed, its
+    ``model.init_checkpoint``), with no history and nothing written."""
+    run, family = resolve(config)
+    setup, _, _ = build_setup(run, model_cfg=run_model_config(run, family, data), steps=1)
+    return RunResult([], [], run_dir, None, data, dict(family.headline), state=initial_state(run, setup), setup=setup)
+
+
 def train_and_score(training: ml_collections.ConfigDict, study: StudyConfig, planned: PlannedRun,
                     data: DataSetup, run_dir: pathlib.Path) -> dict:
-    """Trains ``planned`` (resuming its checkpoints), scores it on every study task, writes and
-    returns its result (``scores``: task -> the family's headline metric entry)."""
+    """Trains ``planned`` (resuming its checkpoints; nothing when it does not train), scores it on
+    every study task, writes and returns its result (``scores``: task -> the family's headline
+    metric entry)."""
     config = run_config(training, planned, data)
     t0 = time.perf_counter()
     with quiet_logging():
-        result = run_training(config, run_dir)
+        result = run_training(config, run_dir) if planned.trains else untrained(config, run_dir, data)
         t1 = time.perf_counter()
         results = evaluate_on_tasks(config, study.tasks, result, data)
     _, family = resolve(config)
@@ -156,9 +168,10 @@ def train_and_score(training: ml_collections.ConfigDict, study: StudyConfig, pla
     out = {"name": planned.name, "kind": planned.kind, "variant": planned.variant, "seed": planned.seed,
            "tasks": list(planned.tasks), "overrides": {k: (list(v) if isinstance(v, tuple) else v)
                                                        for k, v in planned.overrides.items()},
-           "scores": {t: scores[t] for t in study.tasks}, "results": results,
+           "trained": planned.trains, "scores": {t: scores[t] for t in study.tasks}, "results": results,
            "steps_run": len(result.history), "final_loss": losses[-1] if losses else None,
            "train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.perf_counter() - t1, 2)}
+    run_dir.mkdir(parents=True, exist_ok=True)  # an untrained run has no folder yet
     write_json_atomic(run_dir / RESULT_FILE, out)  # last: its presence means the run is done
     return out
 

@@ -1,13 +1,17 @@
-"""A miniature transfer study end to end (2 tasks, 1 seed, 2 steps), its resume, and the command line."""
+"""A miniature transfer study end to end per family (2 tasks, 1 seed, 2 steps), its resume, and
+the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from crab_jax.families import get
 from crab_jax.study import transfer
 from crab_jax.study.plan import plan_runs
 from crab_jax.study.schema import load_study_config
@@ -18,32 +22,61 @@ TINY = str(REPO / "configs" / "study_tiny.py")
 TASKS = ("avqa", "ave")
 
 
-def miniature(tmp):
-    return load_study_config(TINY, [
-        f"study.tasks={TASKS!r}", "study.seeds=(0,)", "study.variants=('lora',)",
+@dataclasses.dataclass(frozen=True)
+class Miniature:
+    """A family's tiny study config made miniature: ``overrides`` beyond the shared ones, and a
+    parameter prefix of a frozen encoder (the base must be the same in every run of a seed)."""
+
+    config: str
+    overrides: tuple[str, ...]
+    encoder: str
+
+
+MINIATURES = {
+    # Crab: its tiny study's shared set (the projectors and the LM head) trains in every run.
+    "crab": Miniature(TINY, ("study.variants=('lora',)",), "visual_encoder."),
+    # Crab+: the released recipe's shared set (none: adapters only), so the floor is the untouched
+    # base, scored without training.
+    "crab_plus": Miniature(str(REPO / "configs" / "study_crab_plus_tiny.py"),
+                           ("study.variants=('lora','floor')", "study.shared_trainable=()"), "visual."),
+}
+
+
+def miniature(tmp, case: Miniature):
+    return load_study_config(case.config, [
+        f"study.tasks={TASKS!r}", "study.seeds=(0,)", *case.overrides,
         "train.num_steps=2", "train.global_batch=2", "train.compilation_cache='none'",
         "data.synthetic.num_train=4", "data.synthetic.num_test=2", f"data.cache_dir={str(tmp / 'cache')!r}",
         "eval.batch_size=4", "eval.max_new_tokens=3", "checkpoint.async_save=False"])
 
 
-@pytest.fixture(scope="module")
-def study_run(tmp_path_factory):
-    """The study run once; every run's frozen weights and trainable paths recorded on the way."""
-    tmp = tmp_path_factory.mktemp("study")
-    training, study = miniature(tmp)
+# Three tiny Crab runs: the seed's initialisation (~50 s on 2 busy cores) and two train-step compiles
+# (a single-task step logs one task's losses, the multi-task step two); the rest loads from the cache.
+# ~2 min of CPU for the module's real runs, so heavy; test_study_logic_* below cover the same
+# bookkeeping with a stand-in trainer in the default selection. Crab+'s three trained runs and its
+# untrained floor take about as long: heavy too.
+@pytest.fixture(scope="module", params=sorted(MINIATURES))
+def study_run(request, tmp_path_factory):
+    """The family's miniature study run once; every run's frozen weights, trainable paths and
+    trainable weights recorded on the way (trained or not)."""
+    tmp = tmp_path_factory.mktemp(f"study_{request.param}")
+    training, study = miniature(tmp, MINIATURES[request.param])
     seen = {}
 
-    def recording(config, workdir):
-        result = real(config, workdir)
-        seen[workdir.name] = ({k: np.asarray(v) for k, v in _flat(result.state.frozen).items()},
-                              list(result.setup.trainable_paths))
-        return result
+    def recording(build):
+        def run(config, workdir, *args):
+            result = build(config, workdir, *args)
+            seen[workdir.name] = ({k: np.asarray(v) for k, v in _flat(result.state.frozen).items()},
+                                  list(result.setup.trainable_paths),
+                                  {k: np.asarray(v) for k, v in _flat(result.state.params).items()})
+            return result
+        return run
 
-    real = transfer.run_training
     with compile_cache(tmp / "jax_cache"), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(transfer, "run_training", recording)
+        mp.setattr(transfer, "run_training", recording(transfer.run_training))
+        mp.setattr(transfer, "untrained", recording(transfer.untrained))
         table = transfer.run_study(training, study, tmp / "out", command="the command", progress=False)
-    return tmp, training, study, table, seen
+    return tmp, training, study, table, seen, request.param
 
 
 def _flat(tree, prefix=""):
@@ -56,19 +89,18 @@ def _flat(tree, prefix=""):
     return out
 
 
-# Three tiny Crab runs: the seed's initialisation (~50 s on 2 busy cores) and two train-step compiles
-# (a single-task step logs one task's losses, the multi-task step two); the rest loads from the cache.
-# ~2 min of CPU for the module's real runs, so heavy; test_study_logic_* below cover the same
-# bookkeeping with a stand-in trainer in the default selection.
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_every_planned_run_finishes_and_scores_every_task(study_run):
-    tmp, training, study, table, seen = study_run
-    names = [p.name for p in plan_runs(training, study)]
-    assert sorted(seen) == sorted(names) == ["multi-lora-s0", "single-lora-ave-s0", "single-lora-avqa-s0"]
-    for name in names:
-        result = json.loads((tmp / "out" / "runs" / name / "result.json").read_text())
-        assert result["name"] == name and result["steps_run"] == 2
+    tmp, training, study, table, seen, _ = study_run
+    plan = plan_runs(training, study)
+    names = [p.name for p in plan]
+    assert sorted(seen) == sorted(names) and len(names) == len(TASKS) + len(study.variants)
+    for planned in plan:
+        result = json.loads((tmp / "out" / "runs" / planned.name / "result.json").read_text())
+        assert result["name"] == planned.name and result["trained"] == planned.trains
+        assert result["steps_run"] == (2 if planned.trains else 0)
+        assert (tmp / "out" / "runs" / planned.name / "checkpoints").is_dir() == planned.trains
         assert set(result["scores"]) == set(TASKS)  # a single-task model too is scored on every task
         assert all(e["n"] == 2 for e in result["scores"].values())
     assert (tmp / "out" / MARKDOWN_FILE).read_text().count("\n| a") == 2  # avqa, ave rows
@@ -78,22 +110,28 @@ def test_every_planned_run_finishes_and_scores_every_task(study_run):
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_runs_of_a_seed_share_the_frozen_base_and_train_no_base_weight(study_run):
-    _, _, _, _, seen = study_run
-    reference = seen["single-lora-avqa-s0"][0]
-    for name, (frozen, trainable) in seen.items():
-        assert not any(p.startswith("llm.") and ".lora_" not in p and not p.startswith("llm.lm_head.")
-                       for p in trainable), name  # the base LLM is frozen (the tiny study trains its head)
-        assert any(p.startswith("vl_projector.") for p in trainable)
+    _, training, study, _, seen, family = study_run
+    llm = get(family).llm_path + "."
+    shared = [re.compile(p) for p in study.shared_trainable]
+    reference = seen[f"single-lora-{TASKS[0]}-s0"][0]
+    for name, (frozen, trainable, _) in seen.items():
+        # Only adapters and the shared set train (the tiny Crab study's shared set holds its LM head).
+        assert all(".lora_" in p or any(rx.search(p) for rx in shared) for p in trainable), name
+        assert all(any(rx.search(p) for p in trainable) for rx in shared), name
         common = [k for k in reference if k in frozen and "lora_" not in k]
-        assert any(k.startswith("visual_encoder.") for k in common) and any(k.startswith("llm.") for k in common)
+        assert any(k.startswith(MINIATURES[family].encoder) for k in common) and any(k.startswith(llm) for k in common)
         for k in common:
             np.testing.assert_array_equal(frozen[k], reference[k], err_msg=f"{name}: {k}")
+    for planned in plan_runs(training, study):
+        if not planned.trains:  # the untouched base: every adapter's B at its zero init adds nothing
+            b = [v for k, v in seen[planned.name][2].items() if k.endswith(".lora_B")]
+            assert b and not any(np.any(v) for v in b), planned.name
 
 
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_transfer_json_numbers_are_the_differences_of_its_scores(study_run):
-    tmp, _, study, _, _ = study_run
+    tmp, _, study, _, _, _ = study_run
     table = json.loads((tmp / "out" / JSON_FILE).read_text())
     runs = {r["name"]: r for r in table["runs"]}
     for task in TASKS:
@@ -109,14 +147,16 @@ def test_transfer_json_numbers_are_the_differences_of_its_scores(study_run):
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_rerun_skips_finished_runs_and_resumes_a_missing_one(study_run, monkeypatch):
-    tmp, training, study, table, _ = study_run
+    tmp, training, study, table, _, _ = study_run
     out = tmp / "out"
-    rows = {p.name: (out / "runs" / p.name / "metrics.jsonl").read_text() for p in plan_runs(training, study)}
+    trained = [p.name for p in plan_runs(training, study) if p.trains]
+    rows = {name: (out / "runs" / name / "metrics.jsonl").read_text() for name in trained}
 
-    def no_training(config, workdir):
-        raise AssertionError(f"{workdir.name} trained again")
+    def no_training(config, workdir, *args):
+        raise AssertionError(f"{workdir.name} trained or built again")
 
     monkeypatch.setattr(transfer, "run_training", no_training)
+    monkeypatch.setattr(transfer, "untrained", no_training)
     again = transfer.run_study(training, study, out, command="the command", progress=False)
     assert again["tasks"] == json.loads(json.dumps(table["tasks"]))  # the same numbers, from the result files
 
@@ -171,19 +211,26 @@ def test_a_bad_workdir_or_config_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(lines) == 2 and "is a file" in lines[0] and "no such config file" in lines[1]
 
 
+@pytest.mark.parametrize("family", sorted(MINIATURES))
 @pytest.mark.parametrize("override, key", [
     ("data.path='/tmp/shared_synthetic'", "data.path"),   # one folder would be regenerated per task set
     ("data.prepared='/tmp/prepared'", "data.prepared"),   # read whole: a single-task run would see every task
 ])
-def test_data_a_single_task_run_cannot_restrict_is_refused(tmp_path, override, key):
+def test_data_a_single_task_run_cannot_restrict_is_refused(tmp_path, family, override, key):
     from crab_jax.config.check import ConfigError
 
-    training, study = load_study_config(TINY, [override])
+    training, study = load_study_config(MINIATURES[family].config, [override])
     with pytest.raises(ConfigError, match=key):
         transfer.study_data(training, study, progress=False)
 
 
 # ----------------------------------------------------------------------------- the study's bookkeeping, fast
+
+# Each family's tiny study config as it is, and Crab+'s with the released recipe's shared set (none:
+# an untrained floor).
+LOGIC_CASES = [pytest.param(MINIATURES["crab"].config, (), id="crab"),
+               pytest.param(MINIATURES["crab_plus"].config, (), id="crab_plus"),
+               pytest.param(MINIATURES["crab_plus"].config, ("study.shared_trainable=()",), id="crab_plus-adapters_only")]
 
 
 def stand_in_score(config, task: str) -> float:
@@ -195,50 +242,64 @@ def stand_in_score(config, task: str) -> float:
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """run_training / evaluation / data stood in for: the study's own logic only (no model)."""
-    trained = []
+    """run_training / the untrained build / evaluation / data stood in for: the study's own logic
+    only (no model). Returns the names of the runs trained or built, in order."""
+    built = []
 
     def train(config, workdir):
-        trained.append(workdir.name)
+        built.append(workdir.name)
         workdir.mkdir(parents=True, exist_ok=True)
         steps = int(config.train.num_steps)
         with open(workdir / "metrics.jsonl", "a") as f:
             f.writelines(json.dumps({"step": s + 1, "loss": 1.0 / (s + 1)}) + "\n" for s in range(steps))
         return SimpleNamespace(history=[{"loss": 1.0 / (s + 1)} for s in range(steps)], config=config)
 
+    def untrained(config, workdir, data):
+        built.append(workdir.name)
+        return SimpleNamespace(history=[], config=config)
+
     def evaluate(config, tasks, result, data):
         assert tuple(config.data.tasks) == result.config.data.tasks and config.data.tokenizer == "/tok"
         return {f"{t}/{t}": {"mean": stand_in_score(result.config, t), "n": 4} for t in tasks}
 
     monkeypatch.setattr(transfer, "run_training", train)
+    monkeypatch.setattr(transfer, "untrained", untrained)
     monkeypatch.setattr(transfer, "evaluate_on_tasks", evaluate)
     monkeypatch.setattr(transfer, "study_data", lambda *a, **k: SimpleNamespace(tokenizer_dir="/tok"))
-    return trained
+    return built
 
 
-def test_study_logic_runs_the_plan_then_skips_it_and_resumes_what_is_missing(tmp_path, stand_in):
-    training, study = load_study_config(TINY, [f"study.tasks={TASKS!r}", "study.seeds=(0,1,2)",
-                                               "train.num_steps=3"])
-    names = [p.name for p in plan_runs(training, study)]
+@pytest.mark.parametrize("config, overrides", LOGIC_CASES)
+def test_study_logic_runs_the_plan_then_skips_it_and_resumes_what_is_missing(tmp_path, stand_in, config, overrides):
+    training, study = load_study_config(config, [f"study.tasks={TASKS!r}", "study.seeds=(0,1,2)",
+                                                 "train.num_steps=3", *overrides])
+    plan = plan_runs(training, study)
+    names = [p.name for p in plan]
     table = transfer.run_study(training, study, tmp_path, command="cmd", progress=False)
     assert sorted(stand_in) == sorted(names) and len(names) == 3 * (2 + 4)
-    for name in names:
-        assert json.loads((tmp_path / "runs" / name / "result.json").read_text())["steps_run"] == 3
-    metrics = {n: (tmp_path / "runs" / n / "metrics.jsonl").read_text() for n in names}
+    for p in plan:
+        result = json.loads((tmp_path / "runs" / p.name / "result.json").read_text())
+        assert result["steps_run"] == (3 if p.trains else 0) and result["trained"] == p.trains
+    assert [p.trains for p in plan] == [p.variant != "floor" or bool(study.shared_trainable) for p in plan]
+    trained = [p.name for p in plan if p.trains]
+    metrics = {n: (tmp_path / "runs" / n / "metrics.jsonl").read_text() for n in trained}
 
     stand_in.clear()
     assert transfer.run_study(training, study, tmp_path, progress=False)["tasks"] == table["tasks"]
-    assert stand_in == []  # nothing trained again
+    assert stand_in == []  # nothing trained or built again
     (tmp_path / "runs" / "multi-ilora-s1" / "result.json").unlink()
+    (tmp_path / "runs" / "multi-floor-s2" / "result.json").unlink()
     transfer.run_study(training, study, tmp_path, progress=False)
-    assert stand_in == ["multi-ilora-s1"]
+    assert stand_in == ["multi-ilora-s1", "multi-floor-s2"]
     assert all((tmp_path / "runs" / n / "metrics.jsonl").read_text() == metrics[n]
-               for n in names if n != "multi-ilora-s1")
+               for n in trained if n not in stand_in)
 
 
-def test_study_logic_table_numbers_are_the_differences_of_the_scores_in_transfer_json(tmp_path, stand_in):
-    training, study = load_study_config(TINY, [f"study.tasks={TASKS!r}", "study.seeds=(0,1,2)",
-                                               "train.num_steps=1"])
+@pytest.mark.parametrize("config, overrides", LOGIC_CASES)
+def test_study_logic_table_numbers_are_the_differences_of_the_scores_in_transfer_json(tmp_path, stand_in, config,
+                                                                                       overrides):
+    training, study = load_study_config(config, [f"study.tasks={TASKS!r}", "study.seeds=(0,1,2)",
+                                                 "train.num_steps=1", *overrides])
     transfer.run_study(training, study, tmp_path, progress=False)
     table = json.loads((tmp_path / JSON_FILE).read_text())
     runs = {r["name"]: r["scores"] for r in table["runs"]}
