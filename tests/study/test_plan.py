@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from crab_jax.config.check import ConfigError
+from crab_jax.config.loader import load_config_file
 from crab_jax.study.plan import plan_runs
 from crab_jax.study.schema import VARIANTS, load_study_config
 from tests.train_helpers import REPO
 
 TINY = str(REPO / "configs" / "study_tiny.py")
+CRAB_PLUS_TINY = str(REPO / "configs" / "study_crab_plus_tiny.py")
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +84,67 @@ def test_a_training_config_without_a_study_section_is_refused():
         load_study_config(str(REPO / "configs" / "tiny.py"))
 
 
-def test_the_tpu_study_config_loads():
-    training, study = load_study_config(str(REPO / "configs" / "study_tpu_v4.py"))
-    assert len(study.tasks) == 9 and training.train.num_steps > 0
-    assert len(plan_runs(training, study)) == len(study.seeds) * (len(study.tasks) + len(study.variants))
+@pytest.mark.parametrize("name, family_name", [("study_tpu_v4.py", "crab"), ("study_crab_plus_tpu_v4.py", "crab_plus")])
+def test_the_tpu_study_configs_load_and_study_their_training_configs_tasks(name, family_name):
+    training, study = load_study_config(str(REPO / "configs" / name))
+    base = load_config_file(str(REPO / "configs" / name.replace("study_", "")))
+    assert training.model.family == family_name and study.tasks == tuple(base.data.tasks)
+    assert training.train.num_steps > 0 and training.model.lora.num_heads >= 2
+    runs = plan_runs(training, study)
+    assert len(runs) == len(study.seeds) * (len(study.tasks) + len(study.variants))
+    # Crab trains its projectors in every run; Crab+'s recipe only its adapters: an untrained floor.
+    assert all(r.trains == (r.variant != "floor" or bool(study.shared_trainable)) for r in runs)
+    assert bool(study.shared_trainable) == (family_name == "crab")
+
+
+def test_an_empty_shared_set_makes_the_floor_the_untrained_base_and_changes_no_other_run():
+    args = ["study.tasks=('avqa','ave')", "study.seeds=(0,)"]
+    with_shared = {r.name: r for r in plan_runs(*load_study_config(CRAB_PLUS_TINY, args))}
+    without = {r.name: r for r in plan_runs(*load_study_config(CRAB_PLUS_TINY, [*args, "study.shared_trainable=()"]))}
+    assert sorted(with_shared) == sorted(without)
+    for name, run in without.items():
+        assert run.trains == (run.variant != "floor")
+        # An untrained floor names the adapters (the model needs a trainable set; their B is zero).
+        adapters = tuple(load_study_config(CRAB_PLUS_TINY, args)[1].adapter_trainable)
+        assert run.overrides["trainable"] == adapters
+        assert {k: v for k, v in run.overrides.items() if k != "trainable"} == \
+            {k: v for k, v in with_shared[name].overrides.items() if k != "trainable"}
+    assert with_shared["multi-floor-s0"].trains and with_shared["multi-floor-s0"].overrides["trainable"] == (r"^lm_head\.",)
+
+
+@pytest.mark.parametrize("config", [pytest.param(TINY, id="crab", marks=pytest.mark.slow),  # ~15 s abstract build
+                                    pytest.param(CRAB_PLUS_TINY, id="crab_plus")])
+def test_every_runs_trainable_set_is_its_adapters_and_the_shared_set_of_the_model(config):
+    """Each planned run's ``trainable`` regexes (of the tiny study configs) all select parameters of
+    the model that run builds, and only adapters plus the shared set (the rest is the frozen base)."""
+    import re
+
+    from flax import nnx
+
+    from crab_jax.models.state_dict import path_str
+    from crab_jax.study.transfer import set_keys
+    from crab_jax.training.setup import resolve
+    from crab_jax.training.state import split_model
+    from crab_jax.training.trainable import check_patterns_match
+
+    # No seg branch (none trains in a study; Crab's takes most of the abstract build's time).
+    training, study = load_study_config(config, ["study.tasks=('avqa','ave')", "study.seeds=(0,)",
+                                                 "model.seg_branch=False"])
+    shared = [re.compile(p) for p in study.shared_trainable]
+    plan = plan_runs(training, study)
+    # The parameter paths do not depend on the adapters' heads or rank: one abstract model.
+    run, family = resolve(set_keys(training, plan[0].overrides))
+    cfg = family.model_config(run.model, 64)  # the synthetic word tokenizer's base vocabulary: any size
+    model = nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0)))
+    for planned in plan:
+        run, _ = resolve(set_keys(training, planned.overrides))
+        _, params, frozen, _ = split_model(model, run.trainable)
+        trained = [path_str(p) for p, _ in nnx.to_flat_state(params)]
+        check_patterns_match(run.trainable, trained + [path_str(p) for p, _ in nnx.to_flat_state(frozen)])
+        adapters = [p for p in trained if ".lora_" in p]
+        assert bool(adapters) == (planned.variant != "floor"), planned.name
+        assert all(".lora_" in p or any(rx.search(p) for rx in shared) for p in trained), planned.name
+        assert any(p.startswith(family.llm_path + ".") for p in (path_str(q) for q, _ in nnx.to_flat_state(frozen)))
 
 
 def test_the_frozen_weights_drawn_after_an_adapter_do_not_depend_on_its_heads_or_rank(tiny):
