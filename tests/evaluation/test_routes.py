@@ -58,8 +58,10 @@ def test_each_token_has_a_distribution_over_the_heads_for_every_layer_and_projec
     assert routes.gates.min() >= 0 and routes.gates.std() > 0  # not all uniform: the routers differ
 
 
-def test_gates_equal_the_router_on_each_layers_input(setup):
-    family, cfg, model, batches, routes = setup
+def assert_gates_are_the_routers_on_each_layers_input(family, model, batch, routes) -> int:
+    """Every LLM I-LoRA layer's recorded gates for ``batch`` (the routes' first batch) equal its
+    router applied to the input the layer saw (sown by a probe, not by the collection code);
+    returns how many (layer, projection) sites were checked. ``model`` is left in training mode."""
     probes = []
     for _, node in nnx.iter_graph(model):
         if isinstance(node, ILoRALinear):
@@ -68,28 +70,35 @@ def test_gates_equal_the_router_on_each_layers_input(setup):
     model.eval()
     try:
         @nnx.jit
-        def inputs(m, batch):
-            _, inter = nnx.capture(lambda mm: family.forward_loss(mm, batch, False), nnx.Intermediate)(m)
+        def inputs(m, b):
+            _, inter = nnx.capture(lambda mm: family.forward_loss(mm, b, False), nnx.Intermediate)(m)
             return inter
 
-        inter = inputs(model, batches[0])
+        inter = inputs(model, batch)
     finally:
         for node in probes:
             node.__class__ = ILoRALinear
         model.train()
     seen = {tuple(str(p) for p in path[:-1]): v for path, v in nnx.to_flat_state(inter) if str(path[-1]) == "x_seen"}
-    layers = model.llm.model.layers
-    first = routes.sample < batches[0]["attention_mask"].shape[0]
+    nodes = {tuple(str(p) for p in path): node for path, node in nnx.iter_graph(model) if isinstance(node, ILoRALinear)}
+    first = routes.sample < batch["attention_mask"].shape[0]
     sample, position = routes.sample[first], routes.position[first]
     checked = 0
-    for layer in range(cfg.llama.num_hidden_layers):
-        for p, name in enumerate(routes.projections):
-            group, proj = name.split(".")
-            x = seen[("llm", "model", "layers", str(layer), group, proj)].get_value()[0]  # [b, S, in]
-            node = getattr(getattr(layers[layer], group), proj)
-            expected = np.asarray(jax.jit(node.router_gates)(jnp.asarray(x)))[sample, position]
-            np.testing.assert_allclose(routes.gates[first][:, layer, p], expected, atol=1e-5)
-            checked += 1
+    for path, node in nodes.items():
+        if path[0] != family.llm_path:
+            continue  # an encoder tower's routers (Crab+): not the LLM's tokens
+        at = path.index("layers")
+        layer, name = routes.layers.index(f"layer{path[at + 1]}"), ".".join(path[at + 2:])
+        x = seen[path].get_value()[0]  # [b, S, in]
+        expected = np.asarray(jax.jit(node.router_gates)(jnp.asarray(x)))[sample, position]
+        np.testing.assert_allclose(routes.gates[first][:, layer, routes.projections.index(name)], expected, atol=1e-5)
+        checked += 1
+    return checked
+
+
+def test_gates_equal_the_router_on_each_layers_input(setup):
+    family, cfg, model, batches, routes = setup
+    checked = assert_gates_are_the_routers_on_each_layers_input(family, model, batches[0], routes)
     assert checked == cfg.llama.num_hidden_layers * len(cfg.lora.targets)
 
 
@@ -153,15 +162,33 @@ def test_summaries_are_token_means_per_task_with_nan_for_a_task_without_tokens(s
             assert np.all(np.isnan(s["task_head"][t]))
 
 
-def test_crab_plus_routes_are_the_decoders_with_its_modalities():
+@pytest.fixture(scope="module")
+def plus_setup():
+    """The tiny random Crab+ thinker (I-LoRA in its LLM, vision and audio towers), in training mode,
+    and its routes over one random batch with every placeholder kind."""
     from tests.families.crab_plus.thinker_helpers import random_thinker_batch
 
     family, cfg, batch = random_thinker_batch(2)
     model = family.build_model(cfg, nnx.Rngs(0))
-    routes = collect_routes(family, model, cfg, [batch], ("a", "b", "c", "d"))
+    model.train()
+    return family, cfg, model, batch, collect_routes(family, model, cfg, [batch], ("a", "b", "c", "d"))
+
+
+def test_crab_plus_routes_are_the_decoders_with_its_modalities(plus_setup):
+    family, cfg, _, batch, routes = plus_setup
     # The decoder's layers only (the vision / audio towers' routers see patches, not tokens).
     assert routes.gates.shape == (int(batch["attention_mask"].sum()), cfg.text.num_hidden_layers, 7, cfg.lora.num_heads)
     np.testing.assert_allclose(routes.gates.sum(-1), 1.0, atol=1e-5)
+    assert routes.gates.std() > 0
     expected = family.token_modality(batch, cfg)[routes.sample, routes.position]
     np.testing.assert_array_equal(routes.modality, expected)
     assert {TEXT, VISUAL, AUDIO} <= set(routes.modality.tolist())
+    np.testing.assert_array_equal(routes.task, np.asarray(batch["task_id"])[routes.sample])
+
+
+def test_crab_plus_gates_equal_the_llm_routers_on_each_layers_input(plus_setup):
+    family, cfg, model, batch, routes = plus_setup
+    towers = {path[0] for path, node in nnx.iter_graph(model) if isinstance(node, ILoRALinear)}
+    assert {family.llm_path, *(t.path for t in family.router_towers)} <= {str(t) for t in towers}
+    checked = assert_gates_are_the_routers_on_each_layers_input(family, model, batch, routes)
+    assert checked == cfg.text.num_hidden_layers * len(cfg.lora.targets)
