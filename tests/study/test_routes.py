@@ -119,3 +119,46 @@ def test_the_command_writes_routes_of_a_trained_run(trained_run, tmp_path, capsy
     assert set(np.unique(arrays["token_modality"]).tolist()) == {0, 1, 2}  # text, frames and audio rows
     meta = json.loads(Image.open(out / HEAD_TASK_PNG).text[PLOT_METADATA_KEY])
     assert meta["rows"] == list(TASKS) and meta["shape"] == [len(TASKS), 3]
+
+
+@pytest.fixture(scope="module")
+def crab_plus_study_run(tmp_path_factory):
+    """The multi-task I-LoRA run of a miniature Crab+ study (1 step), trained and scored by the
+    study's own code into its run folder (DIR/runs/multi-ilora-s0: checkpoints, result.json)."""
+    from crab_jax.study import transfer
+    from crab_jax.study.plan import plan_runs
+    from tests.study.study_helpers import MINIATURES, miniature
+
+    tmp = tmp_path_factory.mktemp("crab_plus_routes")
+    training, study = miniature(tmp, MINIATURES["crab_plus"], "study.variants=('ilora',)", "train.num_steps=1")
+    planned = next(p for p in plan_runs(training, study) if p.variant == "ilora")
+    with compile_cache(tmp / "jax_cache"):
+        data = transfer.study_data(training, study, progress=False)
+        transfer.train_and_score(training, study, planned, data, tmp / "out" / transfer.RUNS_DIR / planned.name)
+    return tmp / "out" / transfer.RUNS_DIR / planned.name, training, study
+
+
+@pytest.mark.slow
+@pytest.mark.heavy  # a tiny Crab+ trained one step, scored, restored and compiled again: 1-2 minutes of CPU
+def test_the_command_writes_routes_of_a_crab_plus_study_run(crab_plus_study_run, tmp_path, capsys):
+    from crab_jax.cli.study import main
+    from crab_jax.study.transfer import read_result
+    from crab_jax.training.setup import resolve
+
+    run_dir, training, study = crab_plus_study_run
+    result = read_result(run_dir)
+    assert result["variant"] == "ilora" and result["steps_run"] == 1
+    out = tmp_path / "routes"
+    assert main(["routes", "--weights", str(run_dir), "--out", str(out), "--max-batches", "1", "--no-progress"]) == 0
+    assert "tokens per task" in capsys.readouterr().out
+    arrays = check_folder(out)
+    assert arrays["tasks"].tolist() == list(study.tasks)
+    run, family = resolve(training)
+    cfg = family.model_config(run.model, 64)
+    gates = arrays["gates"]
+    # The LLM's layers and the run's I-LoRA heads (the towers' routers are not tokens' routers).
+    assert gates.shape[1:] == (family.num_llm_layers(cfg), len(run.model.lora.targets),
+                               result["overrides"]["model.lora.num_heads"])
+    assert gates.shape[0] > 0 and gates.shape[-1] >= 2
+    np.testing.assert_allclose(gates.sum(-1), 1.0, atol=1e-5)
+    assert set(np.unique(arrays["token_modality"]).tolist()) == {0, 1, 2}  # text, frames and audio rows

@@ -3,7 +3,6 @@ the command line."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from types import SimpleNamespace
@@ -16,38 +15,8 @@ from crab_jax.study import transfer
 from crab_jax.study.plan import plan_runs
 from crab_jax.study.schema import load_study_config
 from crab_jax.study.transfer_table import JSON_FILE, MARKDOWN_FILE
-from tests.train_helpers import REPO, compile_cache
-
-TINY = str(REPO / "configs" / "study_tiny.py")
-TASKS = ("avqa", "ave")
-
-
-@dataclasses.dataclass(frozen=True)
-class Miniature:
-    """A family's tiny study config made miniature: ``overrides`` beyond the shared ones, and a
-    parameter prefix of a frozen encoder (the base must be the same in every run of a seed)."""
-
-    config: str
-    overrides: tuple[str, ...]
-    encoder: str
-
-
-MINIATURES = {
-    # Crab: its tiny study's shared set (the projectors and the LM head) trains in every run.
-    "crab": Miniature(TINY, ("study.variants=('lora',)",), "visual_encoder."),
-    # Crab+: the released recipe's shared set (none: adapters only), so the floor is the untouched
-    # base, scored without training.
-    "crab_plus": Miniature(str(REPO / "configs" / "study_crab_plus_tiny.py"),
-                           ("study.variants=('lora','floor')", "study.shared_trainable=()"), "visual."),
-}
-
-
-def miniature(tmp, case: Miniature):
-    return load_study_config(case.config, [
-        f"study.tasks={TASKS!r}", "study.seeds=(0,)", *case.overrides,
-        "train.num_steps=2", "train.global_batch=2", "train.compilation_cache='none'",
-        "data.synthetic.num_train=4", "data.synthetic.num_test=2", f"data.cache_dir={str(tmp / 'cache')!r}",
-        "eval.batch_size=4", "eval.max_new_tokens=3", "checkpoint.async_save=False"])
+from tests.study.study_helpers import MINIATURES, TASKS, TINY, miniature
+from tests.train_helpers import compile_cache
 
 
 # Three tiny Crab runs: the seed's initialisation (~50 s on 2 busy cores) and two train-step compiles
