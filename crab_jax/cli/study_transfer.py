@@ -25,7 +25,8 @@ steps (study.multi_steps = compute) or each task seen as often as by its single-
   lora_budget  plain LoRA at I-LoRA's total rank budget (one head of rank k * r, alpha k * alpha)
   ilora        I-LoRA with k = model.lora.num_heads heads
   floor        frozen base: no adapter trains, only study.shared_trainable (the score adapters
-               must beat)
+               must beat); with study.shared_trainable = () (a recipe that trains the
+               adapters only) the untouched base model, scored without training
 
 The base LLM and encoders stay frozen in every run: the adapters (study.adapter_trainable) and
 study.shared_trainable (the projectors) train. Every model is scored on EVERY study task's

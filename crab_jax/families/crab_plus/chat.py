@@ -279,7 +279,9 @@ def load_tokenizer(path: str | os.PathLike):
     A tokenizer without any of :data:`~crab_jax.families.crab_plus.tokens.ADDED_TOKENS` (the
     synthetic data's word tokenizer) gets them appended, in order; one that has them must have
     all of them in order, right after its text ids (else the ids would not match the
-    checkpoint's), and is refused otherwise.
+    checkpoint's), and is refused otherwise. Its ``eos_token`` is ``<|im_end|>``, as in
+    Qwen2.5-Omni's own tokenizer: every answer (and its labels) ends there, so generation must
+    stop there (a word tokenizer's own ``</s>`` never ends an answer).
     """
     from transformers import AutoTokenizer  # heavy; only where a tokenizer is built
 
@@ -295,6 +297,7 @@ def load_tokenizer(path: str | os.PathLike):
     if ids != list(range(ids[0], ids[0] + len(ADDED_TOKENS))) or tokenizer.unk_token_id in ids:
         raise ValueError(f"{path}: the Qwen2.5-Omni added tokens are missing or out of order: "
                          f"{dict(zip(ADDED_TOKENS, ids))}")
+    tokenizer.eos_token = IM_END
     return tokenizer
 
 

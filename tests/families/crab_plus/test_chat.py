@@ -261,6 +261,7 @@ def test_load_tokenizer_adds_the_tokens_to_a_word_tokenizer(tmp_path):
     assert [tok.convert_tokens_to_ids(t) for t in ADDED_TOKENS] == list(range(words, words + len(ADDED_TOKENS)))
     ids = tok("<|im_start|>assistant\nhello<|im_end|>", add_special_tokens=False)["input_ids"]
     assert tok.convert_ids_to_tokens(ids) == ["<|im_start|>", "assistant", "hello", "<|im_end|>"]
+    assert tok.eos_token_id == ids[-1]  # generation stops where the answer's labels end, as Qwen2.5-Omni's
     partial = tok.__class__.from_pretrained(tmp_path / "w")
     partial.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
     partial.save_pretrained(tmp_path / "partial")
