@@ -28,7 +28,7 @@ Time, measured: TIME_PLACEHOLDER
 import pathlib
 
 from crab_jax.config.loader import load_config_file
-from crab_jax.study.schema import with_study_section
+from crab_jax.study.schema import cpu_study
 
 TASKS = ("avqa", "ave", "s4", "ks")
 SEEDS = (0, 1, 2)
@@ -39,17 +39,9 @@ NUM_TEST = 32
 
 def get_config():
     c = load_config_file(str(pathlib.Path(__file__).with_name("crab_plus_tiny.py")))
-    c.stage = "study_crab_plus_tiny"
-    c.train.num_steps = STEPS
-    c.data.tasks = TASKS
+    c = cpu_study(c, stage="study_crab_plus_tiny", tasks=TASKS, seeds=SEEDS, steps=STEPS)
     c.data.synthetic.num_train = NUM_TRAIN
     c.data.synthetic.num_test = NUM_TEST
-    c.checkpoint.every_steps = STEPS
-    c.checkpoint.keep = 1
-    c.metrics.log_every = 25
-    c.metrics.tensorboard = False
-    c = with_study_section(c)
-    c.study.tasks = TASKS
-    c.study.seeds = SEEDS
+    # The random tiny LLM's LM head (see above): trained in every run, the floor's too.
     c.study.shared_trainable = (r"^lm_head\.",)
     return c

@@ -18,7 +18,7 @@ every later run of a shape), 1.7 min scoring. The result and what it says: docs/
 import pathlib
 
 from crab_jax.config.loader import load_config_file
-from crab_jax.study.schema import with_study_section
+from crab_jax.study.schema import cpu_study
 
 # The six synthetic QA tasks built to compete (crab_jax.data.synthetic.qa_scenes): what is heard,
 # what is seen, how many are seen, where / when the sounding object is, whether sound and sight agree.
@@ -31,18 +31,9 @@ MAX_NEW_TOKENS = 16  # "So the answer is <answer> bottom right </answer>." and t
 
 def get_config():
     c = load_config_file(str(pathlib.Path(__file__).with_name("tiny.py")))
-    c.stage = "study_tiny"
-    c.train.num_steps = STEPS
-    c.data.tasks = TASKS
+    c = cpu_study(c, stage="study_tiny", tasks=TASKS, seeds=SEEDS, steps=STEPS)
     c.data.synthetic.num_test = NUM_TEST
     c.eval.max_new_tokens = MAX_NEW_TOKENS
-    c.checkpoint.every_steps = STEPS    # the end of each run only (a rerun resumes from it)
-    c.checkpoint.keep = 1
-    c.metrics.log_every = 25
-    c.metrics.tensorboard = False
-    c = with_study_section(c)
-    c.study.tasks = TASKS
-    c.study.seeds = SEEDS
     # The projectors and, unlike the paper-size study, the LM head: the tiny LLM is random, and with
     # its random head frozen the adapters barely move the loss (measured, 300 steps of 16 at lr 3e-3:
     # 4.7 -> 4.3 with adapters + projectors, 3.5 -> 0.14 with the head too, from step 25). It trains in every

@@ -61,6 +61,25 @@ def with_study_section(config: ml_collections.ConfigDict) -> ml_collections.Conf
     return config
 
 
+def cpu_study(config: ml_collections.ConfigDict, *, stage: str, tasks: Sequence[str], seeds: Sequence[int],
+              steps: int) -> ml_collections.ConfigDict:
+    """A small training config made a study on its ``tasks`` and ``seeds``, ``steps`` steps per run:
+    one checkpoint at the end of each run (a rerun resumes from it), loss rows every 25 steps, no
+    TensorBoard; the ``study`` section added (:func:`with_study_section`). The config file sets the
+    rest (held-out size, ``study.shared_trainable``)."""
+    config.stage = stage
+    config.train.num_steps = int(steps)
+    config.data.tasks = tuple(tasks)
+    config.checkpoint.every_steps = int(steps)
+    config.checkpoint.keep = 1
+    config.metrics.log_every = 25
+    config.metrics.tensorboard = False
+    config = with_study_section(config)
+    config.study.tasks = tuple(tasks)
+    config.study.seeds = tuple(seeds)
+    return config
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """The checked ``study`` section (``tasks`` already defaulted to ``data.tasks``)."""
