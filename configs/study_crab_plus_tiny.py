@@ -22,10 +22,11 @@ the frozen base with a trained head, and the variants still differ in their adap
 Size: ``STEPS`` = 200 steps of 8 samples per run (compute-matched), ``NUM_TRAIN`` = 128
 training clips and ``NUM_TEST`` = 32 held-out clips per task, 40 new tokens (the S4 answer fits).
 
-Time, measured (2026-12-03, 2 CPU cores shared with test runs): about 20 min per seed (8 runs
-of 60-290 s of training each, including compiles, and 7-25 s of scoring); seed 0 took 27 min
-under a heavy test load, seed 1 20 min. Three seeds: about an hour; ``--config.study.seeds='(0,)'``
-gives a one-seed table in about 20 min. The result and what it says: docs/study.md ("Crab+").
+Time, measured (2026-12-03, 2 CPU cores shared with test runs): 16-27 min per seed (8 runs of
+47-290 s of training each, including compiles, and 7-25 s of scoring): seed 0 27 min under a
+heavy test load, seed 1 20 min, seed 2 15.7 min; the three seeds about an hour.
+``--config.study.seeds='(0,)'`` gives a one-seed table in about 20 min. The result and what it
+says: docs/study.md ("Crab+").
 """
 
 import pathlib
