@@ -281,3 +281,24 @@ def test_study_logic_table_numbers_are_the_differences_of_the_scores_in_transfer
             assert t["mean"] == pytest.approx(np.mean(diffs)) and t["std"] == pytest.approx(np.std(diffs, ddof=1))
             assert t["beyond_noise"] == (abs(np.mean(diffs)) > 2 * np.std(diffs, ddof=1) / np.sqrt(3))
     assert table["headline_text"] in (tmp_path / MARKDOWN_FILE).read_text()
+
+
+@pytest.mark.heavy
+def test_a_study_over_avuie_records_trains_and_scores_every_run(tmp_path):
+    """``data.source=avuie``: the study reads AV-UIE records (the synthetic set's AV-UIE layout,
+    written once here) with a given tokenizer, like a study over the real dataset."""
+    from crab_jax.data.sources import prepare_data
+    from crab_jax.training.setup import resolve
+
+    training, study = miniature(tmp_path, MINIATURES["crab"])
+    made = prepare_data(resolve(transfer.set_keys(training, {"data.tasks": TASKS}))[0].data, get("crab"),
+                        progress=False)
+    training, study = miniature(tmp_path, MINIATURES["crab"], "data.source='avuie'", f"data.path={str(made.root)!r}",
+                                f"data.tokenizer={str(made.tokenizer_dir)!r}")
+    with compile_cache(tmp_path / "jax_cache"):
+        table = transfer.run_study(training, study, tmp_path / "out", progress=False)
+    runs = plan_runs(training, study)
+    for run in runs:
+        result = json.loads((tmp_path / "out" / "runs" / run.name / "result.json").read_text())
+        assert set(result["scores"]) == set(TASKS) and result["steps_run"] == 2
+    assert set(table["tasks"]) == set(TASKS)
