@@ -86,11 +86,14 @@ def max_new_tokens(run: RunConfig, family: Family) -> int:
 
 def headline(results: Mapping[str, Mapping], table: Mapping[str, tuple[str, ...]]) -> dict[str, dict]:
     """Per task, its main metric: ``{task: {metric, mean, n, chance}}``; ``table`` is the family's
-    task -> metric names (the first one present wins; ``exact_match`` otherwise)."""
+    task -> metric names (the first one present wins; then ``exact_match``; then the task's first
+    metric in ``results``' order, which for records scored by the family's task scorers is the
+    first row of the task's paper table, as the evaluate command's summary takes it)."""
     out = {}
     tasks = sorted({k.split("/", 1)[0] for k in results})
     for task in tasks:
-        for metric in tuple(table.get(task, ())) + ("exact_match",):
+        in_order = [k.split("/", 1)[1] for k in results if k.split("/", 1)[0] == task and not k.endswith("/unparsable")]
+        for metric in tuple(table.get(task, ())) + ("exact_match",) + tuple(in_order):
             entry = results.get(f"{task}/{metric}")
             if entry is not None and entry.get("n", 0) > 0:
                 out[task] = {"metric": metric, **entry}

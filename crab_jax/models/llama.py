@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from crab_jax.models.attention import dot_product_attention, merge_heads, split_heads
-from crab_jax.models.splash_attention import splash_attention
+from crab_jax.models.splash_attention import splash_attention, splash_tiles
 from crab_jax.models.ilora import ILoRAConfig, projection
 from crab_jax.models.layers import Embed, Linear, RMSNorm, as_dtype, normal_init
 from crab_jax.parallel.sharding import constrain
@@ -277,7 +277,7 @@ class LlamaAttention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             kv_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if self.attention == "splash" and kv_cache is None:
+        if self.attention == "splash" and kv_cache is None and splash_tiles(q.shape[1]):
             out = splash_attention(q, k, v, mask.segments)
         else:
             out = dot_product_attention(q, k, v, mask=mask.dense, implementation=self.attention)

@@ -16,6 +16,7 @@ samples and heads), so XLA never gathers activations around the custom call.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import jax
@@ -24,6 +25,8 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
 from crab_jax.parallel.sharding import activation_spec
+
+log = logging.getLogger("crab_jax.models")
 
 # Tile edge of the kernel's blocks (queries and keys, forward and backward): the MXU-friendly
 # size MaxText uses by default; a sequence must be a multiple of it.
@@ -45,6 +48,23 @@ def block_size(seq_len: int) -> int:
         block //= 2
     raise ValueError(f"splash attention needs a sequence length that is a multiple of {MIN_BLOCK}, got {seq_len} "
                      "(config data.buckets / data.packing.seq_len), or model.attention=fused")
+
+
+def splash_tiles(seq_len: int) -> bool:
+    """Whether the kernel can tile ``seq_len``; when it cannot (a bucket that is no multiple of
+    :data:`MIN_BLOCK`, e.g. a CPU demo's 112 tokens run on a TPU), the decoder takes the fused
+    path for that shape and says so once."""
+    if seq_len % MIN_BLOCK == 0:
+        return True
+    if seq_len not in _WARNED:
+        _WARNED.add(seq_len)
+        log.warning("model.attention=splash: %d tokens are no multiple of %d; this bucket uses the fused attention "
+                    "(pick data.buckets / data.packing.seq_len in multiples of %d for the kernel)", seq_len,
+                    MIN_BLOCK, MIN_BLOCK)
+    return False
+
+
+_WARNED: set[int] = set()
 
 
 @functools.lru_cache(maxsize=None)

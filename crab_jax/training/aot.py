@@ -51,6 +51,7 @@ from jax.experimental import topologies
 from crab_jax.config.sections import RunConfig
 from crab_jax.families.base import Family
 from crab_jax.parallel.accelerators import GIB, tpu_generations
+from crab_jax.models.attention import resolve_attention
 from crab_jax.training.setup import build_setup, resolve
 from crab_jax.training.step import batch_shardings, jit_train_step, make_train_step
 
@@ -145,8 +146,12 @@ def slice_devices(tpu: TpuSlice) -> list:
 
 def aot_model_config(run: RunConfig, family: Family):
     """The run's model config from the ``model`` section alone: an AOT check reads no dataset, so
-    ``model.base_vocab = -1`` keeps the preset's vocabulary (the paper's: LLaMA-2's 32000 + 17)."""
-    return family.model_config(run.model, None)
+    ``model.base_vocab = -1`` keeps the preset's vocabulary (the paper's: LLaMA-2's 32000 + 17).
+    ``model.attention = auto`` is resolved for the target, a TPU (splash), not for this host."""
+    model = run.model
+    if model.attention == "auto":
+        model = dataclasses.replace(model, attention=resolve_attention("auto", "tpu"))
+    return family.model_config(model, None)
 
 
 def batch_spec(run: RunConfig, setup):

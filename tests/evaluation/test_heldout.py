@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from crab_jax.evaluation.heldout import EVAL_JSONL, append_eval_jsonl, trim_eval_jsonl
+from crab_jax.evaluation.heldout import EVAL_JSONL, append_eval_jsonl, headline, trim_eval_jsonl
 
 
 def steps(path) -> list[int]:
@@ -29,3 +29,13 @@ def test_resume_drops_eval_rows_past_the_resumed_step(tmp_path):
 def test_no_eval_file_is_left_alone(tmp_path):
     trim_eval_jsonl(tmp_path, 3)
     assert not (tmp_path / EVAL_JSONL).exists()
+
+
+def test_headline_takes_the_family_metric_then_exact_match_then_the_tasks_first_row():
+    results = {"avqa/accuracy": {"mean": 0.5, "n": 4}, "avqa/Visual/avg": {"mean": 0.2, "n": 2},
+               "avqa/unparsable": {"mean": 0.1, "n": 4}, "ks/exact_match": {"mean": 0.25, "n": 4},
+               "ks/other": {"mean": 0.9, "n": 4}, "s4/s4": {"mean": 0.7, "n": 3}, "s4/J_mIoU": {"mean": 0.3, "n": 3},
+               "ave/unparsable": {"mean": 1.0, "n": 2}}
+    got = headline(results, {"s4": ("s4_category", "s4"), "avqa": ("avqa",)})
+    assert {t: e["metric"] for t, e in got.items()} == {"avqa": "accuracy", "ks": "exact_match", "s4": "s4"}
+    assert got["avqa"]["mean"] == 0.5  # records' scorers: the paper table's first row, never "unparsable"

@@ -17,7 +17,7 @@ from flax import nnx
 
 from crab_jax.models.attention import dot_product_attention, resolve_attention
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM, attention_mask_for
-from crab_jax.models.splash_attention import MIN_BLOCK, block_size, splash_attention
+from crab_jax.models.splash_attention import MIN_BLOCK, block_size, splash_attention, splash_tiles
 from tests.train_helpers import REPO
 
 SEQ = 2 * MIN_BLOCK
@@ -64,6 +64,7 @@ def test_block_size_and_the_error_for_a_length_it_cannot_tile():
     assert block_size(2048) == 512 and block_size(384) == 128 and block_size(SEQ) == SEQ
     with pytest.raises(ValueError, match=r"multiple of 128, got 112.*data.buckets"):
         block_size(112)
+    assert splash_tiles(SEQ) and not splash_tiles(112)  # the decoder then takes the fused path for that bucket
     assert resolve_attention("auto", "tpu") == "splash" and resolve_attention("auto", "gpu") == "fused"
     assert resolve_attention("auto", "cpu") == "reference"
 
