@@ -85,13 +85,34 @@ def paper_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+# ``,packed``: sequence packing into the recipe's 2048-token rows (crab_jax.data.pipeline.buckets).
+# AV-UIE's samples are ~300-750 tokens (10 frames + 10 audio seconds each), so a row holds ~4:
+# the global batch counts rows, a quarter of the recipe's samples, so a step sees about as many
+# samples as the original's; a row's media buffer holds 4 samples' frames and audio seconds.
+PACK_SAMPLES_PER_ROW = 4
+PACK_MEDIA_PER_ROW = 40
+
+
+def apply_packing(c: ml_collections.ConfigDict) -> None:
+    if c.model.seg_branch:
+        raise ValueError(f"config variant option 'packed': stage {c.stage!r} trains masks on every sample "
+                         "(the seg branch), which never pack; use it with finetune")
+    c.data.packing.seq_len = int(c.data.seq_len)
+    c.data.packing.samples = 2 * PACK_SAMPLES_PER_ROW
+    c.data.packing.frame_slots = c.data.packing.audio_slots = PACK_MEDIA_PER_ROW
+    c.train.global_batch = max(1, int(c.train.global_batch) // PACK_SAMPLES_PER_ROW)
+
+
+OPTIONS = {"cosine": lambda c: setattr(c.optim, "schedule", "cosine"), "packed": apply_packing}
+
+
 def paper_config(variant: str = "finetune") -> ml_collections.ConfigDict:
-    """``STAGE[,cosine]``: the paper's model with one stage's values (see ``configs/tpu_v4.py``)."""
+    """``STAGE[,cosine][,packed]``: the paper's model with one stage's values (see ``configs/tpu_v4.py``)."""
     parts = [p for p in (variant or "finetune").split(",") if p]
     c = paper_model(get_config())
     apply_stage(c, parts[0])
     for extra in parts[1:]:
-        if extra != "cosine":
-            raise ValueError(f"config variant {variant!r}: unknown option {extra!r} (known: cosine)")
-        c.optim.schedule = "cosine"
+        if extra not in OPTIONS:
+            raise ValueError(f"config variant {variant!r}: unknown option {extra!r} (known: {', '.join(OPTIONS)})")
+        OPTIONS[extra](c)
     return c

@@ -6,15 +6,17 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from crab_jax.config.loader import load_config_file
 from crab_jax.config.sections import RunConfig
 from crab_jax.data.records.select import read_records
 from crab_jax.families.crab import examples as E
 from crab_jax.data.pipeline.buckets import Bucket
 from crab_jax.families.crab.example_builder import example_builder
 from crab_jax.families.crab.presets import tiny_crab_config, unused_modules
-from crab_jax.families.crab.recipes import paper_config
+from crab_jax.families.crab.recipes import PACK_MEDIA_PER_ROW, PACK_SAMPLES_PER_ROW, paper_config
 from tests.data.pipeline.crab_data import word_tokenizer
 from tests.data.records.annotations import write_file
 
@@ -61,3 +63,16 @@ def test_pretrain_seg_reads_lvis_records_into_segmentation_examples(tmp_path):
     batch = builder.collate([ex], Bucket(seq_len=info.expanded_len, fbank_frames=E.BEATS_PATCH))
     assert batch["is_seg"].tolist() == [True] and batch["gt_mask"].max() == 1
     assert batch["task_id"].tolist() == [tasks.index("lvis_seg")]
+
+
+def test_the_packed_option_packs_the_finetune_rows_and_is_refused_for_mask_stages():
+    plain = load_config_file("configs/tpu_v4.py:finetune")
+    packed = load_config_file("configs/tpu_v4.py:finetune,packed")
+    assert plain.data.packing.seq_len == 0
+    assert packed.data.packing.seq_len == plain.data.seq_len
+    assert packed.train.global_batch * PACK_SAMPLES_PER_ROW == plain.train.global_batch
+    assert packed.data.packing.frame_slots == packed.data.packing.audio_slots == PACK_MEDIA_PER_ROW
+    with pytest.raises(ValueError, match="'packed': stage 'avs' trains masks"):
+        load_config_file("configs/tpu_v4.py:avs,packed")
+    with pytest.raises(ValueError, match=r"unknown option 'fast' \(known: cosine, packed\)"):
+        load_config_file("configs/tpu_v4.py:finetune,fast")
