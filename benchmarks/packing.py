@@ -40,9 +40,9 @@ def variant_config(base, variant: str, args):
     return c
 
 
-def full_batch(config) -> dict:
-    """The first batch of the run's pipeline in its main bucket (packed rows for the packed
-    variant) without filler rows."""
+def full_batch(config):
+    """``(batch, its BatchSpec, model config)``: the first batch of the run's pipeline in its main
+    bucket (packed rows for the packed variant) without filler rows."""
     from crab_jax.data.sources import prepare_data, train_iterator
     from crab_jax.training.setup import resolve, run_model_config
 
@@ -54,15 +54,17 @@ def full_batch(config) -> dict:
     for _ in range(200):
         batch = next(it)
         if ("segment_ids" in batch) == packed and not it.last_report["filler"]:
-            return batch, model_cfg
+            spec = next(s for s in it.bucket_specs()
+                        if s.seq_len == batch["input_ids"].shape[1] and bool(s.segments) == packed)
+            return batch, spec, model_cfg
     raise RuntimeError("no full batch of the main bucket in 200 batches")
 
 
 def run(config, args) -> dict:
     def make(name):
         c = variant_config(config, name, args)
-        batch, model_cfg = full_batch(c)
-        return Runner(c, model_cfg, name, local_batch=batch)
+        batch, spec, model_cfg = full_batch(c)
+        return Runner(c, model_cfg, name, local_batch=batch, spec=spec)
 
     runners = time_variants(make, args.variants, int(args.steps))
     ref = runners["unpacked"] if "unpacked" in runners else next(iter(runners.values()))

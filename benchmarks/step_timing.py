@@ -66,8 +66,9 @@ class Runner:
     (trainable parameters), ``times`` (seconds of each timed step).
     """
 
-    def __init__(self, config, model_cfg, name: str, local_batch: dict | None = None):
-        """``local_batch``: the batch to step on (default: the run's ``random`` source's first)."""
+    def __init__(self, config, model_cfg, name: str, local_batch: dict | None = None, spec=None):
+        """``local_batch``: the batch to step on, with its BatchSpec ``spec`` (default: the run's
+        ``random`` source's first batch and its spec)."""
         from crab_jax.data.sources import train_iterator
         from crab_jax.parallel.mesh import to_global
         from crab_jax.training.aot import xla_cost
@@ -92,8 +93,7 @@ class Runner:
         self.step_fn = jit_train_step(setup, step, shapes).lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - t0
         self.xla_flops = xla_cost(self.step_fn)["flops"]
-        spec = (family.batch.packed_spec if "segment_ids" in local else family.batch.spec)(
-            run.data, model_cfg, int(run.train.global_batch))
+        spec = spec if spec is not None else family.batch.spec(run.data, model_cfg, int(run.train.global_batch))
         self.flops_per_token = family.flops(model_cfg, spec, setup.trainable_paths).per_token
         self.trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract.params))
         self.times: list[float] = []

@@ -54,7 +54,7 @@ def tower_samples(tower, batch: dict, cfg) -> tuple[jax.Array, jax.Array]:
     if "segment_ids" in batch:
         if tower.name:
             raise ValueError(f"packed batches: the router usage of the {tower.name!r} tower's rows per sample is not "
-                             "implemented (a family with I-LoRA in its encoders trains unpacked: data.packing.enabled=False)")
+                             "implemented (a family with I-LoRA in its encoders trains unpacked: data.packing.seq_len=0)")
         return batch["segment_ids"], batch["segment_task_id"]
     return tower.row_valid(batch, cfg).astype(jnp.int32), batch["task_id"][:, None]
 

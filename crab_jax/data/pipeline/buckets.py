@@ -9,9 +9,9 @@ bucket. Buckets are keyed by token length only, so tasks whose audio differs in 
 draw: shorter audio is padded to the bucket's length and the family's model ignores the
 padded frames exactly (the batch says how many are real). One shape per token bucket.
 
-*Packing* (``data.pack_len`` > 0, :class:`Packing`): the records the family marks packable
-(:attr:`PlanInfo.packable`: Crab's LM-only samples) and that fit are packed several to a row of
-``pack_len`` tokens (:func:`pack_rows`: first fit over the rows of a global batch, within the
+*Packing* (``data.packing.seq_len`` > 0, :class:`~crab_jax.config.sections.PackingConfig`): the
+records the family marks packable (:attr:`PlanInfo.packable`: Crab's LM-only samples) and that fit
+are packed several to a row of ``data.packing.seq_len`` tokens (:func:`pack_rows`: first fit over the rows of a global batch, within the
 row's sample, frame and audio budgets) and form one more bucket, the packed one
 (:attr:`Bucket.segments` > 0); the rest keep their token buckets. The rows are packed once per
 run, from an order shuffled by the seed alone: samples of a row never attend to each other, so
@@ -34,6 +34,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from crab_jax.config.sections import PackingConfig
 from crab_jax.data.errors import BadRecordError
 
 
@@ -66,7 +67,7 @@ class Bucket:
     """One static batch shape: token length, fbank frames per audio segment, media slots
     (the longest of the token bucket's records, see :class:`PlanInfo`); for the packed
     bucket also the samples per row (``segments`` > 0) and each row's frame and audio
-    segment slots (``frame_slots``, ``audio_slots``; :class:`Packing`)."""
+    segment slots (``frame_slots``, ``audio_slots``; ``data.packing``)."""
 
     seq_len: int
     fbank_frames: int
@@ -78,23 +79,6 @@ class Bucket:
     @property
     def packed(self) -> bool:
         return self.segments > 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Packing:
-    """How packed rows are built (``data.pack_*``).
-
-    Attributes:
-      seq_len: tokens per packed row.
-      samples: most samples per row (the batch's ``segment_task_id`` width).
-      frame_slots, audio_slots: frames and audio segments a row's media buffer holds (what
-        the encoders run on); 0 = sized from the records (:func:`row_media_slots`).
-    """
-
-    seq_len: int
-    samples: int
-    frame_slots: int = 0
-    audio_slots: int = 0
 
 
 def choose_seq_bucket(length: int, seq_buckets: Sequence[int], source: str) -> int:
@@ -136,9 +120,9 @@ def assign_buckets(infos: Sequence[PlanInfo | None], sources: Sequence[str], seq
     return [None if seq is None else Bucket(seq, fbank[seq], slots[seq]) for seq in seqs], errors
 
 
-def row_media_slots(infos: Sequence[PlanInfo], packing: Packing, attr: str) -> int:
-    """A packed row's frame (``attr="frames"``) or audio segment slots: ``packing``'s value, or
-    (0) the row's expected share of the records' media plus the most one record shows,
+def row_media_slots(infos: Sequence[PlanInfo], packing: PackingConfig, attr: str) -> int:
+    """A packed row's frame (``attr="frames"``) or audio segment slots: ``data.packing``'s value,
+    or (0) the row's expected share of the records' media plus the most one record shows,
     within ``samples`` x that most."""
     configured = packing.frame_slots if attr == "frames" else packing.audio_slots
     if configured:
@@ -184,7 +168,7 @@ def pack_rows(order: Sequence[int], infos: Sequence[PlanInfo], bucket: Bucket, r
 
 
 def plan_items(buckets: Sequence[Bucket | None], infos: Sequence[PlanInfo | None], global_batch: int, seed: int,
-               packing: Packing | None = None) -> list[tuple[Bucket, tuple[int, ...]]]:
+               packing: PackingConfig | None = None) -> list[tuple[Bucket, tuple[int, ...]]]:
     """The rows of a run: ``(bucket, record indices)`` per row, in record order for unpacked
     ones (a row of one), then the packed rows (see the module docstring).
 
@@ -204,7 +188,7 @@ def plan_items(buckets: Sequence[Bucket | None], infos: Sequence[PlanInfo | None
         too_much = [i for i in packable if infos[i].frames > bucket.frame_slots
                     or infos[i].audio_segments > bucket.audio_slots]
         if too_much:
-            raise ValueError(f"data.pack_frame_slots / data.pack_audio_slots ({bucket.frame_slots}, "
+            raise ValueError(f"config data.packing.frame_slots / audio_slots ({bucket.frame_slots}, "
                              f"{bucket.audio_slots}) are fewer than one sample's media (record {too_much[0]}: "
                              f"{infos[too_much[0]].frames} frames, {infos[too_much[0]].audio_segments} audio segments)")
         order = np.random.default_rng([int(seed), 1 << 20]).permutation(np.asarray(packable, np.int64)).tolist()

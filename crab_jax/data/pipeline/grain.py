@@ -22,9 +22,9 @@ from typing import Sequence
 
 import grain
 
-from crab_jax.config.sections import DataConfig
+from crab_jax.config.sections import DataConfig, PackingConfig
 from crab_jax.data.errors import BadFileError, BadRecordError
-from crab_jax.data.pipeline.buckets import Packing, PlanInfo, assign_buckets, plan_items
+from crab_jax.data.pipeline.buckets import PlanInfo, assign_buckets, plan_items
 from crab_jax.data.pipeline.decoder import SlotDecoder
 from crab_jax.data.pipeline.iterator import BatchIterator, TooManyBadRecordsError
 from crab_jax.data.pipeline.plan import build_plan_index
@@ -41,7 +41,7 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
                   num_epochs: int | None = None, workers: int = 0, index_workers: int | None = None,
                   read_threads: int | None = None, prefetch: int | None = None, cache_dir: str | None = None,
                   initial_bad: Sequence[BadRecordError] = (), skipped_files: Sequence[BadFileError] = (),
-                  packing: Packing | None = None, progress: bool = False) -> BatchIterator:
+                  packing: PackingConfig | None = None, progress: bool = False) -> BatchIterator:
     """The pipeline over any :class:`ExampleSource` (see the module docstring).
 
     Args:
@@ -89,8 +89,8 @@ def make_iterator(source: ExampleSource, *, global_batch: int, seq_buckets: Sequ
                          skipped_files=skipped_files, record_tasks=tasks)
 
 
-def packing_of(data: DataConfig) -> Packing | None:
-    """The run's :class:`Packing` (``data.packing``; None when ``seq_len`` is 0), checked."""
+def packing_of(data: DataConfig) -> PackingConfig | None:
+    """The run's ``data.packing`` checked (None when its ``seq_len`` is 0: no packing)."""
     p = data.packing
     if int(p.seq_len) <= 0:
         return None
@@ -99,7 +99,7 @@ def packing_of(data: DataConfig) -> Packing | None:
         if value < (1 if key == "samples" else 0):
             raise ValueError(f"config data.packing.{key}={value}: expected "
                              + ("at least 1 sample per row" if key == "samples" else "0 (sized from the records) or more"))
-    return Packing(int(p.seq_len), int(p.samples), int(p.frame_slots), int(p.audio_slots))
+    return p
 
 
 def make_train_iterator(data: DataConfig, source: ExampleSource, *, global_batch: int,

@@ -50,16 +50,33 @@ def blank_example(settings: ExampleSettings, pad_id: int) -> Example:
                    is_seg=False, is_avss=False)
 
 
-def media_blocks(ex: Example, settings: ExampleSettings) -> dict[int, MediaBlock]:
-    """Placeholder id -> rows of the media buffer (visual rows, then audio)."""
+def media_blocks(ex: Example, settings: ExampleSettings, visual_row: int | None = None,
+                 audio_row: int | None = None) -> dict[int, MediaBlock]:
+    """Placeholder id -> rows of the media buffer: the visual rows from ``visual_row``, the audio
+    rows from ``audio_row`` (default: the layout's offsets; a packed row's samples start later)."""
     qv, qa = settings.visual_queries, settings.audio_queries
-    blocks, row = {}, settings.visual_offset
+    blocks = {}
+    row = settings.visual_offset if visual_row is None else visual_row
     for pid, count in ex.visual:
         blocks[pid] = MediaBlock(row, count * qv)
         row += count * qv
     if ex.fbank.shape[0]:
-        blocks[int(settings.token_ids["<audio>"])] = MediaBlock(settings.audio_offset, ex.fbank.shape[0] * qa)
+        start = settings.audio_offset if audio_row is None else audio_row
+        blocks[int(settings.token_ids["<audio>"])] = MediaBlock(start, ex.fbank.shape[0] * qa)
     return blocks
+
+
+def place_media(ex: Example, i: int, frames: np.ndarray, fbank: np.ndarray, fbank_valid: np.ndarray, *,
+                frame_slot: int = 0, audio_slot: int = 0) -> None:
+    """Writes ``ex``'s frames (CLIP-normalised) into ``frames[i]`` from ``frame_slot`` and its fbank
+    segments (zero-padded to the bucket's length, real lengths in ``fbank_valid``) into
+    ``fbank[i]`` from ``audio_slot``."""
+    n_frames, n_audio = ex.frames.shape[0], ex.fbank.shape[0]
+    if n_frames:
+        frames[i, frame_slot:frame_slot + n_frames] = clip_preprocess(ex.frames, frames.shape[-1])
+    if n_audio:
+        fbank[i, audio_slot:audio_slot + n_audio, :ex.fbank_frames] = ex.fbank
+        fbank_valid[i, audio_slot:audio_slot + n_audio] = ex.fbank_frames
 
 
 def fits(ex: Example, bucket: Bucket, settings: ExampleSettings) -> str | None:
@@ -84,11 +101,7 @@ def collate(examples: Sequence[Example], bucket: Bucket, settings: ExampleSettin
     assembled = []
     for i, ex in enumerate(examples):
         assembled.append(expand_placeholders(ex.input_ids, ex.labels, media_blocks(ex, settings)))
-        if ex.frames.shape[0]:
-            frames[i, : ex.frames.shape[0]] = clip_preprocess(ex.frames, h)
-        if ex.fbank.shape[0]:
-            fbank[i, : ex.fbank.shape[0], : ex.fbank_frames] = ex.fbank
-            fbank_valid[i, : ex.fbank.shape[0]] = ex.fbank_frames
+        place_media(ex, i, frames, fbank, fbank_valid)
         gt[i] = ex.gt_mask
     batch = left_pad_batch(assembled, bucket.seq_len, cc.pad_token_id)
     pad_left = batch.pop("pad_left")

@@ -23,25 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
-from crab_jax.data.media.decode import clip_preprocess
 from crab_jax.data.pipeline.buckets import Bucket
-from crab_jax.data.text.sequence import MediaBlock, expand_placeholders
-from crab_jax.families.crab.collate import CollateConfig
+from crab_jax.data.text.sequence import expand_placeholders
+from crab_jax.families.crab.collate import CollateConfig, media_blocks, place_media
 from crab_jax.families.crab.examples import MEL_BINS, Example, ExampleSettings
 from crab_jax.models.losses import IGNORE_INDEX
-
-
-def row_blocks(ex: Example, settings: ExampleSettings, frame_slot: int, audio_row: int) -> dict[int, MediaBlock]:
-    """Placeholder id -> rows of the packed row's media buffer for ``ex``, whose frames start at
-    frame slot ``frame_slot`` and whose audio rows start at buffer row ``audio_row``."""
-    qv, qa = settings.visual_queries, settings.audio_queries
-    blocks, row = {}, frame_slot * qv
-    for pid, count in ex.visual:
-        blocks[pid] = MediaBlock(row, count * qv)
-        row += count * qv
-    if ex.fbank.shape[0]:
-        blocks[int(settings.token_ids["<audio>"])] = MediaBlock(audio_row, ex.fbank.shape[0] * qa)
-    return blocks
 
 
 def collate_packed(rows: Sequence[Sequence[Example]], bucket: Bucket, settings: ExampleSettings,
@@ -69,8 +55,8 @@ def collate_packed(rows: Sequence[Sequence[Example]], bucket: Bucket, settings: 
             if frame + n_frames > t_row or segment + n_audio > a_row:
                 raise ValueError(f"{ex.source}: {n_frames} frames / {n_audio} audio segments do not fit the packed "
                                  f"row's {t_row - frame} / {a_row - segment} free slots")
-            sample = expand_placeholders(ex.input_ids, ex.labels, row_blocks(
-                ex, settings, frame, audio_offset + segment * settings.audio_queries))
+            sample = expand_placeholders(ex.input_ids, ex.labels, media_blocks(
+                ex, settings, frame * settings.visual_queries, audio_offset + segment * settings.audio_queries))
             n = len(sample.input_ids)
             if token + n > s:
                 raise ValueError(f"{ex.source}: {n} tokens do not fit the packed row's {s - token} free slots")
@@ -82,11 +68,7 @@ def collate_packed(rows: Sequence[Sequence[Example]], bucket: Bucket, settings: 
             out["segment_ids"][i, span] = k + 1
             out["position_ids"][i, span] = np.arange(n)
             out["segment_task_id"][i, k] = ex.task_id
-            if n_frames:
-                frames[i, frame:frame + n_frames] = clip_preprocess(ex.frames, h)
-            if n_audio:
-                fbank[i, segment:segment + n_audio, :ex.fbank_frames] = ex.fbank
-                fbank_valid[i, segment:segment + n_audio] = ex.fbank_frames
+            place_media(ex, i, frames, fbank, fbank_valid, frame_slot=frame, audio_slot=segment)
             token, frame, segment = token + n, frame + n_frames, segment + n_audio
     out["attention_mask"] = (out["segment_ids"] > 0).astype(np.int32)
     out.update(frames=frames, fbank=fbank, fbank_valid=fbank_valid,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crab_jax.data.pipeline.buckets import (Bucket, Packing, PlanInfo, assign_buckets, batches_per_epoch, plan_epoch,
+from crab_jax.config.sections import PackingConfig as Packing
+from crab_jax.data.pipeline.buckets import (Bucket, PlanInfo, assign_buckets, batches_per_epoch, plan_epoch,
                                             plan_items)
 
 

@@ -15,7 +15,8 @@ from flax import nnx
 
 from crab_jax.config.loader import load_config_file
 from crab_jax.data.pipeline import grain as G
-from crab_jax.data.pipeline.buckets import Bucket, Packing
+from crab_jax.config.sections import PackingConfig as Packing
+from crab_jax.data.pipeline.buckets import Bucket
 from crab_jax.data.pipeline.grain import packing_of
 from crab_jax.families.crab.batch_spec import check_batch
 from crab_jax.families.crab.examples import example_plan_info
@@ -110,7 +111,8 @@ def test_the_pipeline_packs_the_packable_records_and_keeps_the_others_in_their_b
     root, records, errors, tok, cfg, settings = clean
     builder = builder_of(tok, cfg, settings)
     infos = [builder.plan_info(r) for r in records]
-    it = iterator(clean, packing=Packing(seq_len=320, samples=4), num_epochs=1, shuffle=False)
+    it = iterator(clean, packing=Packing(seq_len=320, samples=4, frame_slots=0, audio_slots=0), num_epochs=1,
+                  shuffle=False)
     specs = it.bucket_specs()
     packed_specs = [s for s in specs if s.segments]
     assert len(packed_specs) == 1 and packed_specs[0].seq_len == 320
@@ -138,7 +140,7 @@ def test_a_builder_that_cannot_pack_is_refused_naming_the_key(clean):
     source = types.SimpleNamespace(builder=NoPacking())
     with pytest.raises(ValueError, match=r"data\.packing\.seq_len=64: NoPacking cannot pack"):
         G.make_iterator(source, global_batch=2, seq_buckets=(64,), seed=0, max_bad_fraction=0.1,
-                        fallback_fbank_frames=16, packing=Packing(64, 2))
+                        fallback_fbank_frames=16, packing=Packing(64, 2, 0, 0))
 
 
 def test_packing_config_is_checked():
