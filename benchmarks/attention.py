@@ -23,7 +23,7 @@ import numpy as np
 from crab_jax.models.attention import dot_product_attention
 
 
-def build(batch, seq, heads, kv_heads, head_dim, dtype):
+def build(batch, seq, heads, kv_heads, head_dim, dtype, masked=True):
     rng = jax.random.key(0)
     kq, kk, kv, kc = jax.random.split(rng, 4)
     q = jax.random.normal(kq, (batch, seq, heads, head_dim), dtype)
@@ -31,7 +31,7 @@ def build(batch, seq, heads, kv_heads, head_dim, dtype):
     v = jax.random.normal(kv, (batch, seq, kv_heads, head_dim), dtype)
     cot = jax.random.normal(kc, q.shape, dtype)
     valid = jnp.arange(seq)[None, :] >= jnp.asarray([0, seq // 4] * batch)[:batch, None]   # left padding
-    mask = jnp.tril(jnp.ones((seq, seq), bool))[None, None] & valid[:, None, None, :]
+    mask = jnp.tril(jnp.ones((seq, seq), bool))[None, None] & valid[:, None, None, :] if masked else None
 
     def step(implementation):
         def f(q, k, v, mask, cot):
@@ -51,8 +51,9 @@ def main(argv=None):
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-mask", action="store_true", help="no mask (the encoders' attention, e.g. CLIP: --batch 30 --seq 257 --heads 4 --kv-heads 4 --head-dim 8)")
     a = p.parse_args(argv)
-    args, steps = build(a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, jnp.dtype(a.dtype))
+    args, steps = build(a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, jnp.dtype(a.dtype), not a.no_mask)
     temp = {}
     for name, fn in steps.items():
         compiled = fn.lower(*args).compile()

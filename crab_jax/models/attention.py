@@ -112,8 +112,8 @@ def dot_product_attention(
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     # Softmax with the normalisation deferred past the value product: ``exp(s - max) v / sum``
     # divides [b, q_len, h, d] instead of [b, h, q_len, kv_len] (the same numbers up to fp32
-    # rounding). XLA:CPU runs this form ~5x faster than jax.nn.softmax followed by the einsum at
-    # CLIP's 257-token, 8-wide heads (docs/benchmarks.md, "attention on the CPU").
+    # rounding). XLA:CPU runs it much faster than jax.nn.softmax followed by the einsum at CLIP's
+    # 257-token, 8-wide heads (docs/benchmarks.md, "The reference path on XLA:CPU").
     peak = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
     weights = jnp.exp(scores - peak)                                   # [b, h, q_len, kv_len]
     denom = jnp.sum(weights, axis=-1)                                  # [b, h, q_len]
