@@ -199,6 +199,9 @@ def run_config(ckpt: pathlib.Path, config: dict, what: str):
     c.model.preset, c.model.init_checkpoint = "checkpoint", str(ckpt)
     c.model.vocab_pad_multiple = 1  # the original's 317 rows
     c.model.seg_branch = what == "train_avs"
+    # The mask decoder on the segmentation sample only (1 of the 3; the loss is the same as
+    # decoding all three, which is what the original does).
+    c.model.seg_chunk = 1
     lora = config["lora"]
     c.model.lora.r, c.model.lora.alpha = int(lora["r"]), float(lora["lora_alpha"])
     c.model.lora.num_heads, c.model.lora.dropout = int(lora["lora_nums"]), float(lora["lora_dropout"])

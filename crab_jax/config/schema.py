@@ -53,7 +53,7 @@ RESUME_SAFE_KEYS = (
     "metrics",
     "distributed",
     "mesh",
-    "model.remat", "model.attention",
+    "model.remat", "model.attention", "model.seg_chunk",
     "data.cache_dir", "data.read_threads", "data.prefetch", "data.max_bad_fraction",
 )
 
@@ -81,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.vocab_pad_multiple = 128  # 32017 rows -> 32128: divisible by any mesh axis size up to 128
     c.model.base_vocab = -1         # text ids before Crab's 17 tokens; -1: the tokenizer's (else the preset's)
     c.model.seg_branch = True       # run the mask decoder and add the mask loss
+    # Mask decoder in the train step: 0 = on every sample (the original); k > 0 = only on the
+    # segmentation samples, k per call, chunks without one skipped (same loss, less work).
+    c.model.seg_chunk = 0
     c.model.avs_query_num = -1      # -1 keeps the preset's value
     c.model.low_res_mask_size = -1  # -1 keeps the preset's value
     c.model.lora = ml_collections.ConfigDict()

@@ -78,6 +78,7 @@ class ModelConfig:
     vocab_pad_multiple: int
     base_vocab: int
     seg_branch: bool
+    seg_chunk: int
     avs_query_num: int
     low_res_mask_size: int
     lora: LoraConfig

@@ -22,7 +22,10 @@ def token_nll(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Arra
     targets = labels[:, 1:]
     valid = targets != IGNORE_INDEX
     logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    # The target's log-probability by a one-hot select (one nonzero term: exact), not a gather,
+    # whose gradient would be a scatter-add into [b, S, V] (slow on XLA:CPU, serialised on TPU).
+    is_target = jnp.where(valid, targets, 0)[..., None] == jnp.arange(logits.shape[-1])
+    nll = -jnp.sum(jnp.where(is_target, logp, 0.0), axis=-1)
     return jnp.where(valid, nll, 0.0), valid
 
 

@@ -18,7 +18,8 @@ Reproduced quirks of the original (defaults; see the fixture README): the visual
 output of the *last* tap feeds the LLM and the first two raw taps feed the seg module, at the
 frame of the record's ``<image>`` (``seg_frame``: the frame whose mask is the target); mask positions are read one token early
 (``mask_position_offset=-1``); samples without segmentation still run the mask decoder on
-fixed positions, with zero image features, and are excluded from the loss.
+fixed positions, with zero image features, and are excluded from the loss (``seg_chunk > 0``
+skips them: the same loss for less work).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from crab_jax.models.losses import lm_loss_from_sums, per_sample_lm_sums, per_se
 from crab_jax.models.media import splice_media
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
+from crab_jax.models.selected import map_selected
 from crab_jax.models.seg.config import SegConfig
-from crab_jax.models.seg.losses import mask_loss
+from crab_jax.models.seg.losses import combine_mask_terms, mask_loss_terms
 from crab_jax.models.seg.module import SegModule
 
 SEG_TASKS = ("s4", "ms3", "avss", "ref-avs")
@@ -66,6 +68,12 @@ class CrabConfig:
     # Compute dtype of the LLM and the encoders (weights keep their param dtype). The seg
     # module and every loss stay float32: masks are compared against 0/1 targets at 224 px.
     dtype: Any = jnp.float32
+    # Samples per mask-decoder call in the train forward (a run option, not saved with the
+    # weights). 0: every sample, as the original (which decodes and discards masks of samples
+    # without segmentation). k > 0: only the segmentation samples, k at a time
+    # (crab_jax.models.selected): same loss, work in proportion to the seg samples; the masks of
+    # the others are zeros. Best where the decoder is a large per-sample cost (CPU, a GPU).
+    seg_chunk: int = 0
 
     def __post_init__(self):
         dtype = jnp.dtype(self.dtype)
@@ -210,9 +218,20 @@ class Crab(nnx.Module):
             return CrabOutput(logits, hidden, embeds, loss, sums, None, None, None, None, None)
         pred = jnp.take_along_axis(hidden, mask_positions[..., None].astype(jnp.int32), axis=1)
         pred = pred.astype(jnp.float32)
-        seg = self.seg_module(pred, [f.astype(jnp.float32) for f in seg_features], is_avss)
-        m_loss, terms = mask_loss(seg.binary_logits, seg.avss_logits, gt_mask, is_avss, is_seg)
-        return CrabOutput(logits, hidden, embeds, loss, sums, m_loss, terms, seg.binary_logits, seg.avss_logits, pred)
+        features = [f.astype(jnp.float32) for f in seg_features]
+
+        def decode(x):  # masks and per-sample loss terms of the samples in x ([n, ...] each)
+            seg = self.seg_module(x["pred"], x["features"], x["is_avss"])
+            terms = mask_loss_terms(seg.binary_logits, seg.avss_logits, x["gt_mask"], x["is_avss"], x["is_seg"])
+            return seg.binary_logits, seg.avss_logits, terms
+
+        inputs = dict(pred=pred, features=features, is_avss=is_avss, is_seg=is_seg, gt_mask=gt_mask)
+        if self.cfg.seg_chunk > 0:
+            binary, avss, terms = map_selected(decode, is_seg, inputs, self.cfg.seg_chunk)
+        else:
+            binary, avss, terms = decode(inputs)
+        m_loss = combine_mask_terms(terms, is_avss, is_seg)
+        return CrabOutput(logits, hidden, embeds, loss, sums, m_loss, terms, binary, avss, pred)
 
     def __call__(self, batch: Mapping[str, jax.Array], *, with_seg: bool = True) -> CrabOutput:
         """One static-shape batch (see :func:`media_layout` and ``crab_jax.data.text.sequence``).

@@ -139,7 +139,8 @@ def apply_run_options(cfg: CrabConfig, model_cfg: ModelConfig) -> CrabConfig:
         changes = {k: int(getattr(model_cfg, k)) for k in ("avs_query_num", "low_res_mask_size")
                    if int(getattr(model_cfg, k)) > 0}
         seg = dataclasses.replace(seg, **changes)
-    return dataclasses.replace(cfg, llama=llama, lora=lora, seg=seg, dtype=model_cfg.dtype)
+    return dataclasses.replace(cfg, llama=llama, lora=lora, seg=seg, dtype=model_cfg.dtype,
+                               seg_chunk=int(model_cfg.seg_chunk))
 
 
 def unused_modules(model: ModelConfig, data: DataConfig) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ padded media slots never reach the outputs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from crab_jax.data.text.sequence import MediaBlock, expand_placeholders, left_pad_batch, mask_token_positions
@@ -97,3 +98,64 @@ def test_non_segmentation_samples_carry_no_mask_loss():
     changed["gt_mask"] = batch["gt_mask"].copy()
     changed["gt_mask"][0] = 1 - changed["gt_mask"][0]
     np.testing.assert_allclose(model(jax.tree.map(jnp.asarray, changed)).mask_loss, out.mask_loss, rtol=1e-6)
+
+
+
+@pytest.mark.slow
+def test_seg_chunk_decodes_only_seg_samples_with_the_same_loss_and_gradient():
+    """``seg_chunk = k``: the mask decoder runs on the segmentation samples only, k at a time, and
+    the mask loss, the seg samples' masks and every gradient equal the full decode's; the other
+    samples' masks are zeros. One compile for any mix of seg samples (none included)."""
+    import dataclasses
+
+    cfg = tiny_crab_config()
+    cfg = dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, avs_query_num=8))  # a quicker compile
+    rng = np.random.default_rng(2)
+    specs = [("<video>", 2, 2, False), ("<image>", 1, 1, True), ("<video>", 3, 1, False), ("<image>", 1, 2, True),
+             ("<image>", 1, 1, True)]
+    batch = jax.tree.map(jnp.asarray, _batch(cfg, specs, rng))
+    batch["is_avss"] = jnp.asarray([False, False, False, True, False])
+    batch["gt_mask"] = batch["gt_mask"].at[3].set(jnp.floor(batch["gt_mask"][3] * 3))
+    is_seg = np.asarray(batch["is_seg"])
+    model = Crab(cfg, rngs=nnx.Rngs(3))
+    model.eval()
+    # The encoders once, outside the differentiated part: the branch under test starts at the LLM.
+    visual_rows, taps = model.encode_visual(batch["frames"])
+    media_rows = jnp.concatenate([visual_rows, model.encode_audio(batch["fbank"])], axis=1)
+    kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              position_ids=batch["position_ids"], labels=batch["labels"], media_rows=media_rows,
+              media_index=batch["media_index"], mask_positions=batch["mask_positions"], gt_mask=batch["gt_mask"],
+              is_avss=batch["is_avss"], seg_features=model.seg_image_features(taps, batch["is_seg"], batch["seg_frame"]))
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    traces = []
+
+    def run(chunk, is_seg):
+        @jax.jit
+        def f(params, is_seg):
+            traces.append(chunk)
+
+            def loss(p):
+                m = nnx.merge(graph, p, rest)
+                m.cfg = dataclasses.replace(m.cfg, seg_chunk=chunk)
+                out = m.forward_from_media(**kw, is_seg=is_seg)
+                return out.lm_loss + out.mask_loss, out
+            return jax.value_and_grad(loss, has_aux=True)(params)
+        return f
+
+    full_fn, chunked_fn = run(0, None), run(2, None)
+    (_, full), full_grads = full_fn(params, batch["is_seg"])
+    (_, out), grads = chunked_fn(params, batch["is_seg"])
+    np.testing.assert_allclose(out.mask_loss, full.mask_loss, rtol=1e-6)
+    np.testing.assert_allclose(out.mask_terms, full.mask_terms, rtol=1e-5, atol=1e-7)
+    is_avss = np.asarray(batch["is_avss"])
+    for name, reads in (("binary_logits", is_seg & ~is_avss), ("avss_logits", is_seg & is_avss)):
+        ours, ref = np.asarray(getattr(out, name)), np.asarray(getattr(full, name))
+        np.testing.assert_allclose(ours[reads], ref[reads], rtol=1e-5, atol=1e-5)  # the head each sample reads
+        assert not np.any(ours[~is_seg])
+    flat, ref = jax.tree.leaves(grads), jax.tree.leaves(full_grads)
+    assert len(flat) == len(ref) and any(np.any(np.asarray(g)) for g in flat)
+    for g, r in zip(flat, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(r).max())))
+    # No seg sample at all: the same compile, a zero mask loss.
+    (_, none), _ = chunked_fn(params, jnp.zeros_like(batch["is_seg"]))
+    assert float(none.mask_loss) == 0.0 and traces.count(2) == 1

@@ -43,3 +43,23 @@ def test_mask_loss_ignores_non_segmentation_samples(seg):
     none, _ = loss_fn(out.binary_logits, out.avss_logits, a["gt_mask"], jnp.asarray(is_avss),
                         jnp.zeros(len(is_avss), bool))
     assert float(none) == 0.0
+
+
+def test_mask_loss_gradient_matches_gather_formulation():
+    """The CE picks the label's log-probability by a one-hot select: value and gradient equal the
+    textbook gather (``take_along_axis``) form, on random maps with every class present."""
+    rng = np.random.default_rng(0)
+    b, k, h, w = 3, 5, 6, 7
+    binary = jnp.asarray(rng.normal(size=(b, 1, h, w)), jnp.float32)
+    avss = jnp.asarray(rng.normal(size=(b, k, h, w)), jnp.float32)
+    gt = jnp.asarray(rng.integers(0, k, size=(b, 1, h, w)), jnp.float32)
+    is_avss, is_seg = jnp.asarray([True, False, True]), jnp.ones(b, bool)
+
+    def gather_ce(logits):
+        logp = jax.nn.log_softmax(logits, axis=1)
+        picked = jnp.take_along_axis(logp, gt.astype(jnp.int32), axis=1)[:, 0]
+        return jnp.where(is_avss, -picked.mean((1, 2)), 0.0).sum()
+
+    ours = lambda logits: mask_loss(binary, logits, gt, is_avss, is_seg)[1][:, 2].sum()
+    np.testing.assert_allclose(ours(avss), gather_ce(avss), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(ours)(avss), jax.grad(gather_ce)(avss), rtol=1e-5, atol=1e-7)
