@@ -38,6 +38,10 @@ def map_selected(fn: Callable[[Any], Any], selected: jax.Array, inputs: Any, chu
     padded_order = jnp.concatenate([order, jnp.zeros((fill,), jnp.int32)])
     padded_selected = jnp.concatenate([selected[order], jnp.zeros((fill,), bool)])
     xs = jax.tree.map(lambda x: x[padded_order].reshape(chunks, chunk, *x.shape[1:]), inputs)
+    # Rematerialised: a cond's residuals for the backward are materialised (XLA cannot fuse
+    # across it), which for the mask decoder's [n, 224, 224, K] maps made the backward slower
+    # than decoding every sample; recomputing the chunk's forward in the backward is cheaper.
+    fn = jax.checkpoint(fn)
     out_struct = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], xs))
     skip = lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_struct)
 

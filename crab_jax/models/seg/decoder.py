@@ -15,8 +15,7 @@ from crab_jax.models.seg.transformer import TwoWayTransformer
 
 
 class MaskDecoderMultiScale(nnx.Module):
-    """Per level: query generator -> two-way transformer -> hypernetwork masks; the two 1x1 heads
-    (binary, AVSS) are applied by the caller, which may skip one."""
+    """Per level: query generator -> two-way transformer -> hypernetwork masks -> both heads."""
 
     def __init__(self, cfg: SegConfig, *, rngs: nnx.Rngs):
         c = cfg.prompt_embed_dim
@@ -51,9 +50,8 @@ class MaskDecoderMultiScale(nnx.Module):
           dense_prompt: ``[batch, h, w, C]``.
           previous_mask: ``[batch, 2h, 2w]`` class-mean of the previous level's logits (level > 0).
         Returns:
-          (mask features ``[batch, H, W, C/8]``, the input of both heads ``ms3_s4_classfier``
-          and ``avss_classifier``; query generator output ``[batch, Q, C]``) with ``H, W`` = 2×
-          the map size.
+          (binary ``[batch, H, W, binary_classes]``, avss ``[batch, H, W, avss_classes]``,
+          query generator output ``[batch, Q, C]``) with ``H, W`` = 2× the map size.
         """
         queries = self.query_generator(self.avs_query_tokens.weight[...], sparse_prompt)
         tokens = queries + self.level_embed.weight[...][level]
@@ -72,4 +70,5 @@ class MaskDecoderMultiScale(nnx.Module):
         hyper = self.hyper_mlp(hs[:, : self.cfg.avs_query_num])  # [b, Q, C/8]
         upscaled = apply_upscaler(self.output_upscaling, keys.reshape(b, h, w, c))  # [b, 2h, 2w, C/8]
         masks = jnp.einsum("bqc,bhwc->bhwq", hyper, upscaled)  # per-query maps, Q as channels
-        return self.hyper_mlp_out(masks), queries  # [b, 2h, 2w, C/8]
+        masks = self.hyper_mlp_out(masks)  # [b, 2h, 2w, C/8]
+        return self.ms3_s4_classfier(masks), self.avss_classifier(masks), queries

@@ -19,8 +19,7 @@ from crab_jax.models.seg.resize import resize_bilinear
 class SegOutput(NamedTuple):
     """``binary_logits`` ``[batch, binary_classes, S, S]`` (read for s4 / ms3 / ref-avs samples),
     ``avss_logits`` ``[batch, avss_classes, S, S]`` (read for AVSS samples), ``S = image_size``;
-    a head no sample of the batch reads is all zeros (skipped); ``intermediates``: debugging
-    tensors (None unless asked; then both heads are computed)."""
+    ``intermediates``: debugging tensors (None unless asked)."""
 
     binary_logits: jax.Array
     avss_logits: jax.Array
@@ -93,24 +92,17 @@ class SegModule(nnx.Module):
         low = (cfg.low_res_mask_size, cfg.low_res_mask_size)
         scalar = np.float32(cfg.multiscale_scalar)
 
-        # A head no sample of the batch reads is skipped (lax.cond): the AVSS head's 71-class maps at
-        # 224 px are most of the module's work, and most batches hold no AVSS sample. Debugging
-        # output computes both, as the original does for every sample.
-        need_binary = True if return_intermediates else jnp.any(~is_avss)
-        need_avss = True if return_intermediates else jnp.any(is_avss)
-        heads = (self.mask_decoder.ms3_s4_classfier, self.mask_decoder.avss_classifier)
-
         necks, queries, dec_bin, dec_avss = [], [], [], []
-        low_bin = low_avss = None
+        low_bin = low_avss = 0.0
         previous = None
         for level in range(cfg.image_scale_nums):
             neck = self.neck(image_features[level])
-            masks, q = self.mask_decoder(level, neck, dense_pe, prompts[:, level : level + 1], dense, previous)
-            binary, avss = (_when(need, head, masks) for need, head in zip((need_binary, need_avss), heads))
+            binary, avss, q = self.mask_decoder(level, neck, dense_pe, prompts[:, level : level + 1],
+                                                dense, previous)
             # Gate of the next level: the class mean of the head this sample uses.
             previous = jnp.where(is_avss[:, None, None], avss.mean(-1), binary.mean(-1))
-            low_bin = _accumulate(need_binary, low_bin, binary, low, scalar)
-            low_avss = _accumulate(need_avss, low_avss, avss, low, scalar)
+            low_bin = low_bin + scalar * resize_bilinear(binary, low)
+            low_avss = low_avss + scalar * resize_bilinear(avss, low)
             necks.append(neck)
             queries.append(q)
             dec_bin.append(binary)
@@ -118,8 +110,8 @@ class SegModule(nnx.Module):
 
         out = (cfg.image_size, cfg.image_size)
         to_nchw = lambda x: jnp.transpose(x, (0, 3, 1, 2))
-        binary_logits = to_nchw(_when(need_binary, lambda x: resize_bilinear(x, out), low_bin))
-        avss_logits = to_nchw(_when(need_avss, lambda x: resize_bilinear(x, out), low_avss))
+        binary_logits = to_nchw(resize_bilinear(low_bin, out))
+        avss_logits = to_nchw(resize_bilinear(low_avss, out))
         inter = None
         if return_intermediates:
             inter = {
@@ -129,21 +121,3 @@ class SegModule(nnx.Module):
                 "decoder_avss": tuple(to_nchw(x) for x in dec_avss),  # [b, K, h_l, w_l]
             }
         return SegOutput(binary_logits, avss_logits, inter)
-
-
-def _when(need, fn, x):
-    """``fn(x)`` where ``need`` (a python True or a traced bool), zeros of its shape otherwise."""
-    if need is True:
-        return fn(x)
-    out = jax.eval_shape(fn, x)
-    return jax.lax.cond(need, fn, lambda _: jnp.zeros(out.shape, out.dtype), x)
-
-
-def _accumulate(need, total, level_logits, size, scalar):
-    """``total + scalar · resize(level_logits, size)`` (``total`` None at the first level), skipped
-    with the head."""
-    def add(args):
-        t, x = args
-        y = scalar * resize_bilinear(x, size)
-        return y if t is None else t + y
-    return _when(need, add, (total, level_logits))
