@@ -219,17 +219,8 @@ class Crab(nnx.Module):
         pred = jnp.take_along_axis(hidden, mask_positions[..., None].astype(jnp.int32), axis=1)
         pred = pred.astype(jnp.float32)
         features = [f.astype(jnp.float32) for f in seg_features]
-
-        def decode(x):  # masks and per-sample loss terms of the samples in x ([n, ...] each)
-            seg = self.seg_module(x["pred"], x["features"], x["is_avss"])
-            terms = mask_loss_terms(seg.binary_logits, seg.avss_logits, x["gt_mask"], x["is_avss"], x["is_seg"])
-            return seg.binary_logits, seg.avss_logits, terms
-
-        inputs = dict(pred=pred, features=features, is_avss=is_avss, is_seg=is_seg, gt_mask=gt_mask)
-        if self.cfg.seg_chunk > 0:
-            binary, avss, terms = map_selected(decode, is_seg, inputs, self.cfg.seg_chunk)
-        else:
-            binary, avss, terms = decode(inputs)
+        binary, avss, terms = decode_masks(self.seg_module, pred, features, is_avss, is_seg, gt_mask,
+                                           self.cfg.seg_chunk)
         m_loss = combine_mask_terms(terms, is_avss, is_seg)
         return CrabOutput(logits, hidden, embeds, loss, sums, m_loss, terms, binary, avss, pred)
 
@@ -268,6 +259,24 @@ class Crab(nnx.Module):
     def total_loss(self, out: CrabOutput) -> jax.Array:
         """``lm_loss + mask_loss`` as the original sums them (mask loss weight 1)."""
         return out.lm_loss if out.mask_loss is None else out.lm_loss + out.mask_loss
+
+
+def decode_masks(seg_module: SegModule, pred: jax.Array, features: list[jax.Array], is_avss: jax.Array,
+                 is_seg: jax.Array, gt_mask: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The seg module and the per-sample mask loss terms of a batch.
+
+    ``pred [b, n_mask, d]`` float32, ``features``: one ``[b, patches, W]`` per seg tap,
+    ``is_avss, is_seg [b]``, ``gt_mask [b, 1, H, W]``; ``chunk`` as :attr:`CrabConfig.seg_chunk`
+    (0: every sample). Returns ``binary_logits [b, 1, H, W]``, ``avss_logits [b, K, H, W]``,
+    ``terms [b, 3]``.
+    """
+    def decode(x):
+        seg = seg_module(x["pred"], x["features"], x["is_avss"])
+        terms = mask_loss_terms(seg.binary_logits, seg.avss_logits, x["gt_mask"], x["is_avss"], x["is_seg"])
+        return seg.binary_logits, seg.avss_logits, terms
+
+    inputs = dict(pred=pred, features=features, is_avss=is_avss, is_seg=is_seg, gt_mask=gt_mask)
+    return map_selected(decode, is_seg, inputs, chunk) if chunk > 0 else decode(inputs)
 
 
 def packed_inputs(batch: Mapping[str, jax.Array]) -> dict[str, Any]:
