@@ -16,12 +16,9 @@ def test_every_seg_chunk_gives_the_full_decodes_mask_loss(capsys):
     assert all(abs(v - losses[0]) <= 1e-6 * abs(losses[0]) for v in losses.values())
 
 
-def test_fixture_sizes_come_from_the_manifest():
-    cfg = B.seg_config("fixture", B.FIXTURES)
-    import json
-
-    with open(B.FIXTURES / "manifest.json") as f:
-        config = json.load(f)["fixtures"]["crab_full"]["config"]
+def test_fixture_sizes_come_from_the_manifest(fixtures_dir, manifest):
+    cfg = B.seg_config("fixture", fixtures_dir)
+    config = manifest["fixtures"]["crab_full"]["config"]
     assert cfg.prompt_embed_dim == config["seg"]["prompt_embed_dim"]
     assert cfg.vit_dim == config["seg"]["vit_image_embedding_dim"]
     assert cfg.d_model == config["llama_config"]["hidden_size"]

@@ -48,7 +48,7 @@ def mask_loss_terms(binary_logits: jax.Array, avss_logits: jax.Array, gt_mask: j
         return -jnp.sum(jnp.where(is_label, logp, 0.0), axis=-1).mean((1, 2))
 
     # Skipped when no sample is AVSS (most batches): the [batch, H, W, K] softmax is the loss's cost.
-    ce = jax.lax.cond(jnp.any(is_av), cross_entropy, lambda _: jnp.zeros(x.shape[:1], jnp.float32),
+    ce = jax.lax.cond(jnp.any(is_av), cross_entropy, lambda _: jnp.zeros(g.shape[:1], jnp.float32),
                       (avss_logits, g))
     return jnp.stack([jnp.where(is_bin, bce, 0.0), jnp.where(is_bin, dice, 0.0), jnp.where(is_av, ce, 0.0)], -1)
 
