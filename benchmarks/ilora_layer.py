@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from crab_jax.models.ilora import ILoRAConfig, ILoRALinear
+from crab_jax.models.rngs import make_rngs
 
 
 def frozen_fn(weight, x):
@@ -39,7 +40,7 @@ def make_variants(d_in, d_out, tokens, r, heads, dtype):
 
     def ilora_variant(k):
         layer = ILoRALinear(d_in, d_out, ILoRAConfig(r=r, alpha=2 * r, num_heads=k, dropout=0.0),
-                            dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
+                            dtype=dtype, param_dtype=dtype, rngs=make_rngs(0))
         layer.lora_B[...] = 0.01 * jax.random.normal(k3, layer.lora_B.shape, dtype)
         layer.eval()
         graphdef, frozen, trainable, rest = nnx.split(

@@ -28,6 +28,7 @@ from flax import nnx
 
 from crab_jax.families.crab.model import decode_masks
 from crab_jax.families.crab.presets import paper_crab_config, tiny_crab_config
+from crab_jax.models.rngs import make_rngs
 from crab_jax.models.seg.config import SegConfig
 from crab_jax.models.seg.losses import combine_mask_terms, mask_loss_terms
 from crab_jax.models.seg.module import SegModule
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, avs_query_num=a.queries)
     if a.parts:
         parts(cfg, a.batch, a.repeats)
-    graph, params, rest = nnx.split(SegModule(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    graph, params, rest = nnx.split(SegModule(cfg, rngs=make_rngs(0)), nnx.Param, ...)
     keys = jax.random.split(jax.random.key(1), 3)
     b, patches = a.batch, cfg.image_embedding_size ** 2
     is_seg = jnp.arange(b) >= b - a.seg_samples  # the seg samples last: the sort has work to do

@@ -18,6 +18,7 @@ from jax.sharding import SingleDeviceSharding
 
 from crab_jax.checkpoints.converted import load_converted_weights
 from crab_jax.families.base import Family
+from crab_jax.models.rngs import make_rngs
 from crab_jax.models.state_dict import abstract_module, expected_shapes, load_flat
 
 
@@ -29,7 +30,7 @@ def load_converted_model(family: Family, folder: str | os.PathLike, device=None)
                          "(its Family has no checkpoint_config hook)")
     folder = os.fspath(folder)
     model_cfg = family.checkpoint_config(folder)
-    model = abstract_module(lambda: family.build_model(model_cfg, nnx.Rngs(0)))
+    model = abstract_module(lambda: family.build_model(model_cfg, make_rngs(0)))
     sharding = SingleDeviceSharding(device if device is not None else jax.devices()[0])
     wanted = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
               for name, (shape, dtype) in expected_shapes(model).items()}

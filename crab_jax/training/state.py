@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from crab_jax.models.rngs import make_rngs
 from crab_jax.parallel.mesh import replicated
 from crab_jax.families.base import Family
 from crab_jax.models.ilora import record_router_gates
@@ -63,7 +64,7 @@ class TrainSetup:
 
 def build_model(family: Family, model_cfg, seed: int) -> nnx.Module:
     """The family's model in training mode (dropout on) with router-gate recording on."""
-    model = family.build_model(model_cfg, nnx.Rngs(seed))
+    model = family.build_model(model_cfg, make_rngs(seed))
     model.train()
     record_router_gates(model, True)
     return model

@@ -27,13 +27,13 @@ import re
 from typing import Mapping
 
 import numpy as np
-from flax import nnx
 
 from crab_jax.checkpoints.convert import orbax_io
 from crab_jax.checkpoints.convert.mapping import MappingError
 from crab_jax.checkpoints.convert.readers import TORCH_SUFFIXES, TorchFile, open_hf_dir, unsupported
 from crab_jax.checkpoints.convert.tables.sam2 import original_to_hf, sam2_table
 from crab_jax.checkpoints.sam2.original_names import VIDEO_ONLY, original_shapes
+from crab_jax.models.rngs import make_rngs
 from crab_jax.models.sam2.config import Sam2Config, sam2_1_hiera_large
 from crab_jax.models.sam2.model import Sam2ImageModel
 from crab_jax.models.state_dict import abstract_module, expected_shapes, load_flat
@@ -66,7 +66,7 @@ class Sam2Weights:
 def model_shapes(cfg: Sam2Config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """crab_jax path -> (shape, dtype) of every variable of ``Sam2ImageModel(cfg)`` (nothing allocated;
     cached: do not modify the result)."""
-    return expected_shapes(abstract_module(lambda: Sam2ImageModel(cfg, rngs=nnx.Rngs(0))))
+    return expected_shapes(abstract_module(lambda: Sam2ImageModel(cfg, rngs=make_rngs(0))))
 
 
 def hf_shapes(cfg: Sam2Config) -> dict[str, tuple[int, ...]]:
@@ -183,7 +183,7 @@ def read_sam2(path: str, cfg: Sam2Config | None = None) -> Sam2Weights:
 
 def build_model(weights: Sam2Weights) -> Sam2ImageModel:
     """``Sam2ImageModel(weights.cfg)`` holding ``weights.flat`` (float32 variables)."""
-    model = abstract_module(lambda: Sam2ImageModel(weights.cfg, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda: Sam2ImageModel(weights.cfg, rngs=make_rngs(0)))
     load_flat(model, weights.flat, source=weights.source)
     return model
 

@@ -18,6 +18,7 @@ from crab_jax.checkpoints.convert.mapping import (
     CONV1D, CONV2D, IDENTITY, MappingTable, Rule, linear_rules, norm_rules, tied)
 from crab_jax.checkpoints.convert.readers import open_tensors
 from crab_jax.models.beats import Beats, BeatsConfig
+from crab_jax.models.rngs import make_rngs
 from crab_jax.models.state_dict import abstract_module, expected_shapes, load_flat
 
 
@@ -62,6 +63,6 @@ def load_beats(path, *, dtype=None):
     if "cfg" not in getattr(tensors, "extra", {}):
         raise ValueError(f"{path}: a BEATs checkpoint must hold a 'cfg' dict next to 'model'")
     cfg = BeatsConfig.from_checkpoint_cfg(tensors.extra["cfg"])
-    model = abstract_module(lambda: Beats(cfg, dtype=dtype or jnp.float32, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda: Beats(cfg, dtype=dtype or jnp.float32, rngs=make_rngs(0)))
     load_flat(model, beats_table(cfg).to_jax(tensors, expected_shapes(model), source=str(path)), source=str(path))
     return model

@@ -10,13 +10,13 @@ import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from flax import nnx
 
 from crab_jax.families.crab.convert.crab_table import COMPONENTS
 from crab_jax.models.beats import Beats
 from crab_jax.models.clip import ClipVisualEncoder
 from crab_jax.models.llama import LlamaForCausalLM
 from crab_jax.models.qformer import AudioProjector, VisualProjector
+from crab_jax.models.rngs import make_rngs
 from crab_jax.models.seg.module import SegModule
 from crab_jax.models.state_dict import abstract_module, flat_variables
 from crab_jax.parallel.sharding import Buffer
@@ -35,12 +35,12 @@ def components_of_sections(sections: Mapping[str, Any]) -> list[str]:
 
 def _module_ctors(sections) -> dict[str, Callable]:
     return {
-        "llm": lambda: LlamaForCausalLM(sections["llama"], sections.get("lora"), rngs=nnx.Rngs(0)),
-        "visual_encoder": lambda: ClipVisualEncoder(sections["clip"], rngs=nnx.Rngs(0)),
-        "audio_encoder": lambda: Beats(sections["beats"], rngs=nnx.Rngs(0)),
-        "vl_projector": lambda: VisualProjector(sections["visual_qformer"], rngs=nnx.Rngs(0)),
-        "al_projector": lambda: AudioProjector(sections["audio_qformer"], rngs=nnx.Rngs(0)),
-        "seg_module": lambda: SegModule(sections["seg"], rngs=nnx.Rngs(0)),
+        "llm": lambda: LlamaForCausalLM(sections["llama"], sections.get("lora"), rngs=make_rngs(0)),
+        "visual_encoder": lambda: ClipVisualEncoder(sections["clip"], rngs=make_rngs(0)),
+        "audio_encoder": lambda: Beats(sections["beats"], rngs=make_rngs(0)),
+        "vl_projector": lambda: VisualProjector(sections["visual_qformer"], rngs=make_rngs(0)),
+        "al_projector": lambda: AudioProjector(sections["audio_qformer"], rngs=make_rngs(0)),
+        "seg_module": lambda: SegModule(sections["seg"], rngs=make_rngs(0)),
     }
 
 

@@ -22,6 +22,7 @@ from flax import nnx
 
 from crab_jax.families.crab_plus.convert.thinker_table import is_adapter_path, thinker_table
 from crab_jax.families.crab_plus.model import CrabPlusConfig, CrabPlusThinker
+from crab_jax.models.rngs import make_rngs
 from crab_jax.models.state_dict import abstract_module, flat_variables
 
 TOWERS = ("text", "vision", "audio")
@@ -42,7 +43,7 @@ def canonical_config(cfg: CrabPlusConfig) -> CrabPlusConfig:
 def model_variables(cfg: CrabPlusConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """crab_jax path -> (shape, dtype) of ``CrabPlusThinker(cfg)`` exactly as built (no allocation;
     slow for a big unscanned model, see the module docstring)."""
-    module = abstract_module(lambda: CrabPlusThinker(cfg, rngs=nnx.Rngs(0)))
+    module = abstract_module(lambda: CrabPlusThinker(cfg, rngs=make_rngs(0)))
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flat_variables(module).items()}
 
 
