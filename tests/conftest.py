@@ -5,15 +5,38 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 
-import numpy as np
-import pytest
+from tests import jax_env
+
+jax_env.apply_to_this_process()  # before anything starts JAX's CPU backend
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "crab"
 DEFAULT_CRAB_PLUS_FIXTURES = REPO.parent / "shared" / "fixtures" / "crab_plus"
 # fp32 parity bound: max abs error relative to the reference's largest magnitude.
 PARITY_RTOL = 1e-4
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and not jax_env.session_cache_dir():  # the controller
+        os.environ[jax_env.SESSION_CACHE_ENV] = tempfile.mkdtemp(prefix="crab_jax_test_jit_cache_")
+        config._crab_jax_made_cache = os.environ[jax_env.SESSION_CACHE_ENV]
+    import jax
+
+    # Programs that take over a second to compile (JAX's default threshold) go to the session cache.
+    jax.config.update("jax_compilation_cache_dir", jax_env.session_cache_dir())
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_crab_jax_made_cache", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+        os.environ.pop(jax_env.SESSION_CACHE_ENV, None)
 
 
 def fixtures_root() -> pathlib.Path:

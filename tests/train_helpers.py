@@ -8,13 +8,15 @@ import pathlib
 import jax
 
 from crab_jax.config.loader import load_config_file
+from tests import jax_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def small_config(**overrides):
     """``configs/tiny.py`` on the ``random`` source (3 frame / 2 audio slots, 48 tokens), without the
-    seg branch (halves compile time), no held-out evaluation, no TensorBoard, no bar."""
+    seg branch (halves compile time), training the I-LoRA weights and the projectors, no held-out
+    evaluation, no TensorBoard, no bar."""
     c = load_config_file(str(REPO / "configs" / "tiny.py"))
     c.data.source = "random"
     c.data.seq_len = 48
@@ -25,7 +27,9 @@ def small_config(**overrides):
     c.model.base_vocab = -1
     c.eval.at_end = False
     c.model.seg_branch = False
-    c.trainable = (r"\.lora_(A|B|route)$", r"^vl_projector\.", r"^al_projector\.", r"^seg_module\.")
+    # Not the seg module: without the seg branch its gradients are zeros, and its 145 tensors would
+    # be half the optimizer's (each a few XLA:CPU kernels to compile in every step).
+    c.trainable = (r"\.lora_(A|B|route)$", r"^vl_projector\.", r"^al_projector\.")
     c.optim.lr = 3e-3
     c.optim.schedule = "constant"
     c.metrics.log_every = 1
@@ -70,11 +74,13 @@ def apply_overrides(c, overrides):
 
 @contextlib.contextmanager
 def compile_cache(directory):
-    """Identical programs compiled by separate runs (fresh closures) load from disk instead."""
+    """Identical programs compiled by separate runs (fresh closures) load from disk instead, every
+    program however quick to compile: from the session's cache (:mod:`tests.jax_env`), else from
+    ``directory``."""
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
     old = {n: getattr(jax.config, n) for n in names}
-    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_compilation_cache_dir", jax_env.session_cache_dir() or str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     try:

@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests import jax_env
 from tests.train_helpers import REPO, small_config
 
 STEPS, EVERY, KILL_AT = 6, 2, 4
@@ -50,9 +51,9 @@ def declared(overrides: dict) -> dict:
 
 
 def cli_env(cache_dir, **extra) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env.pop("XLA_FLAGS", None)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=jax_env.session_cache_dir() or str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+               XLA_FLAGS=jax_env.xla_flags())  # not the caller's device count
     env.pop(  # a stray setting from the caller would kill the reference runs
         "CRAB_JAX_KILL_AFTER_SAVE_STEP", None)
     env.update(extra)
@@ -178,7 +179,7 @@ def test_checkpoint_moves_from_1_to_8_devices_and_back(uninterrupted, tmp_path, 
     npz, dst = tmp_path / "on8.npz", tmp_path / "saved_on_8"
     script = _EIGHT.format(repo=str(REPO), src=str(src / "checkpoints"), npz=str(npz), dst=str(dst))
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=cli_env(cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+                          env=cli_env(cache_dir, XLA_FLAGS=jax_env.xla_flags("--xla_force_host_platform_device_count=8")))
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))[len("RESULT"):])
     assert result["step"] == STEPS and result["sharded"] > 0, result

@@ -18,6 +18,7 @@ from flax import nnx
 from crab_jax.models.attention import dot_product_attention, resolve_attention
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM, attention_mask_for
 from crab_jax.models.splash_attention import MIN_BLOCK, block_size, splash_attention, splash_tiles
+from tests import jax_env
 from tests.train_helpers import REPO
 
 SEQ = 2 * MIN_BLOCK
@@ -113,7 +114,7 @@ print("MAXDIFF", float(np.abs(got[real] - want[real]).max()))
 
 
 def test_splash_under_fsdp_activation_sharding_runs_per_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(REPO),
+    env = dict(os.environ, XLA_FLAGS=jax_env.xla_flags("--xla_force_host_platform_device_count=8"), PYTHONPATH=str(REPO),
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)

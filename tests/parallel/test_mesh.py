@@ -11,6 +11,7 @@ import jax
 import pytest
 
 from crab_jax.parallel.mesh import check_global_batch, make_mesh, mesh_shape, rules_from_config
+from tests import jax_env
 from tests.train_helpers import REPO
 
 # fp32 on CPU: sharded matmuls / reductions sum in another order; measured differences are
@@ -77,7 +78,7 @@ print("RESULT", json.dumps({{"one": one, "eight": eight, "q_spec": q_spec}}))
 @pytest.mark.slow
 @pytest.mark.heavy  # ~125 s on 2 cores: outside CI's default selection (python -m pytest -m heavy)
 def test_eight_devices_fsdp_x_tensor_match_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=jax_env.xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SCRIPT.format(repo=str(REPO))], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

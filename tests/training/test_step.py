@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from tests import jax_env
 from tests.train_helpers import REPO
 
 _SCRIPT = r"""
@@ -40,7 +41,7 @@ print("RESULT", json.dumps({"text": text, "batch": c.train.global_batch, "embed"
 
 @pytest.fixture(scope="module")
 def lowered():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=jax_env.xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
