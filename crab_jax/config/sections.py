@@ -79,6 +79,7 @@ class ModelConfig:
     base_vocab: int
     seg_branch: bool
     seg_chunk: int
+    frame_chunk: int
     avs_query_num: int
     low_res_mask_size: int
     lora: LoraConfig

@@ -92,11 +92,18 @@ class _Carry(NamedTuple):
     rng: jax.Array
 
 
-def encode_prompt(model: Crab, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Spliced ``inputs_embeds [b, P, d]`` and the CLIP taps ``[taps, b, T*patches, W]``."""
-    visual_rows, taps = model.encode_visual(batch["frames"])
-    audio_rows = model.encode_audio(batch["fbank"], batch.get("fbank_valid"))
-    media_rows = jnp.concatenate([visual_rows, audio_rows], axis=1)
+def prompt_seg_frame(batch: Mapping[str, jax.Array]) -> jax.Array:
+    """``[b]`` int32: the frame slot each sample's masks are decoded on (``seg_frame``, default 0)."""
+    seg_frame = batch.get("seg_frame")
+    b = batch["input_ids"].shape[0]
+    return jnp.zeros((b,), jnp.int32) if seg_frame is None else jnp.asarray(seg_frame, jnp.int32)
+
+
+def encode_prompt(model: Crab, batch: Mapping[str, jax.Array], with_masks: bool = True
+                  ) -> tuple[jax.Array, jax.Array]:
+    """Spliced ``inputs_embeds [b, P, d]`` and the CLIP taps ``[taps, b, T*patches, W]`` (under
+    ``frame_chunk``, the taps of :func:`prompt_seg_frame` are encoded only ``with_masks``)."""
+    media_rows, taps = model.encode_media(batch, prompt_seg_frame(batch) if with_masks else None)
     return model.embed(batch["input_ids"], media_rows, batch["media_index"]), taps
 
 
@@ -127,8 +134,9 @@ def generate(model: Crab, batch: Mapping[str, jax.Array], dcfg: DecodeConfig,
         raise NotImplementedError(f"CrabConfig.mask_position_offset={cfg.mask_position_offset}: generation "
                                   "supports -1 (original) and 0")
     rng = jax.random.key(0) if rng is None else rng
+    with_masks = bool(dcfg.with_masks and model.seg_module is not None and n_mask)
 
-    embeds, taps = encode_prompt(model, batch)
+    embeds, taps = encode_prompt(model, batch, with_masks)
     prompt_mask = batch["attention_mask"].astype(jnp.int32)
     # Every generated slot is attended once written; slots not written yet are blocked by causality.
     full_mask = jnp.concatenate([prompt_mask, jnp.ones((b, n_new), jnp.int32)], axis=1)
@@ -170,12 +178,10 @@ def generate(model: Crab, batch: Mapping[str, jax.Array], dcfg: DecodeConfig,
     mask_valid = out.mask_count >= n_mask if n_mask else jnp.zeros((b,), bool)
 
     binary = avss = pred = None
-    if dcfg.with_masks and model.seg_module is not None and n_mask:
+    if with_masks:
         is_avss = batch.get("is_avss")
         is_avss = jnp.zeros((b,), bool) if is_avss is None else jnp.asarray(is_avss, bool)
-        seg_frame = batch.get("seg_frame")
-        seg_frame = jnp.zeros((b,), jnp.int32) if seg_frame is None else jnp.asarray(seg_frame, jnp.int32)
-        features = model.seg_image_features(taps, jnp.ones((b,), bool), seg_frame)
+        features = model.seg_image_features(taps, jnp.ones((b,), bool), prompt_seg_frame(batch))
         seg = model.seg_module(out.mask_buf, [f.astype(jnp.float32) for f in features], is_avss)
         binary, avss = seg.binary_logits, seg.avss_logits
         pred = jnp.where(is_avss[:, None, None], jnp.argmax(avss, axis=1),

@@ -74,6 +74,11 @@ class CrabConfig:
     # (crab_jax.models.selected): same loss, work in proportion to the seg samples; the masks of
     # the others are zeros. Best where the decoder is a large per-sample cost (CPU, a GPU).
     seg_chunk: int = 0
+    # Frames per CLIP call (a run option). 0: every frame slot, as the original encodes its
+    # padded frames. k > 0: only the slots some media token reads (and each seg sample's
+    # seg_frame), k at a time (crab_jax.models.selected): the same outputs, CLIP work in
+    # proportion to the real frames (an image task fills 1 of the 10 slots).
+    frame_chunk: int = 0
 
     def __post_init__(self):
         dtype = jnp.dtype(self.dtype)
@@ -135,9 +140,22 @@ class Crab(nnx.Module):
         self.seg_module = SegModule(cfg.seg, rngs=rngs) if cfg.seg is not None else None
 
     # -- encoders ------------------------------------------------------------------------
-    def encode_visual(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``[b, T, 3, H, W]`` -> (LLM rows ``[b, T*Qv, d]``, CLIP taps ``[taps, b, T*P, W]``)."""
-        taps = self.visual_encoder(frames)
+    def encode_visual(self, frames: jax.Array, used: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """``[b, T, 3, H, W]`` -> (LLM rows ``[b, T*Qv, d]``, CLIP taps ``[taps, b, T*P, W]``).
+
+        ``used [b, T]`` (with ``cfg.frame_chunk > 0``): CLIP runs on those frame slots only; the
+        others' taps are zeros (their rows are never read). The projector runs on every slot, so
+        its dropout draws do not depend on which frames are real.
+        """
+        if used is None or self.cfg.frame_chunk <= 0:
+            taps = self.visual_encoder(frames)
+        else:
+            b, t = frames.shape[:2]
+            encode = lambda x: jnp.moveaxis(self.visual_encoder(x[:, None]), 0, 1)  # [c, taps, P, W]
+            per_frame = map_selected(encode, used.reshape(b * t), frames.reshape(b * t, *frames.shape[2:]),
+                                     self.cfg.frame_chunk)
+            taps = jnp.moveaxis(per_frame, 1, 0)
+            taps = taps.reshape(taps.shape[0], b, t * taps.shape[2], taps.shape[3])
         return self.vl_projector(taps[self.cfg.llm_tap]), taps
 
     def encode_audio(self, fbank: jax.Array, fbank_valid: jax.Array | None = None) -> jax.Array:
@@ -152,6 +170,22 @@ class Crab(nnx.Module):
         if fbank_valid is not None:
             mask = self.audio_encoder.token_mask(fbank_valid, fbank.shape[-2], fbank.shape[-1])
         return self.al_projector(features, mask)
+
+    def encode_media(self, batch: Mapping[str, jax.Array], seg_frame: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
+        """The media buffer ``[b, M, d]`` (:func:`media_layout`) and the CLIP taps of a batch.
+
+        ``seg_frame [b]``: the frame slot whose taps each sample's masks need (-1: none), kept
+        encoded under ``cfg.frame_chunk``.
+        """
+        frames = batch["frames"]
+        used = None
+        if self.cfg.frame_chunk > 0:
+            used = frames_in_use(batch["media_index"], frames.shape[1], self.cfg.visual_qformer.num_query_tokens,
+                                 seg_frame)
+        visual_rows, taps = self.encode_visual(frames, used)
+        audio_rows = self.encode_audio(batch["fbank"], batch.get("fbank_valid"))
+        return jnp.concatenate([visual_rows, audio_rows], axis=1), taps
 
     # -- assembly --------------------------------------------------------------------------
     def embed(self, input_ids: jax.Array, media_rows: jax.Array, media_index: jax.Array) -> jax.Array:
@@ -239,11 +273,11 @@ class Crab(nnx.Module):
         ``media_index`` points every sample's media tokens into it, so the encoders run on real
         media only and the model is otherwise unchanged.
         """
-        visual_rows, taps = self.encode_visual(batch["frames"])
-        audio_rows = self.encode_audio(batch["fbank"], batch.get("fbank_valid"))
-        media_rows = jnp.concatenate([visual_rows, audio_rows], axis=1)
+        with_seg = with_seg and self.seg_module is not None
+        seg_frame = jnp.where(batch["is_seg"], batch["seg_frame"], -1) if with_seg else None
+        media_rows, taps = self.encode_media(batch, seg_frame)
         seg_inputs: dict[str, Any] = {}
-        if with_seg and self.seg_module is not None:
+        if with_seg:
             seg_inputs = dict(
                 seg_features=self.seg_image_features(taps, batch["is_seg"], batch["seg_frame"]),
                 mask_positions=batch["mask_positions"], gt_mask=batch["gt_mask"],
@@ -259,6 +293,19 @@ class Crab(nnx.Module):
     def total_loss(self, out: CrabOutput) -> jax.Array:
         """``lm_loss + mask_loss`` as the original sums them (mask loss weight 1)."""
         return out.lm_loss if out.mask_loss is None else out.lm_loss + out.mask_loss
+
+
+def frames_in_use(media_index: jax.Array, frame_slots: int, rows_per_frame: int,
+                  seg_frame: jax.Array | None = None) -> jax.Array:
+    """``[b, T]`` bool: the frame slots whose projector rows some media token reads
+    (``media_index [b, S]`` in ``[t*Qv, (t+1)*Qv)``), and ``seg_frame [b]`` (-1: none)."""
+    index = media_index.astype(jnp.int32)
+    frame = jnp.where((index >= 0) & (index < frame_slots * rows_per_frame), index // rows_per_frame, -1)
+    slots = jnp.arange(frame_slots, dtype=jnp.int32)
+    used = jnp.any(frame[:, :, None] == slots, axis=1)
+    if seg_frame is not None:
+        used = used | (jnp.asarray(seg_frame, jnp.int32)[:, None] == slots)
+    return used
 
 
 def decode_masks(seg_module: SegModule, pred: jax.Array, features: list[jax.Array], is_avss: jax.Array,

@@ -159,3 +159,48 @@ def test_seg_chunk_decodes_only_seg_samples_with_the_same_loss_and_gradient():
     # No seg sample at all: the same compile, a zero mask loss.
     (_, none), _ = chunked_fn(params, jnp.zeros_like(batch["is_seg"]))
     assert float(none.mask_loss) == 0.0 and traces.count(2) == 1
+
+
+def test_frame_chunk_encodes_only_the_frames_read_with_the_same_outputs():
+    """``frame_chunk = k``: CLIP runs only on the frame slots a media token reads (and each seg
+    sample's seg_frame). What the LLM and the seg module receive (the spliced embeddings, the seg
+    frame's taps) equals encoding every slot; the other slots' taps are zeros. The same for the
+    prompt encoding of generation."""
+    import dataclasses
+
+    from crab_jax.families.crab.decoding import encode_prompt
+    from crab_jax.families.crab.model import frames_in_use
+
+    cfg = tiny_crab_config()
+    rng = np.random.default_rng(4)
+    specs = [("<video>", FRAME_SLOTS, 2, False), ("<image>", 1, 1, True), ("<video>", FRAME_SLOTS - 1, 1, False)]
+    batch = jax.tree.map(jnp.asarray, _batch(cfg, specs, rng))
+    qv, last = cfg.visual_qformer.num_query_tokens, FRAME_SLOTS - 1
+    read = np.array([[t < frames for t in range(FRAME_SLOTS)] for _, frames, _, _ in specs])
+    np.testing.assert_array_equal(frames_in_use(batch["media_index"], FRAME_SLOTS, qv), read)
+    seg_frame = jnp.asarray([-1, last, -1])  # the image sample's masks on its last slot
+    used = read | (np.arange(FRAME_SLOTS) == last) * np.array([[0], [1], [0]], bool)
+    np.testing.assert_array_equal(frames_in_use(batch["media_index"], FRAME_SLOTS, qv, seg_frame), used)
+
+    model = Crab(cfg, rngs=nnx.Rngs(5))
+    model.eval()
+    per_frame = lambda t: np.asarray(t).reshape(t.shape[0], len(specs), FRAME_SLOTS, -1)
+
+    @nnx.jit
+    def encode(model, batch):
+        rows, taps = model.encode_media(batch, seg_frame)
+        embeds = model.embed(batch["input_ids"], rows, batch["media_index"])
+        prompt_embeds, prompt_taps = encode_prompt(model, {**batch, "seg_frame": jnp.maximum(seg_frame, 0)})
+        return embeds, taps, prompt_embeds, prompt_taps
+
+    def encoded(frame_chunk):
+        model.cfg = dataclasses.replace(cfg, frame_chunk=frame_chunk)
+        embeds, taps, prompt_embeds, prompt_taps = encode(model, batch)
+        return embeds, per_frame(taps), prompt_embeds, per_frame(prompt_taps)
+
+    full, chunked = encoded(0), encoded(2)
+    for name, a, b in zip(("embeds", "taps", "prompt embeds", "prompt taps"), chunked, full):
+        if name.endswith("taps"):
+            a, b = a[:, used], b[:, used]
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not np.any(chunked[1][:, ~used]) and np.all(np.any(full[1][:, ~used], axis=-1))
