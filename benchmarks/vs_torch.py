@@ -56,6 +56,10 @@ TRAINABLE_JAX = {"train_lm": (r"^vl_projector\.", r"^al_projector\.", r"\.lora_(
 TRAINABLE_JAX["train_avs"] = TRAINABLE_JAX["train_lm"] + (r"^seg_module\.",)
 TRAINABLE_TORCH = {"train_lm": (r"\.vl_projector\.", r"\.al_projector\.", r"\.lora_(A|B\d+|route)\.")}
 TRAINABLE_TORCH["train_avs"] = TRAINABLE_TORCH["train_lm"] + (r"\.seg_module\.",)
+# crab_jax's run options (same outputs as 0, less work): the mask decoder on the segmentation
+# sample only (1 of the 3; the loss equals decoding all three, which the original does), and CLIP
+# on the frames the prompts read (21 of the 30 slots: the S4 image fills 1 of its 10).
+SEG_CHUNK, FRAME_CHUNK = 1, 1
 # Targets of issue 16 (crab_jax / original speed).
 TARGETS = {"train_lm": 3.0, "train_avs": 3.0, "ttft": 2.0, "gen_32": 5.0, "prep_ave": 2.0, "prep_s4": 2.0}
 MISSING_REPO = ("benchmarks/vs_torch.py: set CRAB_REPO (or --crab-repo) to the original Crab's source tree "
@@ -199,9 +203,7 @@ def run_config(ckpt: pathlib.Path, config: dict, what: str):
     c.model.preset, c.model.init_checkpoint = "checkpoint", str(ckpt)
     c.model.vocab_pad_multiple = 1  # the original's 317 rows
     c.model.seg_branch = what == "train_avs"
-    # The mask decoder on the segmentation sample only (1 of the 3; the loss is the same as
-    # decoding all three, which is what the original does).
-    c.model.seg_chunk = 1
+    c.model.seg_chunk, c.model.frame_chunk = SEG_CHUNK, FRAME_CHUNK
     lora = config["lora"]
     c.model.lora.r, c.model.lora.alpha = int(lora["r"]), float(lora["lora_alpha"])
     c.model.lora.num_heads, c.model.lora.dropout = int(lora["lora_nums"]), float(lora["lora_dropout"])
@@ -234,7 +236,10 @@ class JaxSide:
         self.ckpt = workdir / "crab"
         convert_fixture(fixture, self.config, self.ckpt)
         self.arrays = np.load(fixture / "crab_full.npz")
-        self.model_cfg, self.model = load_converted_model(FAMILY, self.ckpt)
+        model_cfg, self.model = load_converted_model(FAMILY, self.ckpt)
+        # The generator gets the run options too (the checkpoint's config has the defaults).
+        self.model_cfg = dataclasses.replace(model_cfg, seg_chunk=SEG_CHUNK, frame_chunk=FRAME_CHUNK)
+        self.model.cfg = self.model_cfg
         self.model.eval()
         tokenizer = load_tokenizer(fixture / "tokenizer_mm")
         run, _ = resolve(run_config(self.ckpt, self.config, "train_lm"))
@@ -263,7 +268,8 @@ class JaxSide:
         np = self.np
         config = run_config(self.ckpt, self.config, what)
         run, family = resolve(config)
-        setup, _, _ = build_setup(config, model_cfg=self.model_cfg, steps=1_000_000)
+        # The model config from the run's (checkpoint preset + run options, as the trainer builds it).
+        setup, _, _ = build_setup(config, model_cfg=family.model_config(run.model, None), steps=1_000_000)
         state = initial_state(config, setup)
         shapes = {k: np.shape(v) for k, v in self.batch.items()}
         batch = to_global(self.batch, batch_shardings(shapes, setup.mesh))

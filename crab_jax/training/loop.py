@@ -42,6 +42,7 @@ from crab_jax.training.metric_writer import MetricWriter
 from crab_jax.training.metrics import mfu, peak_flops_per_device, summarize
 from crab_jax.training.resume import Resume
 from crab_jax.training.setup import build_setup, initial_state, resolve, run_model_config, total_steps
+from crab_jax.training.compiled import compile_once
 from crab_jax.training.step import batch_shardings, first_non_finite, jit_train_step, make_train_step, trainable_names
 
 log = logging.getLogger("crab_jax.train")
@@ -195,7 +196,7 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
                          writer=writer, headline=family.headline, main_process=main_process, images=route_images)
     hooks = [metrics_hook, CheckpointHook(ckpt, every_steps=run.checkpoint.every_steps, data_iter=data_iter,
                                           config_dict=config_dict), eval_hook]
-    compiled: set = set()
+    compiled: dict = {}  # bucket key -> executable (compile_once: shared by identical runs of the process)
     flops_per_token: dict = {}
     step = start
     try:
@@ -210,11 +211,13 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
                 family.batch.check(local, spec, model_cfg, source="data iterator")
                 batch = to_global(local, shardings)
                 t0 = time.perf_counter()
-                state, aux = step_fn(state, batch)
+                first = key not in compiled
+                if first:
+                    compiled[key] = compile_once(step_fn.lower(state, batch), setup.mesh.devices.flat)
+                state, aux = compiled[key](state, batch)
                 aux = jax.device_get(aux)
                 dt = time.perf_counter() - t0
-                if key not in compiled:
-                    compiled.add(key)
+                if first:
                     log.info("compiled the train step for bucket %s (%.1f s incl. the step)", spec, dt)
                 bad = first_non_finite(aux, names)
                 if bad is not None:

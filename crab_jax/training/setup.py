@@ -20,6 +20,7 @@ from crab_jax.config.sections import RunConfig
 from crab_jax.data.sources import RECORD_SOURCES, DataSetup, prepare_data
 from crab_jax.families.base import Family
 from crab_jax.parallel.mesh import check_global_batch, make_mesh, rules_from_config
+from crab_jax.training.compiled import compile_once
 from crab_jax.training.optimizer import make_optimizer
 from crab_jax.training.state import TrainSetup, make_setup
 
@@ -80,21 +81,21 @@ def build_setup(config, *, model_cfg=None, steps: int | None = None, devices=Non
     setup = make_setup(family, model_cfg, patterns=tuple(run.trainable), tx=tx, schedule=schedule, mesh=mesh,
                        rules=rules_from_config(run.mesh.rules), seed=int(run.seed),
                        param_dtype=run.model.param_dtype, frozen_param_dtype=run.model.frozen_param_dtype)
-    setup.init_fn = quick_compiled_init(setup.init_fn)
-    setup.init_trainable_fn = quick_compiled_init(setup.init_trainable_fn)
+    setup.init_fn = quick_compiled_init(setup.init_fn, list(mesh.devices.flat))
+    setup.init_trainable_fn = quick_compiled_init(setup.init_trainable_fn, list(mesh.devices.flat))
     return setup, steps, micro
 
 
-def quick_compiled_init(init_fn):
-    """``init_fn`` (a jitted function of no arguments), compiled on first call with
-    :data:`CPU_INIT_COMPILER_OPTIONS` when the backend is the CPU (unchanged elsewhere)."""
-    if jax.default_backend() != "cpu":
-        return init_fn
+def quick_compiled_init(init_fn, devices):
+    """``init_fn`` (a jitted function of no arguments on ``devices``), compiled on first call
+    (:func:`~crab_jax.training.compiled.compile_once`), with :data:`CPU_INIT_COMPILER_OPTIONS`
+    when the backend is the CPU."""
+    options = CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
     compiled = []
 
     def init():
         if not compiled:
-            compiled.append(init_fn.lower().compile(compiler_options=CPU_INIT_COMPILER_OPTIONS))
+            compiled.append(compile_once(init_fn.lower(), devices, options))
         return compiled[0]()
 
     return init

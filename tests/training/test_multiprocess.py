@@ -166,6 +166,7 @@ EVAL_BATCH, EVAL_BATCHES, EVAL_TOKENS = 4, 2, 6
 
 
 @pytest.mark.slow  # three processes compile the generator
+@pytest.mark.heavy  # ~110 s on 2 cores: outside CI's default selection (python -m pytest -m heavy)
 def test_two_processes_evaluate_like_one(cache_dir):
     script = _EVAL_WORKER.format(EVAL_BATCH=EVAL_BATCH, EVAL_BATCHES=EVAL_BATCHES, EVAL_TOKENS=EVAL_TOKENS)
     (one,) = run_processes(script, (), cache_dir, "EVAL", nproc=1)
