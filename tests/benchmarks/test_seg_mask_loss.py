@@ -9,9 +9,7 @@ import pytest
 from benchmarks import seg_mask_loss as B
 
 
-# ~60 s on 2 cores; CI's selection keeps the model-level proof of the same property
-# (tests/families/crab/test_model_static.py: seg_chunk's loss, masks and gradients).
-@pytest.mark.heavy
+@pytest.mark.slow  # the benchmark's variants compiled with their gradients: ~60 s on 2 cores
 def test_every_seg_chunk_gives_the_full_decodes_mask_loss(capsys):
     assert B.main(["--preset", "tiny", "--batch", "4", "--seg-samples", "2", "--avss", "1", "--chunk", "2",
                    "--repeats", "1"]) == 0

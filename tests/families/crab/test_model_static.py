@@ -108,6 +108,10 @@ def test_non_segmentation_samples_carry_no_mask_loss():
 
 
 @pytest.mark.slow
+# ~80-100 s on 2 cores: outside CI's default selection (-m heavy). CI keeps seg_chunk's mask loss
+# equal to the full decode's (tests/benchmarks/test_seg_mask_loss.py) and map_selected's values
+# and gradients (tests/models/test_selected.py).
+@pytest.mark.heavy
 def test_seg_chunk_decodes_only_seg_samples_with_the_same_loss_and_gradient():
     """``seg_chunk = k``: the mask decoder runs on the segmentation samples only, k at a time, and
     the mask loss, the seg samples' masks and every gradient equal the full decode's; the other
