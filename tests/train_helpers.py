@@ -27,8 +27,8 @@ def small_config(**overrides):
     c.model.base_vocab = -1
     c.eval.at_end = False
     c.model.seg_branch = False
-    # Not the seg module: without the seg branch its gradients are zeros, and its 145 tensors would
-    # be half the optimizer's (each a few XLA:CPU kernels to compile in every step).
+    # Not the seg module: without the seg branch its gradients are zeros, and its tensors would be
+    # about half the optimizer's (each a few XLA:CPU kernels to compile in every step).
     c.trainable = (r"\.lora_(A|B|route)$", r"^vl_projector\.", r"^al_projector\.")
     c.optim.lr = 3e-3
     c.optim.schedule = "constant"

@@ -213,7 +213,7 @@ def _run_training(run: RunConfig, family: Family, workdir: epath.Path, data_iter
                 t0 = time.perf_counter()
                 first = key not in compiled
                 if first:
-                    compiled[key] = compile_once(step_fn.lower(state, batch), setup.mesh.devices.flat)
+                    compiled[key] = compile_once(step_fn.lower(state, batch), setup.mesh)
                 state, aux = compiled[key](state, batch)
                 aux = jax.device_get(aux)
                 dt = time.perf_counter() - t0

@@ -81,13 +81,13 @@ def build_setup(config, *, model_cfg=None, steps: int | None = None, devices=Non
     setup = make_setup(family, model_cfg, patterns=tuple(run.trainable), tx=tx, schedule=schedule, mesh=mesh,
                        rules=rules_from_config(run.mesh.rules), seed=int(run.seed),
                        param_dtype=run.model.param_dtype, frozen_param_dtype=run.model.frozen_param_dtype)
-    setup.init_fn = quick_compiled_init(setup.init_fn, list(mesh.devices.flat))
-    setup.init_trainable_fn = quick_compiled_init(setup.init_trainable_fn, list(mesh.devices.flat))
+    setup.init_fn = quick_compiled_init(setup.init_fn, mesh)
+    setup.init_trainable_fn = quick_compiled_init(setup.init_trainable_fn, mesh)
     return setup, steps, micro
 
 
-def quick_compiled_init(init_fn, devices):
-    """``init_fn`` (a jitted function of no arguments on ``devices``), compiled on first call
+def quick_compiled_init(init_fn, mesh):
+    """``init_fn`` (a jitted function of no arguments on ``mesh``), compiled on first call
     (:func:`~crab_jax.training.compiled.compile_once`), with :data:`CPU_INIT_COMPILER_OPTIONS`
     when the backend is the CPU."""
     options = CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
@@ -95,7 +95,7 @@ def quick_compiled_init(init_fn, devices):
 
     def init():
         if not compiled:
-            compiled.append(compile_once(init_fn.lower(), devices, options))
+            compiled.append(compile_once(init_fn.lower(), mesh, options))
         return compiled[0]()
 
     return init

@@ -18,12 +18,12 @@ def _lowered(scale):
 
 def test_identical_modules_share_an_executable_and_others_do_not():
     C.clear()
-    devices = jax.devices()[:1]
-    first = C.compile_once(_lowered(2.0), devices)
-    assert C.compile_once(_lowered(2.0), devices) is first
-    other = C.compile_once(_lowered(3.0), devices)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    first = C.compile_once(_lowered(2.0), mesh)
+    assert C.compile_once(_lowered(2.0), mesh) is first
+    other = C.compile_once(_lowered(3.0), mesh)
     assert other is not first
-    quick = C.compile_once(_lowered(2.0), devices, {"xla_backend_optimization_level": 0})
+    quick = C.compile_once(_lowered(2.0), mesh, {"xla_backend_optimization_level": 0})
     assert quick is not first
     x = jnp.arange(4, dtype=jnp.float32)
     np.testing.assert_allclose(first(x), np.tanh(np.arange(4)) * 2.0, rtol=1e-6)
@@ -33,8 +33,8 @@ def test_identical_modules_share_an_executable_and_others_do_not():
 def test_the_oldest_program_is_dropped_past_the_bound(monkeypatch):
     C.clear()
     monkeypatch.setattr(C, "MAX_PROGRAMS", 2)
-    devices = jax.devices()[:1]
-    first = C.compile_once(_lowered(1.0), devices)
-    C.compile_once(_lowered(2.0), devices)
-    C.compile_once(_lowered(3.0), devices)
-    assert C.compile_once(_lowered(1.0), devices) is not first
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    first = C.compile_once(_lowered(1.0), mesh)
+    C.compile_once(_lowered(2.0), mesh)
+    C.compile_once(_lowered(3.0), mesh)
+    assert C.compile_once(_lowered(1.0), mesh) is not first

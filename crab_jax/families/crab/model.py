@@ -143,11 +143,12 @@ class Crab(nnx.Module):
     def encode_visual(self, frames: jax.Array, used: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """``[b, T, 3, H, W]`` -> (LLM rows ``[b, T*Qv, d]``, CLIP taps ``[taps, b, T*P, W]``).
 
-        ``used [b, T]`` (with ``cfg.frame_chunk > 0``): CLIP runs on those frame slots only; the
-        others' taps are zeros (their rows are never read). The projector runs on every slot, so
-        its dropout draws do not depend on which frames are real.
+        ``used [b, T]`` (needs ``cfg.frame_chunk > 0``; :meth:`encode_media` passes it then): CLIP
+        runs on those frame slots only, ``frame_chunk`` at a time; the others' taps are zeros
+        (their rows are never read). The projector runs on every slot, so its dropout draws do
+        not depend on which frames are real.
         """
-        if used is None or self.cfg.frame_chunk <= 0:
+        if used is None:
             taps = self.visual_encoder(frames)
         else:
             b, t = frames.shape[:2]
