@@ -57,9 +57,10 @@ TRAINABLE_JAX["train_avs"] = TRAINABLE_JAX["train_lm"] + (r"^seg_module\.",)
 TRAINABLE_TORCH = {"train_lm": (r"\.vl_projector\.", r"\.al_projector\.", r"\.lora_(A|B\d+|route)\.")}
 TRAINABLE_TORCH["train_avs"] = TRAINABLE_TORCH["train_lm"] + (r"\.seg_module\.",)
 # crab_jax's run options (same outputs as 0, less work): the mask decoder on the segmentation
-# sample only (1 of the 3; the loss equals decoding all three, which the original does), and CLIP
-# on the frames the prompts read (21 of the 30 slots: the S4 image fills 1 of its 10).
-SEG_CHUNK, FRAME_CHUNK = 1, 1
+# sample only (1 of the 3; the loss equals decoding all three, which the original does), CLIP on
+# the frames the prompts read (21 of the 30 slots: the S4 image fills 1 of its 10) and BEATs on
+# the audio segments they read (21 of 30: the S4 sample has 1 second of audio).
+SEG_CHUNK, FRAME_CHUNK, AUDIO_CHUNK = 1, 1, 1
 # Targets of issue 16 (crab_jax / original speed).
 TARGETS = {"train_lm": 3.0, "train_avs": 3.0, "ttft": 2.0, "gen_32": 5.0, "prep_ave": 2.0, "prep_s4": 2.0}
 MISSING_REPO = ("benchmarks/vs_torch.py: set CRAB_REPO (or --crab-repo) to the original Crab's source tree "
@@ -203,7 +204,7 @@ def run_config(ckpt: pathlib.Path, config: dict, what: str):
     c.model.preset, c.model.init_checkpoint = "checkpoint", str(ckpt)
     c.model.vocab_pad_multiple = 1  # the original's 317 rows
     c.model.seg_branch = what == "train_avs"
-    c.model.seg_chunk, c.model.frame_chunk = SEG_CHUNK, FRAME_CHUNK
+    c.model.seg_chunk, c.model.frame_chunk, c.model.audio_chunk = SEG_CHUNK, FRAME_CHUNK, AUDIO_CHUNK
     lora = config["lora"]
     c.model.lora.r, c.model.lora.alpha = int(lora["r"]), float(lora["lora_alpha"])
     c.model.lora.num_heads, c.model.lora.dropout = int(lora["lora_nums"]), float(lora["lora_dropout"])
@@ -238,7 +239,8 @@ class JaxSide:
         self.arrays = np.load(fixture / "crab_full.npz")
         model_cfg, self.model = load_converted_model(FAMILY, self.ckpt)
         # The generator gets the run options too (the checkpoint's config has the defaults).
-        self.model_cfg = dataclasses.replace(model_cfg, seg_chunk=SEG_CHUNK, frame_chunk=FRAME_CHUNK)
+        self.model_cfg = dataclasses.replace(model_cfg, seg_chunk=SEG_CHUNK, frame_chunk=FRAME_CHUNK,
+                                             audio_chunk=AUDIO_CHUNK)
         self.model.cfg = self.model_cfg
         self.model.eval()
         tokenizer = load_tokenizer(fixture / "tokenizer_mm")

@@ -53,7 +53,7 @@ RESUME_SAFE_KEYS = (
     "metrics",
     "distributed",
     "mesh",
-    "model.remat", "model.attention", "model.seg_chunk", "model.frame_chunk",
+    "model.remat", "model.attention", "model.seg_chunk", "model.frame_chunk", "model.audio_chunk",
     "data.cache_dir", "data.read_threads", "data.prefetch", "data.max_bad_fraction",
 )
 
@@ -87,6 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
     # CLIP on the frame slots: 0 = every slot (the original's padded frames too); k > 0 = only the
     # slots a media token or a mask reads, k per call, chunks without one skipped (same outputs).
     c.model.frame_chunk = 0
+    # BEATs on the audio slots, the same: 0 = every slot; k > 0 = only the slots a media token reads.
+    c.model.audio_chunk = 0
     c.model.avs_query_num = -1      # -1 keeps the preset's value
     c.model.low_res_mask_size = -1  # -1 keeps the preset's value
     c.model.lora = ml_collections.ConfigDict()

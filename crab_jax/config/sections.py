@@ -80,6 +80,7 @@ class ModelConfig:
     seg_branch: bool
     seg_chunk: int
     frame_chunk: int
+    audio_chunk: int
     avs_query_num: int
     low_res_mask_size: int
     lora: LoraConfig

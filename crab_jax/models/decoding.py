@@ -5,7 +5,8 @@ prefill and the ``lax.while_loop`` over its own model; these are the parts that 
 depend on the model: :class:`DecodeConfig` (hashable, a static argument of the jitted
 generator), :func:`select_tokens` (greedy / temperature / top-k / top-p), :func:`push`
 (a fixed-size buffer that keeps the last ``n`` flagged values),
-:func:`prepare_for_inference` (eval mode, no router-gate sowing), and the host side:
+:func:`prepare_for_inference` (eval mode, no router-gate sowing), :func:`bound_to_model` (a
+jitted generator with the model's graph walked once), and the host side:
 :class:`PromptBatch` (a training batch cut to its prompts), :func:`generated_ids`, :func:`decode_texts`.
 """
 
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-
-from typing import Sequence
+import weakref
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +97,35 @@ def prepare_for_inference(model: nnx.Module) -> nnx.Module:
     model.eval()
     record_router_gates(model, False)
     return model
+
+
+# model -> {jitted generator: the generator bound to it}; an entry goes with its model.
+_BOUND: "weakref.WeakKeyDictionary[nnx.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def bound_to_model(jitted: Callable, model: nnx.Module) -> Callable:
+    """``jitted`` (an ``nnx.jit`` function of ``(model, ...)``) with ``model`` bound, in inference mode.
+
+    ``nnx.jit`` walks the model's graph on every call, to split it into arrays and to merge
+    them back (with :func:`prepare_for_inference` before it, about half the tiny Crab's time
+    to first token: ``benchmarks/vs_torch.py``). Here the graph is walked once per model
+    object (flax's ``nnx.cached_partial``) and the model put in inference mode once. Weights
+    written in place (``nnx.update``, ``variable[...] = x``) are seen by later calls; a model
+    whose structure changes after its first call (a Variable or submodule replaced, a static
+    attribute such as ``cfg`` or the train / eval mode changed) keeps the graph of that call:
+    build a new model object, or call :func:`unbind` first.
+    """
+    per_model = _BOUND.setdefault(model, {})
+    fn = per_model.get(jitted)
+    if fn is None:
+        prepare_for_inference(model)
+        fn = per_model[jitted] = nnx.cached_partial(jitted, model)
+    return fn
+
+
+def unbind(model: nnx.Module) -> None:
+    """Forgets the generators bound to ``model`` (the next call walks its graph again)."""
+    _BOUND.pop(model, None)
 
 
 # ----------------------------------------------------------------------------- host side

@@ -1,4 +1,4 @@
-"""Shared decoding pieces (crab_jax.models.decoding): token choice and the rolling buffer."""
+"""Shared decoding pieces (crab_jax.models.decoding): token choice, the rolling buffer, a bound generator."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from crab_jax.models import decoding as D
 
@@ -30,3 +31,39 @@ def test_sampling_respects_top_k_and_greedy_limit():
     assert set(cold.tolist()) == {0}
     with pytest.raises(ValueError, match="top_p"):
         D.DecodeConfig(max_new_tokens=1, eos_token_id=EOS, pad_token_id=PAD, top_p=0.0)
+
+
+class _Scaled(nnx.Module):
+    """``dropout(x) * w * scale``: a weight, a static attribute and a train / eval mode."""
+
+    def __init__(self):
+        self.w = nnx.Param(jnp.ones((4,)))
+        self.scale = 2.0
+        self.dropout = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+        return self.dropout(x) * self.w * self.scale
+
+
+@nnx.jit
+def _run(model, x):
+    return model(x)
+
+
+def test_bound_generator_runs_in_inference_mode_and_sees_weights_written_in_place():
+    model, x = _Scaled(), jnp.arange(1.0, 5.0)
+    bound = D.bound_to_model(_run, model)
+    assert D.bound_to_model(_run, model) is bound, "a second call walked the model again"
+    np.testing.assert_array_equal(bound(x), x * 2.0)  # dropout off: put in eval mode
+    model.w[...] = jnp.full((4,), 3.0)
+    np.testing.assert_array_equal(D.bound_to_model(_run, model)(x), x * 6.0)
+    nnx.update(model, nnx.State({"w": jnp.full((4,), 0.5)}))
+    np.testing.assert_array_equal(D.bound_to_model(_run, model)(x), x * 1.0)
+    # A static attribute changed after the first call: the bound graph is kept until unbind.
+    model.scale = 10.0
+    np.testing.assert_array_equal(D.bound_to_model(_run, model)(x), x * 1.0)
+    D.unbind(model)
+    np.testing.assert_array_equal(D.bound_to_model(_run, model)(x), x * 5.0)
+    # Another model object is bound on its own.
+    other = _Scaled()
+    np.testing.assert_array_equal(D.bound_to_model(_run, other)(x), x * 2.0)

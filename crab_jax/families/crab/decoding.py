@@ -39,7 +39,7 @@ from flax import nnx
 
 from crab_jax.families.crab.model import Crab
 from crab_jax.models.llama import KVCache
-from crab_jax.models.decoding import TRACES, DecodeConfig, prepare_for_inference, push, select_tokens
+from crab_jax.models.decoding import TRACES, DecodeConfig, bound_to_model, push, select_tokens
 
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "media_index", "frames", "fbank")
 OPTIONAL_PROMPT_KEYS = ("is_avss", "seg_frame", "fbank_valid")  # default: not AVSS, frame slot 0, all real
@@ -203,12 +203,12 @@ def jit_generate(model: Crab, batch: Mapping[str, jax.Array], dcfg: DecodeConfig
                  rng: jax.Array | None = None) -> Generation:
     """:func:`generate` compiled once per (model graph, batch shapes, ``dcfg``).
 
-    ``model`` is put in inference mode first (:func:`prepare_for_inference`); only the
-    :data:`PROMPT_KEYS` (and those of :data:`OPTIONAL_PROMPT_KEYS` it has) of ``batch`` are
-    passed to the device.
+    ``model`` is put in inference mode and its graph walked at its first call
+    (:func:`~crab_jax.models.decoding.bound_to_model`: weights updated in place are seen, a
+    changed structure is not); only the :data:`PROMPT_KEYS` (and those of
+    :data:`OPTIONAL_PROMPT_KEYS` it has) of ``batch`` are passed to the device.
     """
-    prepare_for_inference(model)
     keys = PROMPT_KEYS + tuple(k for k in OPTIONAL_PROMPT_KEYS if k in batch)
     prompt = {k: jnp.asarray(batch[k]) for k in keys}
     rng = jax.random.key(0) if rng is None else rng
-    return _generate_jit(model, prompt, rng, dcfg=dcfg)
+    return bound_to_model(_generate_jit, model)(prompt, rng, dcfg=dcfg)

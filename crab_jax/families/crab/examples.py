@@ -22,6 +22,7 @@ only normalises an image that already has the CLIP size).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping
 
 import av
@@ -29,6 +30,7 @@ import numpy as np
 
 from crab_jax.data.errors import BadRecordError
 from crab_jax.data.media import decode as M
+from crab_jax.data.media.concurrent import run_side_by_side
 from crab_jax.data.media.fbank import DEFAULT_FBANK, FbankConfig
 from crab_jax.data.pipeline.buckets import PlanInfo
 from crab_jax.data.records.record import Record, load_answer, resolve
@@ -288,25 +290,26 @@ def build_example(record: Record, tokenizer, settings: ExampleSettings, index: i
     names = placeholders_in(ids, settings, record.source)
     h = settings.image_size
     ph = settings.placeholder_ids()
-    visual, frame_parts = [], []
-    for name in names:
-        if name in VISUAL_PLACEHOLDERS:
-            part = _visual_frames(record, name, settings)
-            visual.append((name, int(part.shape[0])))
-            frame_parts.append(part)
-    frames = np.concatenate(frame_parts) if frame_parts else np.zeros((0, h, h, 3), np.uint8)
-    fbank = audio_fbank(record, settings) if "<audio>" in names else np.zeros((0, BEATS_PATCH, MEL_BINS), np.float32)
-    _check_slots(record, frames.shape[0], fbank.shape[0], settings)
     seg = is_seg_record(record, settings)
     prompt_only = record.mode == PROMPT_ONLY_MODE  # its GT mask is read, but it has no mask tokens to train
     if seg and not prompt_only:
         missing = [t for t in settings.mask_token_ids if t not in set(ids.tolist())]
         if missing:
             raise BadRecordError(record.source, f"segmentation target lacks mask token id(s) {missing}")
-    if record.mask_path is not None and seg:
-        gt = M.load_mask(resolve(settings.data_root, record.mask_path), record.task, h).astype(np.float32)
-    else:
-        gt = np.zeros((1, h, h), np.float32)
+    visual_names = [name for name in names if name in VISUAL_PLACEHOLDERS]
+    calls = [functools.partial(_visual_frames, record, name, settings) for name in visual_names]
+    with_audio, with_mask = "<audio>" in names, record.mask_path is not None and seg
+    if with_audio:
+        calls.append(functools.partial(audio_fbank, record, settings))
+    if with_mask:
+        calls.append(functools.partial(M.load_mask, resolve(settings.data_root, record.mask_path), record.task, h))
+    parts = run_side_by_side(calls)
+    frame_parts = parts[:len(visual_names)]
+    visual = [(name, int(part.shape[0])) for name, part in zip(visual_names, frame_parts)]
+    frames = np.concatenate(frame_parts) if frame_parts else np.zeros((0, h, h, 3), np.uint8)
+    fbank = parts[len(visual_names)] if with_audio else np.zeros((0, BEATS_PATCH, MEL_BINS), np.float32)
+    _check_slots(record, frames.shape[0], fbank.shape[0], settings)
+    gt = parts[-1].astype(np.float32) if with_mask else np.zeros((1, h, h), np.float32)
     # Generation requests of a segmentation task need the frame too (their masks are still produced).
     seg_frame = seg_frame_slot(record, visual) if settings.seg_enabled and record.task in SEG_RECORD_TASKS else 0
     return Example(source=record.source, index=int(index), task_id=_task_id(record, settings), input_ids=ids,

@@ -79,6 +79,9 @@ class CrabConfig:
     # seg_frame), k at a time (crab_jax.models.selected): the same outputs, CLIP work in
     # proportion to the real frames (an image task fills 1 of the 10 slots).
     frame_chunk: int = 0
+    # Audio segments per BEATs call (a run option), the same for the audio slots: 0 = every slot
+    # (the original encodes its zero segments); k > 0 = only the slots some media token reads.
+    audio_chunk: int = 0
 
     def __post_init__(self):
         dtype = jnp.dtype(self.dtype)
@@ -159,14 +162,27 @@ class Crab(nnx.Module):
             taps = taps.reshape(taps.shape[0], b, t * taps.shape[2], taps.shape[3])
         return self.vl_projector(taps[self.cfg.llm_tap]), taps
 
-    def encode_audio(self, fbank: jax.Array, fbank_valid: jax.Array | None = None) -> jax.Array:
+    def encode_audio(self, fbank: jax.Array, fbank_valid: jax.Array | None = None,
+                     used: jax.Array | None = None) -> jax.Array:
         """``[b, A, F, mel]`` normalised fbank -> LLM rows ``[b, A*Qa, d]`` (segment by segment).
 
         ``fbank_valid [b, A]``: real frames of each segment, the rest zero padding that neither
         BEATs nor the audio Q-Former attends (the rows equal the unpadded computation); None:
-        every frame is real.
+        every frame is real. ``used [b, A]`` (needs ``cfg.audio_chunk > 0``): BEATs runs on those
+        slots only, ``audio_chunk`` at a time; the others' features are zeros (their rows are never
+        read). The projector runs on every slot, as in :meth:`encode_visual`.
         """
-        features = jax.lax.stop_gradient(self.audio_encoder(fbank, valid_frames=fbank_valid))
+        if used is None:
+            features = self.audio_encoder(fbank, valid_frames=fbank_valid)
+        else:
+            b, a = fbank.shape[:2]
+            segments = {"fbank": fbank.reshape(b * a, *fbank.shape[2:])}
+            if fbank_valid is not None:
+                segments["valid"] = fbank_valid.reshape(b * a)
+            encode = lambda x: self.audio_encoder(x["fbank"], valid_frames=x.get("valid"))  # [c, tokens, C]
+            features = map_selected(encode, used.reshape(b * a), segments, self.cfg.audio_chunk)
+            features = features.reshape(b, a, *features.shape[1:])
+        features = jax.lax.stop_gradient(features)
         mask = None
         if fbank_valid is not None:
             mask = self.audio_encoder.token_mask(fbank_valid, fbank.shape[-2], fbank.shape[-1])
@@ -185,7 +201,12 @@ class Crab(nnx.Module):
             used = frames_in_use(batch["media_index"], frames.shape[1], self.cfg.visual_qformer.num_query_tokens,
                                  seg_frame)
         visual_rows, taps = self.encode_visual(frames, used)
-        audio_rows = self.encode_audio(batch["fbank"], batch.get("fbank_valid"))
+        fbank = batch["fbank"]
+        audio_used = None
+        if self.cfg.audio_chunk > 0:
+            audio_used = slots_read(batch["media_index"], frames.shape[1] * self.cfg.visual_qformer.num_query_tokens,
+                                    fbank.shape[1], self.cfg.audio_qformer.num_query_tokens)
+        audio_rows = self.encode_audio(fbank, batch.get("fbank_valid"), audio_used)
         return jnp.concatenate([visual_rows, audio_rows], axis=1), taps
 
     # -- assembly --------------------------------------------------------------------------
@@ -296,16 +317,22 @@ class Crab(nnx.Module):
         return out.lm_loss if out.mask_loss is None else out.lm_loss + out.mask_loss
 
 
+def slots_read(media_index: jax.Array, first_row: int, slots: int, rows_per_slot: int) -> jax.Array:
+    """``[b, slots]`` bool: the media slots whose rows some media token reads, slot ``t`` being
+    rows ``[first_row + t*rows_per_slot, first_row + (t+1)*rows_per_slot)`` of the media buffer
+    (``media_index [b, S]``, -1 for text)."""
+    index = media_index.astype(jnp.int32) - first_row
+    slot = jnp.where((index >= 0) & (index < slots * rows_per_slot), index // rows_per_slot, -1)
+    return jnp.any(slot[:, :, None] == jnp.arange(slots, dtype=jnp.int32), axis=1)
+
+
 def frames_in_use(media_index: jax.Array, frame_slots: int, rows_per_frame: int,
                   seg_frame: jax.Array | None = None) -> jax.Array:
     """``[b, T]`` bool: the frame slots whose projector rows some media token reads
-    (``media_index [b, S]`` in ``[t*Qv, (t+1)*Qv)``), and ``seg_frame [b]`` (-1: none)."""
-    index = media_index.astype(jnp.int32)
-    frame = jnp.where((index >= 0) & (index < frame_slots * rows_per_frame), index // rows_per_frame, -1)
-    slots = jnp.arange(frame_slots, dtype=jnp.int32)
-    used = jnp.any(frame[:, :, None] == slots, axis=1)
+    (:func:`slots_read` of the visual rows), and ``seg_frame [b]`` (-1: none)."""
+    used = slots_read(media_index, 0, frame_slots, rows_per_frame)
     if seg_frame is not None:
-        used = used | (jnp.asarray(seg_frame, jnp.int32)[:, None] == slots)
+        used = used | (jnp.asarray(seg_frame, jnp.int32)[:, None] == jnp.arange(frame_slots, dtype=jnp.int32))
     return used
 
 

@@ -140,7 +140,8 @@ def apply_run_options(cfg: CrabConfig, model_cfg: ModelConfig) -> CrabConfig:
                    if int(getattr(model_cfg, k)) > 0}
         seg = dataclasses.replace(seg, **changes)
     return dataclasses.replace(cfg, llama=llama, lora=lora, seg=seg, dtype=model_cfg.dtype,
-                               seg_chunk=int(model_cfg.seg_chunk), frame_chunk=int(model_cfg.frame_chunk))
+                               seg_chunk=int(model_cfg.seg_chunk), frame_chunk=int(model_cfg.frame_chunk),
+                               audio_chunk=int(model_cfg.audio_chunk))
 
 
 def unused_modules(model: ModelConfig, data: DataConfig) -> tuple[str, ...]:

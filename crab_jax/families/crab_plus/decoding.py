@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from crab_jax.families.crab_plus.model import CrabPlusThinker, stream_major
-from crab_jax.models.decoding import TRACES, DecodeConfig, prepare_for_inference, select_tokens
+from crab_jax.models.decoding import TRACES, DecodeConfig, bound_to_model, select_tokens
 from crab_jax.models.llama import KVCache
 
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "rope_deltas")
@@ -109,8 +109,8 @@ def _generate_jit(model: CrabPlusThinker, batch, rng, *, dcfg: DecodeConfig, kee
 
 def jit_generate(model: CrabPlusThinker, batch: Mapping[str, jax.Array], dcfg: DecodeConfig,
                  rng: jax.Array | None = None, *, keep_logits: bool = False) -> Generation:
-    """:func:`generate` compiled once per (model graph, batch shapes, ``dcfg``), in inference mode."""
-    prepare_for_inference(model)
+    """:func:`generate` compiled once per (model graph, batch shapes, ``dcfg``), in inference mode
+    (the model bound at its first call: :func:`~crab_jax.models.decoding.bound_to_model`)."""
     prompt = {k: jnp.asarray(batch[k]) for k in PROMPT_KEYS + MEDIA_KEYS if k in batch}
     rng = jax.random.key(0) if rng is None else rng
-    return _generate_jit(model, prompt, rng, dcfg=dcfg, keep_logits=keep_logits)
+    return bound_to_model(_generate_jit, model)(prompt, rng, dcfg=dcfg, keep_logits=keep_logits)

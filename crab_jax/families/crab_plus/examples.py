@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from crab_jax.data.errors import BadRecordError
+from crab_jax.data.media.concurrent import run_side_by_side
 from crab_jax.data.media.whisper_features import log_mel, num_frames
 from crab_jax.data.pipeline.buckets import PlanInfo
 from crab_jax.data.records.record import Record, resolve
@@ -186,8 +187,8 @@ def plan_info(record: Record, tokenizer, settings: ExampleSettings) -> PlanInfo:
 def build_example(record: Record, tokenizer, settings: ExampleSettings, index: int) -> Example:
     """The decoded :class:`Example` of ``record`` (raises BadRecordError for a bad one)."""
     task_id = task_id_of(record, settings)
-    kind, frames = load_visual_item(record, settings)
-    mel = log_mel(load_audio_item(record, settings))
+    (kind, frames), mel = run_side_by_side([lambda: load_visual_item(record, settings),
+                                             lambda: log_mel(load_audio_item(record, settings))])
     sample = tokenize_record(record, tokenizer, settings, kind, frames.shape[0], mel.shape[1])
     labels = sample.labels if sample.labels is not None else np.full_like(sample.input_ids, -100)
     return Example(source=record.source, index=int(index), task_id=task_id,

@@ -171,26 +171,34 @@ def test_seg_chunk_decodes_only_seg_samples_with_the_same_loss_and_gradient():
     assert float(none.mask_loss) == 0.0 and traces.count(2) == 1
 
 
-def test_frame_chunk_encodes_only_the_frames_read_with_the_same_outputs():
+def test_frame_and_audio_chunk_encode_only_the_media_read_with_the_same_outputs():
     """``frame_chunk = k``: CLIP runs only on the frame slots a media token reads (and each seg
-    sample's seg_frame). What the LLM and the seg module receive (the spliced embeddings, the seg
-    frame's taps) equals encoding every slot; the other slots' taps are zeros. The same for the
-    prompt encoding of generation."""
+    sample's seg_frame); ``audio_chunk = k``: BEATs only on the audio slots read. What the LLM
+    and the seg module receive (the spliced embeddings, the seg frame's taps) equals encoding
+    every slot; the other slots' taps are zeros. The same for the prompt encoding of generation."""
     import dataclasses
 
     from crab_jax.families.crab.decoding import encode_prompt
-    from crab_jax.families.crab.model import frames_in_use
+    from crab_jax.families.crab.model import frames_in_use, slots_read
 
     cfg = tiny_crab_config()
     rng = np.random.default_rng(4)
     specs = [("<video>", FRAME_SLOTS, 2, False), ("<image>", 1, 1, True), ("<video>", FRAME_SLOTS - 1, 1, False)]
-    batch = jax.tree.map(jnp.asarray, _batch(cfg, specs, rng))
-    qv, last = cfg.visual_qformer.num_query_tokens, FRAME_SLOTS - 1
+    batch = _batch(cfg, specs, rng)
+    # Real fbank frames per segment: the second segment of sample 0 half padding, unused slots 0.
+    batch["fbank_valid"] = np.array([[FRAMES_PER_SEGMENT if a < segments else 0 for a in range(AUDIO_SLOTS)]
+                                     for _, _, segments, _ in specs], np.int32)
+    batch["fbank_valid"][0, 1] = FRAMES_PER_SEGMENT // 2
+    batch = jax.tree.map(jnp.asarray, batch)
+    qv, qa, last = cfg.visual_qformer.num_query_tokens, cfg.audio_qformer.num_query_tokens, FRAME_SLOTS - 1
     read = np.array([[t < frames for t in range(FRAME_SLOTS)] for _, frames, _, _ in specs])
     np.testing.assert_array_equal(frames_in_use(batch["media_index"], FRAME_SLOTS, qv), read)
     seg_frame = jnp.asarray([-1, last, -1])  # the image sample's masks on its last slot
     used = read | (np.arange(FRAME_SLOTS) == last) * np.array([[0], [1], [0]], bool)
     np.testing.assert_array_equal(frames_in_use(batch["media_index"], FRAME_SLOTS, qv, seg_frame), used)
+    audio_read = np.array([[a < segments for a in range(AUDIO_SLOTS)] for _, _, segments, _ in specs])
+    np.testing.assert_array_equal(slots_read(batch["media_index"], FRAME_SLOTS * qv, AUDIO_SLOTS, qa), audio_read)
+    assert not audio_read.all()  # some slot is skipped
 
     model = Crab(cfg, rngs=nnx.Rngs(5))
     model.eval()
@@ -203,14 +211,25 @@ def test_frame_chunk_encodes_only_the_frames_read_with_the_same_outputs():
         prompt_embeds, prompt_taps = encode_prompt(model, {**batch, "seg_frame": jnp.maximum(seg_frame, 0)})
         return embeds, taps, prompt_embeds, prompt_taps
 
-    def encoded(frame_chunk):
-        model.cfg = dataclasses.replace(cfg, frame_chunk=frame_chunk)
+    def encoded(frame_chunk, audio_chunk):
+        model.cfg = dataclasses.replace(cfg, frame_chunk=frame_chunk, audio_chunk=audio_chunk)
         embeds, taps, prompt_embeds, prompt_taps = encode(model, batch)
         return embeds, per_frame(taps), prompt_embeds, per_frame(prompt_taps)
 
-    full, chunked = encoded(0), encoded(2)
+    full, chunked = encoded(0, 0), encoded(2, 1)
     for name, a, b in zip(("embeds", "taps", "prompt embeds", "prompt taps"), chunked, full):
         if name.endswith("taps"):
             a, b = a[:, used], b[:, used]
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
     assert not np.any(chunked[1][:, ~used]) and np.all(np.any(full[1][:, ~used], axis=-1))
+    # An unread audio slot is never encoded: NaN there reaches its rows only when BEATs runs on every slot.
+    @nnx.jit
+    def media_rows(model, batch):
+        return model.encode_media(batch)[0]
+
+    poisoned = {**batch, "fbank": batch["fbank"].at[2, 1].set(jnp.nan)}  # sample 2 reads slot 0 only
+    slot_rows = lambda: np.asarray(media_rows(model, poisoned))[2, FRAME_SLOTS * qv + qa:FRAME_SLOTS * qv + 2 * qa]
+    model.cfg = dataclasses.replace(cfg, audio_chunk=1)
+    assert np.isfinite(slot_rows()).all()
+    model.cfg = cfg
+    assert np.isnan(slot_rows()).all()
