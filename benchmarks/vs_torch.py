@@ -219,7 +219,7 @@ def run_config(ckpt: pathlib.Path, config: dict, what: str):
 class JaxSide:
     """crab_jax on the same model and batch: the trainer's compiled step, the generator, the data code."""
 
-    def __init__(self, args: argparse.Namespace, workdir: pathlib.Path):
+    def __init__(self, args: argparse.Namespace, workdir: pathlib.Path, train_steps: bool = True):
         import jax
         import numpy as np
 
@@ -254,7 +254,7 @@ class JaxSide:
         self.prompt_batch = self.builder.collate(prompt_examples, self._bucket(prompt_examples, Bucket))
         self.token_ids_equal = all(np.array_equal(ex.input_ids, self.arrays[f"s{i}_input_ids"].reshape(-1))
                                    for i, ex in enumerate(examples))
-        self.steps = {what: self._train_step(what) for what in ("train_lm", "train_avs")}
+        self.steps = {what: self._train_step(what) for what in ("train_lm", "train_avs")} if train_steps else {}
         self.generators = {}
 
     def _bucket(self, examples, bucket_cls):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import weakref
 from typing import Callable, Sequence
 
 import jax
@@ -99,8 +98,10 @@ def prepare_for_inference(model: nnx.Module) -> nnx.Module:
     return model
 
 
-# model -> {jitted generator: the generator bound to it}; an entry goes with its model.
-_BOUND: "weakref.WeakKeyDictionary[nnx.Module, dict]" = weakref.WeakKeyDictionary()
+# jitted generator -> (the model last bound to it, the bound generator). One model per generator
+# is kept: the bound function holds its model, so a cache keyed on models would keep every model
+# it ever saw alive; binding another model releases the previous one.
+_BOUND: dict[Callable, tuple[nnx.Module, Callable]] = {}
 
 
 def bound_to_model(jitted: Callable, model: nnx.Module) -> Callable:
@@ -108,24 +109,27 @@ def bound_to_model(jitted: Callable, model: nnx.Module) -> Callable:
 
     ``nnx.jit`` walks the model's graph on every call, to split it into arrays and to merge
     them back (with :func:`prepare_for_inference` before it, about half the tiny Crab's time
-    to first token: ``benchmarks/vs_torch.py``). Here the graph is walked once per model
-    object (flax's ``nnx.cached_partial``) and the model put in inference mode once. Weights
-    written in place (``nnx.update``, ``variable[...] = x``) are seen by later calls; a model
-    whose structure changes after its first call (a Variable or submodule replaced, a static
-    attribute such as ``cfg`` or the train / eval mode changed) keeps the graph of that call:
-    build a new model object, or call :func:`unbind` first.
+    to first token: ``benchmarks/vs_torch.py``). Here the graph is walked once (flax's
+    ``nnx.cached_partial``) and the model put in inference mode once, for as long as ``model``
+    is the one last bound to ``jitted``. Weights written in place (``nnx.update``,
+    ``variable[...] = x``) are seen by later calls; a model whose structure changes after its
+    first call (a Variable or submodule replaced, a static attribute such as ``cfg`` or the
+    train / eval mode changed) keeps the graph of that call: build a new model object, or call
+    :func:`unbind` first.
     """
-    per_model = _BOUND.setdefault(model, {})
-    fn = per_model.get(jitted)
-    if fn is None:
-        prepare_for_inference(model)
-        fn = per_model[jitted] = nnx.cached_partial(jitted, model)
+    entry = _BOUND.get(jitted)
+    if entry is not None and entry[0] is model:
+        return entry[1]
+    prepare_for_inference(model)
+    fn = nnx.cached_partial(jitted, model)
+    _BOUND[jitted] = (model, fn)
     return fn
 
 
 def unbind(model: nnx.Module) -> None:
     """Forgets the generators bound to ``model`` (the next call walks its graph again)."""
-    _BOUND.pop(model, None)
+    for jitted in [j for j, (m, _) in _BOUND.items() if m is model]:
+        del _BOUND[jitted]
 
 
 # ----------------------------------------------------------------------------- host side

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +67,10 @@ def test_bound_generator_runs_in_inference_mode_and_sees_weights_written_in_plac
     np.testing.assert_array_equal(D.bound_to_model(_run, model)(x), x * 1.0)
     D.unbind(model)
     np.testing.assert_array_equal(D.bound_to_model(_run, model)(x), x * 5.0)
-    # Another model object is bound on its own.
+    # Another model is bound on its own, and the first one is no longer held.
+    released = weakref.ref(model)
     other = _Scaled()
     np.testing.assert_array_equal(D.bound_to_model(_run, other)(x), x * 2.0)
+    del model, bound
+    gc.collect()
+    assert released() is None, "the cache kept a model that is no longer bound"
