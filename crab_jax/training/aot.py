@@ -240,7 +240,7 @@ def analytic_flops(run: RunConfig, setup, num_chips: int) -> dict:
 
 def executed_flops(xla_flops: float, flops: dict, *, scan_layers: bool, micro_batches: int) -> float:
     """XLA's count with its loops multiplied out: the train step runs every micro-batch in one
-    scan (``micro_batches > 1``) whose body XLA counts once, so its count is one micro-batch (plus
+    loop (``micro_batches > 1``) whose body XLA counts once, so its count is one micro-batch (plus
     the once-per-step optimizer update, multiplied too: negligible at 7B); inside, every scanned
     layer stack runs one body that XLA counts once. What the stacks' other iterations run
     (``scan_uncounted_flops``, analytic) is added."""

@@ -1,7 +1,7 @@
 """The pure train step: ``(TrainState, batch) -> (TrainState, metrics)``.
 
 One optimizer update from one global batch, split into ``micro_batches`` gradient
-accumulation steps (``lax.scan``). Gradients only for the trainable weights; frozen
+accumulation steps (one ``lax.fori_loop``). Gradients only for the trainable weights; frozen
 weights enter as constants. The loss is the family's (``family.forward_loss``: for Crab
 the LM cross-entropy + mask loss) averaged over micro-batches, as the HF Trainer averages
 its GA steps. Metrics are sums (see :mod:`crab_jax.training.metrics`), plus one finiteness
@@ -105,17 +105,26 @@ def make_train_step(setup: TrainSetup, *, micro_batches: int, with_seg: bool, nu
             grads = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
             return (grads, jax.tree.map(jnp.add, aux_acc, aux)), None
 
-        # Zero accumulators and ONE scan over every micro-batch: the model is traced and compiled
-        # once (a first micro-batch peeled off outside the scan would compile it twice).
+        # Zero accumulators and ONE loop over every micro-batch: the model is traced and compiled
+        # once (a first micro-batch peeled off outside the loop would compile it twice).
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
         first = jax.tree.map(lambda x: x[0], micro)
         aux_shapes = jax.eval_shape(lambda mb: grad_fn(state.params, state.frozen, state.rng_vars, mb)[0][1], first)
         aux_zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shapes)
-        indices = jnp.arange(micro_batches, dtype=jnp.int32)
         if micro_batches == 1:  # no loop to build: the one micro-batch directly
-            (grads, aux), _ = accumulate((zeros, aux_zeros), (indices[0], first))
+            (grads, aux), _ = accumulate((zeros, aux_zeros), (jnp.int32(0), first))
         else:
-            (grads, aux), _ = jax.lax.scan(accumulate, (zeros, aux_zeros), (indices, micro))
+            # The trip count passes an optimization barrier, so XLA sees a while loop whose count
+            # it cannot read: XLA:TPU compiles the recipe's v4-32 step in a fifth less time than
+            # the same loop as a scan of known length, to the same memory per chip
+            # (docs/benchmarks.md, "The v4-32 compile").
+            count = jax.lax.optimization_barrier(jnp.int32(micro_batches))
+
+            def body(i, carry):
+                mb = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), micro)
+                return accumulate(carry, (i, mb))[0]
+
+            grads, aux = jax.lax.fori_loop(0, count, body, (zeros, aux_zeros))
         scale = 1.0 / micro_batches
         grads = jax.tree.map(lambda g: g * scale, grads)
         for k in aux:

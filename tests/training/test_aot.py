@@ -41,7 +41,7 @@ def test_executed_flops_multiplies_out_the_loops_xla_counts_once():
     flops = {"scan_uncounted_flops": 30.0}  # e.g. 3 more layers of 10
     assert executed_flops(100.0, flops, scan_layers=False, micro_batches=1) == 100.0
     assert executed_flops(100.0, flops, scan_layers=True, micro_batches=1) == 130.0
-    # micro-batches: one scan over all of them, whose body XLA counted once; per micro-batch 30/4 uncounted
+    # micro-batches: one loop over all of them, whose body XLA counted once; per micro-batch 30/4 uncounted
     assert executed_flops(100.0, flops, scan_layers=True, micro_batches=4) == 4 * (100.0 + 7.5)
 
 
