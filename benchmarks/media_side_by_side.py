@@ -45,7 +45,7 @@ def main(argv=None) -> int:
                             times[(way, name)].append(time.perf_counter() - t0)
         finally:
             examples.run_side_by_side = side_by_side
-    print(f"| sample | serial median ms | side by side median ms | speed-up | serial best | side by side best |")
+    print("| sample | serial median ms | side by side median ms | speed-up | serial best | side by side best |")
     print("|---|---|---|---|---|---|")
     for name in samples:
         a, b = times[("serial", name)], times[("side by side", name)]

@@ -58,3 +58,13 @@ def map_selected(fn: Callable[[Any], Any], selected: jax.Array, inputs: Any, chu
         return jnp.where(keep, y, jnp.zeros((), y.dtype))
 
     return jax.tree.map(unsort, ys)
+
+
+def map_slots(fn: Callable[[Any], Any], used: jax.Array, inputs: Any, chunk: int) -> Any:
+    """:func:`map_selected` over the media slots of a batch: ``inputs`` leaves ``[b, s, ...]``,
+    ``used [b, s]``; ``fn`` maps ``[chunk, ...]`` slots to ``[chunk, ...]``; returns leaves
+    ``[b, s, ...]`` (zeros where not used)."""
+    b, s = used.shape
+    flat = jax.tree.map(lambda x: x.reshape(b * s, *x.shape[2:]), inputs)
+    out = map_selected(fn, used.reshape(b * s), flat, chunk)
+    return jax.tree.map(lambda y: y.reshape(b, s, *y.shape[1:]), out)

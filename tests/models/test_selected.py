@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crab_jax.models.selected import map_selected
+from crab_jax.models.selected import map_selected, map_slots
 
 
 def _fn(x):
@@ -58,3 +58,10 @@ def test_unselected_chunks_are_skipped():
 def test_chunk_must_be_positive():
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         map_selected(lambda x: x, jnp.ones(2, bool), jnp.ones((2, 1)), 0)
+
+
+def test_map_slots_runs_fn_on_the_used_slots_of_each_sample():
+    x = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 4)
+    used = jnp.array([[True, False, True], [False, False, True]])
+    out = map_slots(lambda v: {"y": v["x"] * 2.0 + 1.0}, used, {"x": x}, chunk=2)["y"]
+    np.testing.assert_array_equal(out, np.where(np.asarray(used)[..., None], np.asarray(x) * 2.0 + 1.0, 0.0))

@@ -1,9 +1,9 @@
 """One sample's media decoded side by side: video or image frames, the audio filterbank, the mask.
 
 Each of them spends most of its time outside the GIL (PyAV's decoder and filter graph, PIL's
-decoder and resize, NumPy's FFT and matmul), so on a host with spare cores a sample is ready in
-about the time of its slowest part instead of their sum (``benchmarks/vs_torch.py``, the
-preprocessing rows). The threads are the process's own, made on first use: a data-loader worker
+decoder and resize, NumPy's FFT and matmul), so where a core is spare a sample is ready sooner
+(``benchmarks/media_side_by_side.py``: an S4 sample 1.2x; an AVE clip not at all, its video
+decoder's own threads already keep both cores of a 2-core host busy). The threads are the process's own, made on first use: a data-loader worker
 forked from a parent that had them gets its own.
 """
 

@@ -39,7 +39,7 @@ from crab_jax.models.losses import lm_loss_from_sums, per_sample_lm_sums, per_se
 from crab_jax.models.media import splice_media
 from crab_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from crab_jax.models.qformer import AudioProjector, QFormerConfig, VisualProjector
-from crab_jax.models.selected import map_selected
+from crab_jax.models.selected import map_selected, map_slots
 from crab_jax.models.seg.config import SegConfig
 from crab_jax.models.seg.losses import combine_mask_terms, mask_loss_terms
 from crab_jax.models.seg.module import SegModule
@@ -154,12 +154,10 @@ class Crab(nnx.Module):
         if used is None:
             taps = self.visual_encoder(frames)
         else:
-            b, t = frames.shape[:2]
             encode = lambda x: jnp.moveaxis(self.visual_encoder(x[:, None]), 0, 1)  # [c, taps, P, W]
-            per_frame = map_selected(encode, used.reshape(b * t), frames.reshape(b * t, *frames.shape[2:]),
-                                     self.cfg.frame_chunk)
-            taps = jnp.moveaxis(per_frame, 1, 0)
-            taps = taps.reshape(taps.shape[0], b, t * taps.shape[2], taps.shape[3])
+            per_frame = map_slots(encode, used, frames, self.cfg.frame_chunk)  # [b, T, taps, P, W]
+            b, t, n_taps, p, w = per_frame.shape
+            taps = jnp.moveaxis(per_frame, 2, 0).reshape(n_taps, b, t * p, w)
         return self.vl_projector(taps[self.cfg.llm_tap]), taps
 
     def encode_audio(self, fbank: jax.Array, fbank_valid: jax.Array | None = None,
@@ -175,13 +173,9 @@ class Crab(nnx.Module):
         if used is None:
             features = self.audio_encoder(fbank, valid_frames=fbank_valid)
         else:
-            b, a = fbank.shape[:2]
-            segments = {"fbank": fbank.reshape(b * a, *fbank.shape[2:])}
-            if fbank_valid is not None:
-                segments["valid"] = fbank_valid.reshape(b * a)
+            segments = {"fbank": fbank} if fbank_valid is None else {"fbank": fbank, "valid": fbank_valid}
             encode = lambda x: self.audio_encoder(x["fbank"], valid_frames=x.get("valid"))  # [c, tokens, C]
-            features = map_selected(encode, used.reshape(b * a), segments, self.cfg.audio_chunk)
-            features = features.reshape(b, a, *features.shape[1:])
+            features = map_slots(encode, used, segments, self.cfg.audio_chunk)
         features = jax.lax.stop_gradient(features)
         mask = None
         if fbank_valid is not None:
@@ -204,8 +198,9 @@ class Crab(nnx.Module):
         fbank = batch["fbank"]
         audio_used = None
         if self.cfg.audio_chunk > 0:
-            audio_used = slots_read(batch["media_index"], frames.shape[1] * self.cfg.visual_qformer.num_query_tokens,
-                                    fbank.shape[1], self.cfg.audio_qformer.num_query_tokens)
+            layout = media_layout(self.cfg, frames.shape[1], fbank.shape[1])
+            audio_used = slots_read(batch["media_index"], layout.audio_offset, fbank.shape[1],
+                                    self.cfg.audio_qformer.num_query_tokens)
         audio_rows = self.encode_audio(fbank, batch.get("fbank_valid"), audio_used)
         return jnp.concatenate([visual_rows, audio_rows], axis=1), taps
 

@@ -197,7 +197,8 @@ def test_frame_and_audio_chunk_encode_only_the_media_read_with_the_same_outputs(
     used = read | (np.arange(FRAME_SLOTS) == last) * np.array([[0], [1], [0]], bool)
     np.testing.assert_array_equal(frames_in_use(batch["media_index"], FRAME_SLOTS, qv, seg_frame), used)
     audio_read = np.array([[a < segments for a in range(AUDIO_SLOTS)] for _, _, segments, _ in specs])
-    np.testing.assert_array_equal(slots_read(batch["media_index"], FRAME_SLOTS * qv, AUDIO_SLOTS, qa), audio_read)
+    audio_offset = media_layout(cfg, FRAME_SLOTS, AUDIO_SLOTS).audio_offset
+    np.testing.assert_array_equal(slots_read(batch["media_index"], audio_offset, AUDIO_SLOTS, qa), audio_read)
     assert not audio_read.all()  # some slot is skipped
 
     model = Crab(cfg, rngs=nnx.Rngs(5))
@@ -228,7 +229,7 @@ def test_frame_and_audio_chunk_encode_only_the_media_read_with_the_same_outputs(
         return model.encode_media(batch)[0]
 
     poisoned = {**batch, "fbank": batch["fbank"].at[2, 1].set(jnp.nan)}  # sample 2 reads slot 0 only
-    slot_rows = lambda: np.asarray(media_rows(model, poisoned))[2, FRAME_SLOTS * qv + qa:FRAME_SLOTS * qv + 2 * qa]
+    slot_rows = lambda: np.asarray(media_rows(model, poisoned))[2, audio_offset + qa:audio_offset + 2 * qa]
     model.cfg = dataclasses.replace(cfg, audio_chunk=1)
     assert np.isfinite(slot_rows()).all()
     model.cfg = cfg
